@@ -1,0 +1,9 @@
+"""`respublica` commands: operator_cmd."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the CLI."""
