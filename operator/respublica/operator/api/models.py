@@ -396,10 +396,6 @@ class ModelDeploymentStatus(_Model):
         default=None,
         description="Base URL of the model's OpenAI-compatible endpoint (KubeRay's Serve service).",
     )
-    served_name: str | None = Field(default=None, description="The name clients use, as served.")
-    access_tenants: list[str] | None = Field(
-        default=None, description="Tenants allowed, as published to the gateway."
-    )
 
 
 class ModelDeployment(BaseModel):

@@ -1,0 +1,153 @@
+"""The seams of the gateway's request path: who is calling, how much they may spend, what it cost.
+
+The request path is `authenticate -> admit (reserve) -> route -> proxy -> settle -> record`. The
+HTTP side (app, routes, proxy, routing, telemetry) talks to the policy side (auth, quota stores,
+database, ledger) only through these types, so either side can change without the other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+RejectReason = Literal[
+    "requests_per_minute",
+    "tokens_per_minute",
+    "tokens_per_day",
+    "tokens_per_month",
+    "concurrency",
+    "store_unavailable",
+]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Spending limits; None means unlimited. Tenants have them; a key may narrow them."""
+
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    tokens_per_day: int | None = None
+    tokens_per_month: int | None = None
+    max_concurrent: int | None = None
+    allowed_models: tuple[str, ...] = ("*",)
+    default_max_tokens: int = 1024
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller."""
+
+    tenant: str
+    subject: str  # the key id (never the key) or the OIDC subject: what the ledger records
+    tenant_limits: Limits
+    key_limits: Limits | None = None  # per-key overrides, enforced on top of the tenant's
+    via: Literal["key", "oidc"] = "key"
+
+    def allows_model(self, model: str) -> bool:
+        for limits in (self.tenant_limits, self.key_limits):
+            if limits is not None and "*" not in limits.allowed_models and model not in limits.allowed_models:
+                return False
+        return True
+
+    @property
+    def default_max_tokens(self) -> int:
+        limits = self.key_limits or self.tenant_limits
+        return limits.default_max_tokens
+
+
+class AuthError(Exception):
+    """Authentication failed; `status` is 401 (no or bad credential) or 403."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class Authenticator(Protocol):
+    async def authenticate(self, authorization: str | None) -> Principal:
+        """The caller behind an `Authorization` header, or AuthError."""
+        ...
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """Tokens held for one request until it is settled or its lease runs out."""
+
+    id: str
+    tenant: str
+    subject: str
+    tokens: int
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class RateHeaders:
+    """What OpenAI's `x-ratelimit-*` headers report after an admission or a rejection."""
+
+    limit_requests: int | None = None
+    remaining_requests: int | None = None
+    reset_requests_s: float | None = None
+    limit_tokens: int | None = None
+    remaining_tokens: int | None = None
+    reset_tokens_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Admission:
+    reservation: Reservation
+    headers: RateHeaders = field(default_factory=RateHeaders)
+
+
+@dataclass(frozen=True)
+class Rejection:
+    reason: RejectReason
+    message: str
+    retry_after_s: float
+    headers: RateHeaders = field(default_factory=RateHeaders)
+
+
+class QuotaStore(Protocol):
+    """Reserve-then-settle accounting; in-process or Redis, same semantics."""
+
+    async def admit(self, principal: Principal, tokens: int) -> Admission | Rejection:
+        """Reserve `tokens` (an upper bound of the request's cost) and one concurrency slot."""
+        ...
+
+    async def settle(self, reservation: Reservation, used_tokens: int) -> None:
+        """Charge what was used, release the rest and the concurrency slot. Idempotent."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class UsageRecord:
+    """One ledger line per request. Never holds prompt or completion text."""
+
+    request_id: str
+    started_at: float  # unix seconds
+    tenant: str
+    subject: str
+    model: str
+    endpoint: str
+    input_tokens: int
+    output_tokens: int
+    latency_ms: float
+    ttft_ms: float | None
+    status: int
+    error_type: str | None = None
+    stream: bool = False
+
+
+class Ledger(Protocol):
+    def record(self, record: UsageRecord) -> None:
+        """Queue a record; written in batches, never blocks the request."""
+        ...
+
+    async def flush(self) -> None: ...
+
+    async def close(self) -> None:
+        """Flush what is queued and stop."""
+        ...
