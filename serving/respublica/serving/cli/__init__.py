@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from respublica.serving.cli import gateway, local, operator_cmd, spec
+from respublica.serving.cli import admin, gateway, local, operator_cmd, spec
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -23,7 +23,7 @@ def _root() -> None:
     """respublica: open, sovereign model serving on Kubernetes and on one machine."""
 
 
-for module in (spec, operator_cmd, gateway, local):
+for module in (spec, operator_cmd, gateway, admin, local):
     module.register(app)
 
 
