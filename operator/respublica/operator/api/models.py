@@ -7,10 +7,11 @@ Field names are camelCase on the wire, snake_case in Python.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
 
 from respublica.operator.api.rules import RULES
 
@@ -31,7 +32,33 @@ SERVED_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/-]*$"
 ADAPTER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 DIGEST_PATTERN = r"^sha256:[a-f0-9]{64}$"
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
+CPU_PATTERN = r"^[0-9]+(\.[0-9]+|m)?$"
+GPU_PRODUCT_PATTERN = r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+ENGINE_FLAG_PATTERN = r"^--[A-Za-z0-9]"
+LORA_PATH_PATTERN = r"^(pvc|file)://.+"
 LABEL_VALUE_MAX = 63
+
+# Every pattern above in words, for messages that say what is allowed rather than quote a regex.
+PATTERN_HELP: dict[str, str] = {
+    NAME_PATTERN: "lowercase letters, digits and '-', starting with a letter, ending with a letter or digit",
+    TENANT_PATTERN: "'*' or a lowercase tenant name (letters, digits, '-', '_', '.')",
+    SERVED_NAME_PATTERN: "letters, digits, '.', '_', '-' and '/', starting with a letter or digit",
+    ADAPTER_NAME_PATTERN: "letters, digits, '.', '_' and '-', starting with a letter or digit",
+    DIGEST_PATTERN: "'sha256:' followed by 64 lowercase hex digits",
+    QUANTITY_PATTERN: "a Kubernetes quantity such as 64Gi, 512Mi or 1T",
+    CPU_PATTERN: "a CPU quantity such as 8, 0.5 or 500m",
+    GPU_PRODUCT_PATTERN: "a node label value such as NVIDIA-H100-80GB-HBM3",
+    ENGINE_FLAG_PATTERN: "a vLLM flag starting with '--', e.g. --enable-chunked-prefill",
+    LORA_PATH_PATTERN: "pvc://<claim>/<path> or file:///<path>",
+}
+
+EngineFlag = Annotated[str, StringConstraints(min_length=3, max_length=256, pattern=ENGINE_FLAG_PATTERN)]
+TenantName = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=TENANT_PATTERN)]
+LabelValue = Annotated[str, StringConstraints(max_length=LABEL_VALUE_MAX)]
+
+
+# The pydantic error type of a broken cross-field rule (see rules.py).
+CROSS_FIELD_ERROR = "cross_field_rules"
 
 
 class _Model(BaseModel):
@@ -40,6 +67,8 @@ class _Model(BaseModel):
         populate_by_name=True,
         extra="forbid",
         validate_assignment=True,
+        # Like the API server: "3" is not an integer and "yes" is not a boolean.
+        strict=True,
     )
 
 
@@ -70,6 +99,7 @@ class ModelSpec(_Model):
     )
     digest: str | None = Field(
         default=None,
+        max_length=71,
         pattern=DIGEST_PATTERN,
         description="Optional content digest of the weights, `sha256:<64 hex>`, over the model's "
         "files in a stated order (see docs/model-digest.md). Verified before serving; a "
@@ -123,22 +153,13 @@ class EngineSpec(_Model):
         default=False,
         description="Disable CUDA graphs (slower, less memory, faster start).",
     )
-    extra_args: list[str] = Field(
+    extra_args: list[EngineFlag] = Field(
         default_factory=list,
         max_length=64,
-        description="Further vLLM engine flags, e.g. `--enable-chunked-prefill` or "
-        "`--max-num-batched-tokens=8192`. Flags that have a typed field are rejected.",
+        description="Further vLLM engine flags, one per entry with its value after `=`, e.g. "
+        "`--enable-chunked-prefill` or `--max-num-batched-tokens=8192` (at most 64, each at most 256 "
+        "characters). Flags that have a typed field are rejected.",
     )
-
-    @model_validator(mode="after")
-    def _args_are_bounded(self) -> EngineSpec:
-        for arg in self.extra_args:
-            if not arg.startswith("--") or len(arg) > 256:
-                raise ValueError(
-                    f"spec.engine.extraArgs entries must be vLLM flags starting with `--` and at most "
-                    f"256 characters, got {arg[:40]!r}"
-                )
-        return self
 
 
 class Toleration(_Model):
@@ -170,21 +191,23 @@ class ResourcesSpec(_Model):
         default=None,
         min_length=1,
         max_length=LABEL_VALUE_MAX,
-        pattern=r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$",
+        pattern=GPU_PRODUCT_PATTERN,
         description="GPU model, matched against the node label nvidia.com/gpu.product "
         "(e.g. NVIDIA-H100-80GB-HBM3).",
     )
     cpu: str = Field(
         default="8",
-        pattern=r"^[0-9]+(\.[0-9]+|m)?$",
+        max_length=32,
+        pattern=CPU_PATTERN,
         description="CPU request and limit of a replica's pod (Kubernetes quantity).",
     )
     memory: str = Field(
         default="64Gi",
+        max_length=32,
         pattern=QUANTITY_PATTERN,
         description="Memory request and limit of a replica's pod (Kubernetes quantity).",
     )
-    node_selector: dict[str, str] = Field(
+    node_selector: dict[str, LabelValue] = Field(
         default_factory=dict,
         max_length=32,
         description="Extra node labels the replica pods must match.",
@@ -247,24 +270,13 @@ class RoutingSpec(_Model):
 class AccessSpec(_Model):
     """Who may call this model through the gateway."""
 
-    tenants: list[str] = Field(
+    tenants: list[TenantName] = Field(
         default_factory=lambda: ["*"],
         max_length=256,
-        description='Tenants allowed to call this model; "*" allows every tenant. The tenant\'s own '
-        "allowed models must admit it too.",
+        description='Tenants allowed to call this model; "*" allows every tenant. Entries are "*" or '
+        "lowercase tenant names (letters, digits, '-', '_', '.'; at most 63 characters). The tenant's "
+        "own allowed models must admit it too.",
     )
-
-    @model_validator(mode="after")
-    def _tenant_names(self) -> AccessSpec:
-        import re
-
-        for tenant in self.tenants:
-            if len(tenant) > 63 or not re.match(TENANT_PATTERN, tenant):
-                raise ValueError(
-                    f"spec.access.tenants entries must be '*' or lowercase tenant names "
-                    f"(letters, digits, '-', '_', '.'; at most 63), got {tenant[:64]!r}"
-                )
-        return self
 
 
 class LoraAdapter(_Model):
@@ -285,7 +297,7 @@ class LoraSpec(_Model):
     path: str = Field(
         min_length=1,
         max_length=512,
-        pattern=r"^(pvc|file)://.+",
+        pattern=LORA_PATH_PATTERN,
         description="Directory holding one folder per adapter: pvc://<claim>/<path> or file:///<path>.",
     )
     adapters: list[LoraAdapter] = Field(
@@ -303,6 +315,7 @@ class CacheSpec(_Model):
     """A PersistentVolumeClaim that holds the downloaded weights, filled once by a Job."""
 
     size: str = Field(
+        max_length=32,
         pattern=QUANTITY_PATTERN,
         description="Size of the cache volume, e.g. 100Gi.",
     )
@@ -341,7 +354,8 @@ class ModelDeploymentSpec(_Model):
         data = self.model_dump(by_alias=True, exclude_none=True)
         broken = [rule.message for rule in RULES if not rule.check(_node(data, rule.where))]
         if broken:
-            raise ValueError("; ".join(broken))
+            # One error carrying every broken rule; `api.load` reports them one per line.
+            raise PydanticCustomError(CROSS_FIELD_ERROR, "{rules}", {"rules": "; ".join(broken)})
         return self
 
 
@@ -358,8 +372,14 @@ class ObjectMeta(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    name: str = Field(min_length=1, max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN)
-    namespace: str | None = Field(default=None, max_length=63)
+    name: str = Field(
+        min_length=1,
+        max_length=MAX_NAME_LENGTH,
+        pattern=NAME_PATTERN,
+        description=f"The deployment's name (at most {MAX_NAME_LENGTH} characters): it prefixes the "
+        "RayService and KubeRay's services, which must stay valid DNS labels.",
+    )
+    namespace: str | None = Field(default=None, max_length=63, description="The namespace it lives in.")
 
 
 Phase = Literal["Pending", "Deploying", "Ready", "ScaledToZero", "Degraded", "Failed"]
@@ -404,12 +424,12 @@ class ModelDeployment(BaseModel):
     model_config = ConfigDict(populate_by_name=True, extra="forbid")
 
     api_version: Literal["respublica.dev/v1alpha1"] = Field(
-        default="respublica.dev/v1alpha1", alias="apiVersion"
+        default="respublica.dev/v1alpha1", alias="apiVersion", description="respublica.dev/v1alpha1."
     )
-    kind: Literal["ModelDeployment"] = "ModelDeployment"
-    metadata: ObjectMeta
-    spec: ModelDeploymentSpec
-    status: ModelDeploymentStatus | None = None
+    kind: Literal["ModelDeployment"] = Field(default="ModelDeployment", description="ModelDeployment.")
+    metadata: ObjectMeta = Field(description="Standard Kubernetes object metadata.")
+    spec: ModelDeploymentSpec = Field(description="What to serve and how.")
+    status: ModelDeploymentStatus | None = Field(default=None, description="What the operator observed.")
 
     def to_dict(self) -> dict[str, Any]:
         """The object as Kubernetes plain data (camelCase, no unset optionals)."""

@@ -93,6 +93,8 @@ def _adapter_names_unique(lora: Spec) -> bool:
 
 
 _TYPED_FLAGS_CEL = ", ".join(f"'{flag}'" for flag in TYPED_ENGINE_FLAGS)
+# Written with startsWith rather than split(): split() is a Kubernetes string extension that other CEL
+# implementations (cel-python in the tests) lack, and `a == f || a.startsWith(f + '=')` is the same test.
 
 RULES: tuple[Rule, ...] = (
     Rule(
@@ -157,7 +159,8 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         where=("engine",),
-        cel=f"self.extraArgs.all(a, !(a.split('=')[0] in [{_TYPED_FLAGS_CEL}]))",
+        cel=f"!has(self.extraArgs) || self.extraArgs.all(a, ![{_TYPED_FLAGS_CEL}]"
+        ".exists(f, a == f || a.startsWith(f + '=')))",
         message="spec.engine.extraArgs must not set a flag that has a typed field "
         "(--tensor-parallel-size, --max-model-len, --dtype, --quantization, --gpu-memory-utilization, "
         "--served-model-name, --model): use the field instead",
@@ -180,7 +183,11 @@ def rules_at(where: tuple[str, ...]) -> list[Rule]:
 
 
 def broken_rules(spec: Spec) -> list[Rule]:
-    """Every rule a spec (as camelCase plain data, defaults applied) breaks."""
+    """Every rule a spec (as camelCase plain data, defaults applied) breaks.
+
+    The spec need not have passed field validation: a rule whose inputs have the wrong type is skipped
+    (the field's own error says what is wrong), so every problem can be reported at once.
+    """
     broken = []
     for rule in RULES:
         node: Any = spec
@@ -188,6 +195,10 @@ def broken_rules(spec: Spec) -> list[Rule]:
             node = _get(node, key)
         if node is None:
             continue
-        if not rule.check(node):
+        try:
+            ok = rule.check(node)
+        except (TypeError, ValueError, AttributeError):
+            continue
+        if not ok:
             broken.append(rule)
     return broken
