@@ -1,0 +1,152 @@
+"""Gateway assembly: the OpenAI endpoints, /metrics and health, over injected policy parts.
+
+`create_app` takes the policy side's implementations (authenticator, quota store, ledger) as
+arguments, so tests and embedders choose them; `build_from_settings` wires the real ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from respublica.serving.gateway.contracts import Authenticator, Ledger, QuotaStore
+from respublica.serving.gateway.errors import error_body
+from respublica.serving.gateway.routes.openai import GatewayContext, ModelsEndpoint, OpenAIEndpoint
+from respublica.serving.gateway.routing.table import RouteHolder, RouteTable
+from respublica.serving.gateway.settings import GatewaySettings
+from respublica.serving.gateway.telemetry.metrics import GatewayMetrics
+from respublica.serving.gateway.telemetry.tracing import otlp_tracer_provider
+from respublica.serving.gateway.upstream import UpstreamClient
+
+log = logging.getLogger("respublica.gateway")
+
+TRACER_NAME = "respublica.gateway"
+
+# path, gen_ai.operation.name, whether it generates tokens (and may stream)
+OPENAI_ROUTES: tuple[tuple[str, str, bool], ...] = (
+    ("/v1/chat/completions", "chat", True),
+    ("/v1/completions", "text_completion", True),
+    ("/v1/embeddings", "embeddings", False),
+)
+
+Hook = Callable[[], Awaitable[None]]
+
+
+def create_app(
+    settings: GatewaySettings,
+    *,
+    authenticator: Authenticator,
+    quota_store: QuotaStore,
+    ledger: Ledger,
+    route_table: RouteTable | RouteHolder,
+    tracer_provider: trace.TracerProvider | None = None,
+    metrics: GatewayMetrics | None = None,
+    routers: Sequence[APIRouter] = (),
+    on_startup: Sequence[Hook] = (),
+    on_shutdown: Sequence[Hook] = (),
+) -> FastAPI:
+    """The gateway app. It owns what it is given: quota store, ledger and upstream are closed on shutdown."""
+    holder = route_table if isinstance(route_table, RouteHolder) else RouteHolder(route_table)
+    own_provider: TracerProvider | None = None
+    if tracer_provider is None and settings.telemetry.otlp_endpoint:
+        tracer_provider = own_provider = otlp_tracer_provider(
+            settings.telemetry.otlp_endpoint, settings.telemetry.service_name
+        )
+    tracer = (tracer_provider or trace.get_tracer_provider()).get_tracer(TRACER_NAME)
+    if metrics is None and settings.telemetry.metrics:
+        metrics = GatewayMetrics()
+    upstream = UpstreamClient(settings.upstream)
+    ctx = GatewayContext(
+        authenticator=authenticator,
+        quota=quota_store,
+        ledger=ledger,
+        routes=holder,
+        upstream=upstream,
+        tracer=tracer,
+        metrics=metrics,
+        max_body_bytes=settings.max_body_bytes,
+        record_content=settings.telemetry.record_content,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        for hook in on_startup:
+            await hook()
+        try:
+            yield
+        finally:
+            for hook in on_shutdown:
+                await _quietly(hook(), "shutdown hook")
+            await _quietly(upstream.close(), "upstream client")
+            await _quietly(ledger.close(), "ledger")
+            await _quietly(quota_store.close(), "quota store")
+            if own_provider is not None:
+                own_provider.shutdown()
+
+    app = FastAPI(
+        title="respublica gateway",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        lifespan=lifespan,
+    )
+    app.state.gateway = ctx
+    # Plain ASGI endpoints on the request path: no validation layer, no dependency solving.
+    app.router.routes.append(Route("/v1/models", ModelsEndpoint(ctx), methods=["GET"]))
+    for path, operation, generates in OPENAI_ROUTES:
+        app.router.routes.append(
+            Route(path, OpenAIEndpoint(ctx, path, operation, generates), methods=["POST"])
+        )
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        table = holder.table
+        routable = sum(1 for route in table.routes.values() if route.endpoints)
+        conflicts = [
+            {"model": c.name, "serves": c.winner, "ignored": list(c.losers)} for c in table.conflicts
+        ]
+        return JSONResponse({"models": len(table.routes), "routable": routable, "conflicts": conflicts})
+
+    app.router.routes.append(Route("/healthz", healthz, methods=["GET"]))
+    app.router.routes.append(Route("/readyz", readyz, methods=["GET"]))
+    if metrics is not None:
+        gateway_metrics = metrics
+
+        async def metrics_endpoint(request: Request) -> Response:
+            gateway_metrics.route_conflicts.set(len(holder.table.conflicts))
+            body, content_type = gateway_metrics.render()
+            return Response(body, media_type=content_type)
+
+        app.router.routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
+    for router in routers:
+        app.include_router(router)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        if not request.url.path.startswith("/v1/"):
+            return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+        message = "no such endpoint" if exc.status_code == 404 else str(exc.detail)
+        body = error_body(message, "invalid_request_error", f"http_{exc.status_code}")
+        return Response(body, status_code=exc.status_code, media_type="application/json", headers=exc.headers)
+
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    return app
+
+
+async def _quietly(awaitable: Awaitable[Any], what: str) -> None:
+    try:
+        await awaitable
+    except Exception as exc:
+        log.error("closing the %s failed: %s", what, type(exc).__name__)

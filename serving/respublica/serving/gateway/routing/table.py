@@ -1,0 +1,84 @@
+"""The route table: which endpoints serve a model name, and which tenants may call it.
+
+A table is an immutable snapshot; sources (a file, the Kubernetes watch) build a new one and swap
+it in, so a request reads one consistent view without a lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+ADAPTER_SEPARATOR = ":"
+
+
+@dataclass(frozen=True)
+class Route:
+    """One served model: its endpoints (base URLs of OpenAI-compatible servers) and who may call it."""
+
+    name: str
+    endpoints: tuple[str, ...]
+    tenants: tuple[str, ...] = ("*",)
+    adapters: tuple[str, ...] = ()
+    source: str = ""  # where it came from, e.g. `ModelDeployment ai/llama` or the routes file
+    created: float = 0.0
+
+    def allows_tenant(self, tenant: str) -> bool:
+        return "*" in self.tenants or tenant in self.tenants
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A request's model name resolved to a route; `adapter` is set for `<servedName>:<adapter>`."""
+
+    route: Route
+    model: str
+    adapter: str | None = None
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """Two or more sources publish the same served name; `winner` serves it, the rest do not."""
+
+    name: str
+    winner: str
+    losers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RouteTable:
+    routes: Mapping[str, Route] = field(default_factory=dict)
+    conflicts: tuple[Conflict, ...] = ()
+
+    @classmethod
+    def of(cls, routes: Iterable[Route], conflicts: Iterable[Conflict] = ()) -> RouteTable:
+        return cls({route.name: route for route in routes}, tuple(conflicts))
+
+    def resolve(self, model: str) -> Resolved | None:
+        route = self.routes.get(model)
+        if route is not None:
+            return Resolved(route, model)
+        base, sep, adapter = model.rpartition(ADAPTER_SEPARATOR)
+        if sep:
+            route = self.routes.get(base)
+            if route is not None and adapter in route.adapters:
+                return Resolved(route, model, adapter)
+        return None
+
+    def model_names(self) -> list[tuple[str, Route]]:
+        """Every name a client may put in `model`: the served names and their adapters."""
+        names: list[tuple[str, Route]] = []
+        for route in self.routes.values():
+            names.append((route.name, route))
+            names.extend((f"{route.name}{ADAPTER_SEPARATOR}{a}", route) for a in route.adapters)
+        return names
+
+
+class RouteHolder:
+    """The current table; sources replace it whole."""
+
+    def __init__(self, table: RouteTable | None = None) -> None:
+        self.table = table or RouteTable()
+
+    def replace(self, table: RouteTable) -> None:
+        self.table = table

@@ -1,0 +1,169 @@
+"""Gateway settings: defaults, then a YAML file, then `RESPUBLICA_*` environment variables.
+
+Nested fields take a double underscore in the environment: `RESPUBLICA_QUOTA__STORE=redis`,
+`RESPUBLICA_UPSTREAM__READ_TIMEOUT_S=900`. Values are parsed as YAML scalars, so `true`, `8`
+and `[a, b]` mean what they look like.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+ENV_PREFIX = "RESPUBLICA_"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class QuotaSettings(_Section):
+    store: Literal["memory", "redis"] = Field(
+        default="memory", description="memory: one process only; redis: several processes or replicas."
+    )
+    redis_url: str | None = Field(default=None, description="redis://host:6379/0 for the redis store.")
+    fail_policy: Literal["closed", "open"] = Field(
+        default="closed", description="When Redis is unreachable: closed rejects (503), open admits."
+    )
+    lease_seconds: float = Field(
+        default=900.0, gt=0, description="A reservation not settled within this is released."
+    )
+
+
+class OIDCSettings(_Section):
+    issuer: str | None = None
+    audience: str | None = None
+    jwks_url: str | None = None
+    jwks_file: Path | None = None
+    tenant_claim: str = "tenant"
+    algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256"])
+
+    @property
+    def enabled(self) -> bool:
+        return self.jwks_url is not None or self.jwks_file is not None
+
+
+class UpstreamSettings(_Section):
+    connect_timeout_s: float = Field(default=5.0, gt=0, description="TCP connect to an endpoint.")
+    read_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="Longest wait for the first byte and between bytes: long enough for a model "
+        "scaled to zero to get a GPU worker and load its weights.",
+    )
+    max_connections: int = Field(default=1000, ge=1, description="Pooled connections, all endpoints.")
+    max_connections_per_host: int = Field(default=0, ge=0, description="0: no per-endpoint cap.")
+
+
+class ClusterSettings(_Section):
+    enabled: bool = Field(default=False, description="Route to ModelDeployments' status.endpoint.")
+    namespace: str | None = Field(default=None, description="Watch one namespace; unset: all.")
+    kubeconfig: Path | None = Field(default=None, description="Outside a cluster; unset: in-cluster.")
+    api_server: str | None = Field(default=None, description="Override the API server URL.")
+
+
+class TelemetrySettings(_Section):
+    otlp_endpoint: str | None = Field(
+        default=None, description="OTLP/HTTP traces endpoint, e.g. http://collector:4318; unset: off."
+    )
+    service_name: str = "respublica-gateway"
+    record_content: bool = Field(
+        default=False, description="Opt in to recording prompts and completions in spans. Off."
+    )
+    metrics: bool = True
+
+
+class GatewaySettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1, le=256)
+    routes_file: Path | None = Field(default=None, description="YAML routes file (local mode).")
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings)
+    database_url: str = Field(
+        default="sqlite:///respublica-gateway.db", description="Tenants, keys and the usage ledger."
+    )
+    tenants_file: Path | None = Field(default=None, description="Tenants declared in YAML (GitOps).")
+    quota: QuotaSettings = Field(default_factory=QuotaSettings)
+    admin_key: SecretStr | None = Field(default=None, description="Credential of /admin; unset: off.")
+    oidc: OIDCSettings = Field(default_factory=OIDCSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, description="Larger bodies get 413.")
+    default_max_tokens: int = Field(
+        default=1024, ge=1, description="Token cap for tenants that declare none."
+    )
+
+    @model_validator(mode="after")
+    def _coherent(self) -> GatewaySettings:
+        if self.quota.store == "redis" and not self.quota.redis_url:
+            raise ValueError("quota.store is redis but quota.redis_url is not set")
+        if self.cluster.enabled and self.routes_file is not None:
+            raise ValueError("set either routes_file (local mode) or cluster.enabled, not both")
+        return self
+
+    def multiprocess_problem(self) -> str | None:
+        """Why these settings can not run in several processes, or None."""
+        if self.workers > 1 and self.quota.store == "memory":
+            return (
+                f"workers={self.workers} needs a shared quota store: set quota.store=redis and "
+                "quota.redis_url (RESPUBLICA_QUOTA__STORE, RESPUBLICA_QUOTA__REDIS_URL), or run 1 worker"
+            )
+        return None
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or len(name) == len(ENV_PREFIX):
+            continue
+        path = name[len(ENV_PREFIX) :].lower().split("__")
+        if path[0] not in GatewaySettings.model_fields:
+            continue  # other respublica variables (the CLI's, the engine's) are not ours
+        node = out
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                break
+        else:
+            try:
+                value: Any = yaml.safe_load(raw) if raw else None
+            except yaml.YAMLError:
+                value = raw
+            node[path[-1]] = raw if path[-1] in _STRING_FIELDS else value
+    return out
+
+
+# Values that stay strings even when they look like numbers or booleans.
+_STRING_FIELDS = {"admin_key", "redis_url", "database_url", "host", "issuer", "audience", "namespace"}
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_settings(
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> GatewaySettings:
+    """Defaults < YAML file < environment < explicit overrides (the CLI's flags)."""
+    data: dict[str, Any] = {}
+    if config_file is not None:
+        loaded = yaml.safe_load(config_file.read_text())
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ValueError(f"{config_file}: expected a mapping of settings at the top level")
+        data = loaded or {}
+    data = _merge(data, _env_overrides(os.environ if environ is None else environ))
+    data = _merge(data, {k: v for k, v in overrides.items() if v is not None})
+    return GatewaySettings.model_validate(data)

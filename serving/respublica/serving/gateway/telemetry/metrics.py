@@ -1,0 +1,116 @@
+"""Prometheus metrics per tenant and model.
+
+With several worker processes, prometheus_client's multiprocess mode is used: the CLI points
+`PROMETHEUS_MULTIPROC_DIR` at a fresh directory before any worker starts, every worker writes its
+samples there, and /metrics in any worker aggregates them (in-flight gauges are summed live).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+PREFIX = "respublica_gateway"
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+@dataclass
+class _Series:
+    """The children of one (tenant, model) pair, looked up once: `.labels()` costs microseconds."""
+
+    in_flight: Gauge
+    latency: Histogram
+    ttft: Histogram
+    input_tokens: Counter
+    output_tokens: Counter
+
+
+class GatewayMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.multiprocess = "PROMETHEUS_MULTIPROC_DIR" in os.environ
+        # In multiprocess mode samples go to files; the collector reads them at scrape time.
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        reg = None if self.multiprocess else self.registry
+        self.requests = Counter(
+            f"{PREFIX}_requests",
+            "Requests answered, by tenant, model and HTTP status.",
+            ["tenant", "model", "status"],
+            registry=reg,
+        )
+        self.tokens = Counter(
+            f"{PREFIX}_tokens",
+            "Tokens charged, by tenant, model and kind (input or output).",
+            ["tenant", "model", "kind"],
+            registry=reg,
+        )
+        self.latency = Histogram(
+            f"{PREFIX}_request_duration_seconds",
+            "Time from request to the last byte answered.",
+            ["tenant", "model"],
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.ttft = Histogram(
+            f"{PREFIX}_time_to_first_token_seconds",
+            "Time from request to the first generated chunk (streams).",
+            ["tenant", "model"],
+            buckets=TTFT_BUCKETS,
+            registry=reg,
+        )
+        self.rejections = Counter(
+            f"{PREFIX}_rejections",
+            "Requests refused before reaching a model, by tenant, model and reason.",
+            ["tenant", "model", "reason"],
+            registry=reg,
+        )
+        self.in_flight = Gauge(
+            f"{PREFIX}_in_flight_requests",
+            "Requests being proxied now.",
+            ["tenant", "model"],
+            registry=reg,
+            multiprocess_mode="livesum",
+        )
+        self.route_conflicts = Gauge(
+            f"{PREFIX}_route_conflicts",
+            "Served names published by more than one ModelDeployment (the rule picks one).",
+            registry=reg,
+            multiprocess_mode="max",
+        )
+        self._series: dict[tuple[str, str], _Series] = {}
+
+    def series(self, tenant: str, model: str) -> _Series:
+        key = (tenant, model)
+        found = self._series.get(key)
+        if found is None:
+            found = _Series(
+                in_flight=self.in_flight.labels(tenant, model),
+                latency=self.latency.labels(tenant, model),
+                ttft=self.ttft.labels(tenant, model),
+                input_tokens=self.tokens.labels(tenant, model, "input"),
+                output_tokens=self.tokens.labels(tenant, model, "output"),
+            )
+            self._series[key] = found
+        return found
+
+    def reject(self, tenant: str, model: str, reason: str, status: int) -> None:
+        self.rejections.labels(tenant, model, reason).inc()
+        self.requests.labels(tenant, model, str(status)).inc()
+
+    def render(self) -> tuple[bytes, str]:
+        if self.multiprocess:
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
