@@ -1,0 +1,36 @@
+"""ModelDeployment -> Kubernetes objects: a KubeRay RayService, NetworkPolicies, the model cache.
+
+`render` is pure: the same ModelDeployment and options give the same objects, byte for byte.
+"""
+
+from respublica.operator.render.assemble import render
+from respublica.operator.render.common import (
+    COMPONENT_LABEL,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    MODEL_LABEL,
+    SERVE_APP_NAME,
+    SPEC_HASH_ANNOTATION,
+    endpoint_url,
+    owner_references,
+    rayservice_name,
+    serve_service_name,
+    spec_hash,
+)
+from respublica.operator.render.options import RenderOptions
+
+__all__ = [
+    "COMPONENT_LABEL",
+    "MANAGED_BY",
+    "MANAGED_BY_LABEL",
+    "MODEL_LABEL",
+    "SERVE_APP_NAME",
+    "SPEC_HASH_ANNOTATION",
+    "RenderOptions",
+    "endpoint_url",
+    "owner_references",
+    "rayservice_name",
+    "render",
+    "serve_service_name",
+    "spec_hash",
+]

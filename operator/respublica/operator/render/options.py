@@ -1,0 +1,70 @@
+"""What the operator decides for every ModelDeployment: images, ports, who may talk to the pods."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+RAY_VERSION = "2.60.0"
+DEFAULT_RAY_IMAGE = f"docker.io/rayproject/ray-llm:{RAY_VERSION}-py311-cu128"
+
+
+def _labels(**labels: str) -> Mapping[str, str]:
+    return MappingProxyType(dict(labels))
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """Operator-wide settings of the rendered objects. Every default works on a stock cluster."""
+
+    # Ray + vLLM (Ray Serve LLM) image of the head and the replicas; a spec's `image` wins.
+    ray_image: str = DEFAULT_RAY_IMAGE
+    ray_version: str = RAY_VERSION
+    # Runs the cache download Job; needs Python with huggingface_hub (the Ray LLM image has it).
+    downloader_image: str = DEFAULT_RAY_IMAGE
+    # A registry (e.g. `registry.agency.example/mirror`) that replaces the registry of the default
+    # images, for clusters that pull only from their own mirror. A spec's own `image` is left alone.
+    image_registry: str | None = None
+    image_pull_policy: str = "IfNotPresent"
+    image_pull_secrets: tuple[str, ...] = ()
+
+    # Who may reach the Serve port: the respublica gateway's pods. None: the model's own namespace.
+    gateway_namespace: str | None = "respublica-system"
+    gateway_pod_labels: Mapping[str, str] = field(
+        default_factory=lambda: _labels(**{"app.kubernetes.io/name": "respublica-gateway"})
+    )
+    # Who may reach the head's dashboard port (KubeRay submits the Serve config there).
+    # None: the operator's pods in any namespace.
+    kuberay_namespace: str | None = None
+    kuberay_pod_labels: Mapping[str, str] = field(
+        default_factory=lambda: _labels(**{"app.kubernetes.io/name": "kuberay-operator"})
+    )
+
+    serve_port: int = 8000
+    dashboard_port: int = 8265
+    gcs_port: int = 6379
+    client_port: int = 10001
+    metrics_port: int = 8080
+
+    # The head runs Ray's control plane, the Serve proxy and the OpenAI ingress; no model replica.
+    head_cpu: str = "2"
+    head_memory: str = "8Gi"
+    autoscaler_cpu: str = "500m"
+    autoscaler_memory: str = "512Mi"
+    # How long an idle worker pod stays before Ray's autoscaler removes it.
+    worker_idle_timeout_seconds: int = 60
+
+    # The user and group of the Ray images (`ray`, uid 1000, group `users`).
+    run_as_user: int = 1000
+    run_as_group: int = 100
+    fs_group: int = 100
+
+    # Where weights are mounted in the pods.
+    cache_mount_path: str = "/models"
+    pvc_mount_root: str = "/mnt/pvc"
+    # Secret (key `token`) holding a Hugging Face token for gated repositories; optional.
+    hf_token_secret: str | None = None
+    # How long a replica waits for the cache download before its pod fails and restarts.
+    download_wait_seconds: int = 6 * 3600
+    download_backoff_limit: int = 4

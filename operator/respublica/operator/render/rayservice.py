@@ -1,0 +1,252 @@
+"""The KubeRay RayService that runs the model: Ray Serve LLM on vLLM, autoscaled by Ray.
+
+Two layers of autoscaling, both Ray's: Ray Serve adds and removes model replicas (the spec's
+scaling), and Ray's in-tree autoscaler adds and removes the worker pods those replicas need. One
+replica is one worker pod holding all of its GPUs, so the worker group's bounds are the replica
+bounds. The head takes no GPU: it runs Ray's control plane, the Serve proxy and the OpenAI ingress,
+and stays up when the model scales to zero.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from respublica.operator.api.models import ModelDeployment
+from respublica.operator.render.common import (
+    SERVE_APP_NAME,
+    Obj,
+    container_security_context,
+    image_ref,
+    labels,
+    metadata,
+    pod_security_context,
+    pull_secrets,
+    rayservice_name,
+    usage_stats_env,
+)
+from respublica.operator.render.options import RenderOptions
+from respublica.operator.render.storage import ModelStorage, model_storage
+from respublica.serving.engine.args import build_serving_args
+
+COMPONENT = "ray"
+HEAD_COMPONENT = "ray-head"
+WORKER_COMPONENT = "ray-worker"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+GPU_RESOURCE = "nvidia.com/gpu"
+# The ingress replica's Ray CPUs; the head offers exactly this, so no model replica lands there.
+INGRESS_NUM_CPUS = 1
+
+
+def worker_group_name(md: ModelDeployment) -> str:
+    return "gpu" if md.spec.resources.gpus > 0 else "cpu"
+
+
+def serve_config(md: ModelDeployment, options: RenderOptions) -> dict[str, Any]:
+    """serveConfigV2 as data: one application, the OpenAI app of Ray Serve LLM with the engine args."""
+    storage = model_storage(md, options)
+    args = build_serving_args(
+        md.spec, model_path=storage.model_path, accelerator="gpu", ingress_num_cpus=INGRESS_NUM_CPUS
+    )
+    return {
+        # The port KubeRay's Serve service targets; Ray's own default is the same 8000.
+        "http_options": {"host": "0.0.0.0", "port": options.serve_port},
+        "applications": [
+            {
+                "name": SERVE_APP_NAME,
+                "import_path": "ray.serve.llm:build_openai_app",
+                "route_prefix": "/",
+                "args": args,
+            }
+        ],
+    }
+
+
+def rayservice(md: ModelDeployment, options: RenderOptions) -> Obj:
+    storage = model_storage(md, options)
+    image = md.spec.image or image_ref(options.ray_image, options)
+    return {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayService",
+        "metadata": metadata(md, rayservice_name(md), COMPONENT),
+        "spec": {
+            "serveConfigV2": yaml.safe_dump(serve_config(md, options), sort_keys=True),
+            "rayClusterConfig": {
+                "rayVersion": options.ray_version,
+                "enableInTreeAutoscaling": True,
+                "autoscalerOptions": _autoscaler(options),
+                "headGroupSpec": _head(md, options, image),
+                "workerGroupSpecs": [_worker_group(md, options, image, storage)],
+            },
+        },
+    }
+
+
+def _env(storage: ModelStorage | None) -> list[Obj]:
+    env = usage_stats_env()
+    if storage is not None and storage.offline:
+        env.append({"name": "HF_HUB_OFFLINE", "value": "1"})
+    return env
+
+
+def _autoscaler(options: RenderOptions) -> Obj:
+    return {
+        "upscalingMode": "Default",
+        "idleTimeoutSeconds": options.worker_idle_timeout_seconds,
+        "env": usage_stats_env(),
+        "resources": {
+            "requests": {"cpu": options.autoscaler_cpu, "memory": options.autoscaler_memory},
+            "limits": {"cpu": options.autoscaler_cpu, "memory": options.autoscaler_memory},
+        },
+        "securityContext": container_security_context(),
+    }
+
+
+def _ports(options: RenderOptions, *, head: bool) -> list[Obj]:
+    ports = [("serve", options.serve_port), ("metrics", options.metrics_port)]
+    if head:
+        ports += [
+            ("gcs", options.gcs_port),
+            ("dashboard", options.dashboard_port),
+            ("client", options.client_port),
+        ]
+    return [{"name": name, "containerPort": port, "protocol": "TCP"} for name, port in ports]
+
+
+def _pod_spec(options: RenderOptions, containers: list[Obj], volumes: list[Obj]) -> Obj:
+    spec: Obj = {
+        "automountServiceAccountToken": False,
+        "securityContext": pod_security_context(options),
+        "containers": containers,
+    }
+    if volumes:
+        spec["volumes"] = volumes
+    secrets = pull_secrets(options)
+    if secrets:
+        spec["imagePullSecrets"] = secrets
+    return spec
+
+
+def _head(md: ModelDeployment, options: RenderOptions, image: str) -> Obj:
+    resources = {"cpu": options.head_cpu, "memory": options.head_memory}
+    container: Obj = {
+        "name": "ray-head",
+        "image": image,
+        "imagePullPolicy": options.image_pull_policy,
+        "ports": _ports(options, head=True),
+        "env": _env(None),
+        "resources": {"requests": dict(resources), "limits": dict(resources)},
+        "securityContext": container_security_context(),
+    }
+    return {
+        "rayStartParams": {
+            "num-cpus": str(INGRESS_NUM_CPUS),
+            "num-gpus": "0",
+            "dashboard-host": "0.0.0.0",
+        },
+        "template": {
+            "metadata": {"labels": labels(md, HEAD_COMPONENT)},
+            "spec": _pod_spec(options, [container], []),
+        },
+    }
+
+
+def _worker_group(md: ModelDeployment, options: RenderOptions, image: str, storage: ModelStorage) -> Obj:
+    spec = md.spec
+    gpus = spec.resources.gpus
+    resources: dict[str, str] = {"cpu": spec.resources.cpu, "memory": spec.resources.memory}
+    if gpus > 0:
+        resources[GPU_RESOURCE] = str(gpus)
+    mounts = [*storage.mounts, {"name": "dshm", "mountPath": "/dev/shm"}]
+    # vLLM's workers exchange tensors through shared memory; the container default is 64 MiB.
+    volumes = [*storage.volumes, {"name": "dshm", "emptyDir": {"medium": "Memory"}}]
+    container: Obj = {
+        "name": "ray-worker",
+        "image": image,
+        "imagePullPolicy": options.image_pull_policy,
+        "ports": _ports(options, head=False),
+        "env": _env(storage) + _hf_token(options, storage),
+        "resources": {"requests": dict(resources), "limits": dict(resources)},
+        "securityContext": container_security_context(),
+        "volumeMounts": mounts,
+    }
+    pod = _pod_spec(options, [container], volumes)
+    if storage.wait_for is not None:
+        pod["initContainers"] = [_wait_for_cache(options, image, storage)]
+    if spec.resources.gpu_product is not None:
+        pod["affinity"] = {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [
+                        {
+                            "matchExpressions": [
+                                {
+                                    "key": GPU_PRODUCT_LABEL,
+                                    "operator": "In",
+                                    "values": [spec.resources.gpu_product],
+                                }
+                            ]
+                        }
+                    ]
+                }
+            }
+        }
+    if spec.resources.node_selector:
+        pod["nodeSelector"] = dict(sorted(spec.resources.node_selector.items()))
+    if spec.resources.tolerations:
+        pod["tolerations"] = [
+            t.model_dump(by_alias=True, exclude_none=True, mode="json") for t in spec.resources.tolerations
+        ]
+    start_params = {"num-gpus": str(gpus)}
+    return {
+        "groupName": worker_group_name(md),
+        "replicas": spec.scaling.min_replicas,
+        "minReplicas": spec.scaling.min_replicas,
+        "maxReplicas": spec.scaling.max_replicas,
+        "numOfHosts": 1,
+        "rayStartParams": start_params,
+        "template": {"metadata": {"labels": labels(md, WORKER_COMPONENT)}, "spec": pod},
+    }
+
+
+def _hf_token(options: RenderOptions, storage: ModelStorage) -> list[Obj]:
+    if storage.offline or not options.hf_token_secret:
+        return []
+    return [
+        {
+            "name": "HF_TOKEN",
+            "valueFrom": {
+                "secretKeyRef": {"name": options.hf_token_secret, "key": "token", "optional": True}
+            },
+        }
+    ]
+
+
+# Waits, bounded, for the download Job's marker, so vLLM never starts on a half-filled cache.
+WAIT_SCRIPT = """\
+import os, sys, time
+path, deadline = sys.argv[1], time.monotonic() + float(sys.argv[2])
+while not os.path.exists(path):
+    if time.monotonic() > deadline:
+        sys.exit(f"the model cache is still not filled ({path} missing): see the download Job")
+    time.sleep(5)
+"""
+
+
+def _wait_for_cache(options: RenderOptions, image: str, storage: ModelStorage) -> Obj:
+    assert storage.wait_for is not None
+    return {
+        "name": "wait-for-model-cache",
+        "image": image,
+        "imagePullPolicy": options.image_pull_policy,
+        "command": ["python", "-c", WAIT_SCRIPT],
+        "args": [storage.wait_for, str(options.download_wait_seconds)],
+        "env": usage_stats_env(),
+        "resources": {
+            "requests": {"cpu": "50m", "memory": "64Mi"},
+            "limits": {"cpu": "200m", "memory": "128Mi"},
+        },
+        "securityContext": container_security_context(),
+        "volumeMounts": list(storage.mounts),
+    }

@@ -1,0 +1,85 @@
+"""Where a model's weights (and LoRA adapters) live inside its pods, and how they get there."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from respublica.operator.api.models import ModelDeployment
+from respublica.operator.render.common import Obj
+from respublica.operator.render.options import RenderOptions
+
+CACHE_VOLUME = "model-cache"
+# Written by the download Job once every file is in place; replicas start only when it exists.
+COMPLETE_MARKER = ".respublica-complete"
+
+
+@dataclass(frozen=True)
+class ModelStorage:
+    """The volumes a replica mounts and the directory the engine reads the weights from."""
+
+    volumes: list[Obj] = field(default_factory=list)
+    mounts: list[Obj] = field(default_factory=list)
+    # None: the engine fetches the weights itself (hf:// by repository id) or reads a file:// path.
+    model_path: str | None = None
+    # The weights are on disk: the engine must not reach for the hub at run time.
+    offline: bool = False
+    # The cache's completion marker a replica waits for before starting; None without a cache.
+    wait_for: str | None = None
+
+
+def cache_claim_name(md: ModelDeployment) -> str:
+    return f"{md.metadata.name}-model-cache"
+
+
+def hf_repository(md: ModelDeployment) -> str:
+    return md.spec.model.source.removeprefix("hf://")
+
+
+def cache_model_path(md: ModelDeployment, options: RenderOptions) -> str:
+    """The directory in the cache volume holding this repository at this revision."""
+    return f"{options.cache_mount_path}/hf/{hf_repository(md)}/{md.spec.model.revision}"
+
+
+def _pvc_parts(source: str) -> tuple[str, str]:
+    claim, _, path = source.removeprefix("pvc://").partition("/")
+    return claim, path.strip("/")
+
+
+def _claim_volume_name(claim: str) -> str:
+    # Claim names may hold dots; volume names are DNS labels.
+    return f"pvc-{claim.replace('.', '-')}"[:63].rstrip("-")
+
+
+def model_storage(md: ModelDeployment, options: RenderOptions) -> ModelStorage:
+    spec = md.spec
+    volumes: list[Obj] = []
+    mounts: list[Obj] = []
+    claims: list[str] = []
+
+    def mount_claim(claim: str) -> str:
+        mount_path = f"{options.pvc_mount_root}/{claim}"
+        if claim not in claims:
+            claims.append(claim)
+            name = _claim_volume_name(claim)
+            volumes.append({"name": name, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+            mounts.append({"name": name, "mountPath": mount_path, "readOnly": True})
+        return mount_path
+
+    source = spec.model.source
+    model_path: str | None = None
+    wait_for: str | None = None
+    if spec.cache is not None:
+        volumes.append({"name": CACHE_VOLUME, "persistentVolumeClaim": {"claimName": cache_claim_name(md)}})
+        mounts.append({"name": CACHE_VOLUME, "mountPath": options.cache_mount_path, "readOnly": True})
+        model_path = cache_model_path(md, options)
+        wait_for = f"{model_path}/{COMPLETE_MARKER}"
+    elif source.startswith("pvc://"):
+        claim, path = _pvc_parts(source)
+        root = mount_claim(claim)
+        model_path = f"{root}/{path}" if path else root
+    if spec.lora is not None and spec.lora.path.startswith("pvc://"):
+        mount_claim(_pvc_parts(spec.lora.path)[0])
+    offline = not source.startswith("hf://") or spec.cache is not None
+    return ModelStorage(
+        volumes=volumes, mounts=mounts, model_path=model_path, offline=offline, wait_for=wait_for
+    )

@@ -1,0 +1,125 @@
+"""ModelDeployments the render tests share: every shipped sample plus a matrix covering each branch."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from respublica.operator.api.models import ModelDeployment
+
+REPO = Path(__file__).resolve().parents[2]
+UID = "5b1c1d0e-8f2a-4c61-9a57-0c7d2b6e4f11"
+REVISION = "0123456789abcdef0123456789abcdef01234567"
+
+
+def _md(name: str, spec: dict[str, Any], namespace: str | None = "ai") -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "uid": UID}
+    if namespace is not None:
+        meta["namespace"] = namespace
+    return {
+        "apiVersion": "respublica.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": meta,
+        "spec": spec,
+    }
+
+
+MATRIX: dict[str, dict[str, Any]] = {
+    "one-gpu": _md(
+        "llama-3-8b",
+        {
+            "model": {
+                "source": "hf://meta-llama/Llama-3.1-8B-Instruct",
+                "revision": REVISION,
+                "servedName": "llama",
+            },
+            "engine": {"maxModelLen": 8192},
+            "resources": {"gpus": 1, "gpuProduct": "NVIDIA-L40S"},
+        },
+    ),
+    "tensor-parallel-cached": _md(
+        "llama-70b",
+        {
+            "model": {
+                "source": "hf://meta-llama/Llama-3.3-70B-Instruct",
+                "revision": REVISION,
+                "servedName": "l70",
+            },
+            "engine": {
+                "tensorParallelSize": 4,
+                "dtype": "bfloat16",
+                "extraArgs": ["--enable-chunked-prefill"],
+            },
+            "resources": {
+                "gpus": 4,
+                "gpuProduct": "NVIDIA-H100-80GB-HBM3",
+                "cpu": "32",
+                "memory": "256Gi",
+                "nodeSelector": {"pool": "gpu", "topology.kubernetes.io/zone": "eu-west-1a"},
+                "tolerations": [
+                    {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+                    {
+                        "key": "dedicated",
+                        "operator": "Equal",
+                        "value": "ai",
+                        "effect": "NoExecute",
+                        "tolerationSeconds": 60,
+                    },
+                ],
+            },
+            "scaling": {"minReplicas": 1, "maxReplicas": 3, "targetOngoingRequests": 32},
+            "cache": {"size": "200Gi", "storageClassName": "cephfs", "accessMode": "ReadWriteMany"},
+            "routing": {"prefixAware": True},
+        },
+    ),
+    "scale-to-zero": _md(
+        "qwen",
+        {
+            "model": {"source": "hf://Qwen/Qwen2.5-7B-Instruct", "revision": REVISION, "servedName": "qwen"},
+            "scaling": {"minReplicas": 0, "maxReplicas": 2, "downscaleToZeroDelaySeconds": 600},
+            "cache": {"size": "40Gi", "accessMode": "ReadWriteOnce"},
+        },
+    ),
+    "lora-on-pvc": _md(
+        "mistral",
+        {
+            "model": {"source": "pvc://weights.store/mistral/7b", "servedName": "mistral"},
+            "lora": {"path": "pvc://adapters/mistral", "adapters": [{"name": "sql"}, {"name": "legal"}]},
+        },
+    ),
+    "cpu-no-namespace": _md(
+        "tiny",
+        {
+            "model": {"source": "file:///models/tiny", "servedName": "tiny"},
+            "engine": {"maxModelLen": 512},
+            "resources": {"gpus": 0, "cpu": "500m", "memory": "4Gi"},
+        },
+        namespace=None,
+    ),
+}
+
+
+def _samples() -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    for path in sorted((REPO / "manifests" / "samples").glob("*.y*ml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if isinstance(doc, dict) and doc.get("kind") == "ModelDeployment":
+                found[f"sample-{path.stem}-{doc['metadata']['name']}"] = doc
+    return found
+
+
+CASES = {**MATRIX, **_samples()}
+
+
+@pytest.fixture(params=sorted(CASES), ids=sorted(CASES))
+def md(request: pytest.FixtureRequest) -> ModelDeployment:
+    return ModelDeployment.model_validate(copy.deepcopy(CASES[request.param]))
+
+
+@pytest.fixture
+def matrix() -> dict[str, dict[str, Any]]:
+    return copy.deepcopy(MATRIX)

@@ -1,0 +1,401 @@
+"""What render makes of a ModelDeployment: the objects, their wiring, and the guarantees on every child."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import yaml
+
+from respublica.operator.api.models import ModelDeployment
+from respublica.operator.render import (
+    MODEL_LABEL,
+    SERVE_APP_NAME,
+    SPEC_HASH_ANNOTATION,
+    RenderOptions,
+    endpoint_url,
+    rayservice_name,
+    render,
+    serve_service_name,
+    spec_hash,
+)
+from respublica.serving.engine.args import build_serving_args
+
+Obj = dict[str, Any]
+
+
+def _one(objects: list[Obj], kind: str) -> Obj:
+    (found,) = [obj for obj in objects if obj["kind"] == kind]
+    return found
+
+
+def _cluster(objects: list[Obj]) -> Obj:
+    cluster: Obj = _one(objects, "RayService")["spec"]["rayClusterConfig"]
+    return cluster
+
+
+def _worker_pod(objects: list[Obj]) -> Obj:
+    (group,) = _cluster(objects)["workerGroupSpecs"]
+    pod: Obj = group["template"]["spec"]
+    return pod
+
+
+def _serve_config(objects: list[Obj]) -> Obj:
+    config: Obj = yaml.safe_load(_one(objects, "RayService")["spec"]["serveConfigV2"])
+    return config
+
+
+def _containers(obj: Obj) -> list[Obj]:
+    """Every container spec in an object, wherever it sits (pod templates, KubeRay's autoscaler)."""
+    found: list[Obj] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in ("containers", "initContainers"):
+                    found.extend(value)
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(obj)
+    autoscaler = obj.get("spec", {}).get("rayClusterConfig", {}).get("autoscalerOptions")
+    if autoscaler is not None:
+        found.append(autoscaler)
+    return found
+
+
+def _pod_specs(obj: Obj) -> list[Obj]:
+    if obj["kind"] == "Job":
+        return [obj["spec"]["template"]["spec"]]
+    if obj["kind"] == "RayService":
+        cluster = obj["spec"]["rayClusterConfig"]
+        return [cluster["headGroupSpec"]["template"]["spec"]] + [
+            g["template"]["spec"] for g in cluster["workerGroupSpecs"]
+        ]
+    return []
+
+
+def test_render_is_deterministic(md: ModelDeployment) -> None:
+    first = render(md)
+    again = render(ModelDeployment.model_validate(md.to_dict()))
+    assert json.dumps(first, sort_keys=False) == json.dumps(again, sort_keys=False)
+    text = yaml.safe_dump_all(first)
+    assert "&id" not in text, "objects share nested values (YAML anchors)"
+
+
+def test_every_child_is_labelled_annotated_and_owned(md: ModelDeployment) -> None:
+    uid = (md.metadata.model_extra or {}).get("uid")
+    for obj in render(md):
+        meta = obj["metadata"]
+        assert meta["labels"]["app.kubernetes.io/managed-by"] == "respublica"
+        assert meta["labels"][MODEL_LABEL] == md.metadata.name
+        assert meta["annotations"][SPEC_HASH_ANNOTATION] == spec_hash(md)
+        assert meta.get("namespace") == md.metadata.namespace
+        if uid is None:
+            assert "ownerReferences" not in meta
+        else:
+            assert meta["ownerReferences"] == [
+                {
+                    "apiVersion": "respublica.dev/v1alpha1",
+                    "kind": "ModelDeployment",
+                    "name": md.metadata.name,
+                    "uid": uid,
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ]
+
+
+def test_render_for_review_has_no_owner(matrix: dict[str, Obj]) -> None:
+    raw = matrix["one-gpu"]
+    del raw["metadata"]["uid"]
+    for obj in render(ModelDeployment.model_validate(raw)):
+        assert "ownerReferences" not in obj["metadata"]
+
+
+def test_every_container_is_locked_down(md: ModelDeployment) -> None:
+    for obj in render(md):
+        for pod in _pod_specs(obj):
+            assert pod["securityContext"]["runAsNonRoot"] is True
+            assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+            assert pod["automountServiceAccountToken"] is False
+        for container in _containers(obj):
+            context = container["securityContext"]
+            assert context["runAsNonRoot"] is True
+            assert context["allowPrivilegeEscalation"] is False
+            assert context["capabilities"] == {"drop": ["ALL"]}
+            assert context["seccompProfile"] == {"type": "RuntimeDefault"}
+            assert context.get("privileged", False) is False
+            env = {e["name"]: e.get("value") for e in container.get("env", [])}
+            if obj["kind"] == "RayService":
+                assert env["RAY_USAGE_STATS_ENABLED"] == "0"
+                assert env["VLLM_NO_USAGE_STATS"] == "1"
+                assert env["DO_NOT_TRACK"] == "1"
+
+
+def test_serve_config_is_the_engine_mapping(md: ModelDeployment) -> None:
+    """The same function maps the spec for the cluster and for `respublica up`."""
+    config = _serve_config(render(md))
+    (app,) = config["applications"]
+    assert app["name"] == SERVE_APP_NAME
+    assert app["import_path"] == "ray.serve.llm:build_openai_app"
+    assert app["route_prefix"] == "/"
+    assert config["http_options"]["port"] == 8000
+    model_path = app["args"]["llm_configs"][0]["model_loading_config"]["model_source"]
+    source = md.spec.model.source
+    if md.spec.cache is None and not source.startswith("pvc://"):
+        model_path = None
+    expected = build_serving_args(md.spec, model_path=model_path, ingress_num_cpus=1)
+    assert app["args"] == json.loads(json.dumps(expected))
+
+
+def test_serve_config_validates_with_ray(md: ModelDeployment) -> None:
+    serve_llm = pytest.importorskip("ray.serve.llm", reason="Ray Serve LLM is not installed")
+    args = _serve_config(render(md))["applications"][0]["args"]
+    parsed = serve_llm.LLMServingArgs.model_validate(args)
+    assert parsed.llm_configs[0].model_id == md.spec.model.served_name
+
+
+def test_head_takes_no_gpu_and_autoscaler_is_on(md: ModelDeployment) -> None:
+    cluster = _cluster(render(md))
+    assert cluster["enableInTreeAutoscaling"] is True
+    head = cluster["headGroupSpec"]
+    assert head["rayStartParams"]["num-gpus"] == "0"
+    (container,) = head["template"]["spec"]["containers"]
+    assert "nvidia.com/gpu" not in container["resources"]["limits"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["serve"] == 8000
+    assert ports["dashboard"] == 8265
+    # Room for the OpenAI ingress (one Ray CPU) and nothing more: no model replica lands on the head.
+    args = _serve_config(render(md))["applications"][0]["args"]
+    assert (
+        float(head["rayStartParams"]["num-cpus"])
+        == args["ingress_deployment_config"]["ray_actor_options"]["num_cpus"]
+    )
+
+
+def test_one_worker_group_one_pod_per_replica(md: ModelDeployment) -> None:
+    objects = render(md)
+    (group,) = _cluster(objects)["workerGroupSpecs"]
+    spec = md.spec
+    assert group["minReplicas"] == spec.scaling.min_replicas
+    assert group["maxReplicas"] == spec.scaling.max_replicas
+    assert group["numOfHosts"] == 1
+    (container,) = group["template"]["spec"]["containers"]
+    resources = container["resources"]
+    assert resources["requests"] == resources["limits"]
+    assert resources["limits"]["cpu"] == spec.resources.cpu
+    assert resources["limits"]["memory"] == spec.resources.memory
+    if spec.resources.gpus > 0:
+        assert group["groupName"] == "gpu"
+        assert resources["limits"]["nvidia.com/gpu"] == str(spec.resources.gpus)
+        assert group["rayStartParams"]["num-gpus"] == str(spec.resources.gpus)
+        # One replica = one pod: a replica's GPUs (its tensor-parallel shards) are packed on one node.
+        llm = _serve_config(objects)["applications"][0]["args"]["llm_configs"][0]
+        assert llm["engine_kwargs"]["tensor_parallel_size"] == spec.resources.gpus
+        assert llm["placement_group_config"]["strategy"] == "STRICT_PACK"
+    else:
+        assert group["groupName"] == "cpu"
+        assert "nvidia.com/gpu" not in resources["limits"]
+
+
+def test_gpu_product_tolerations_and_node_selector(matrix: dict[str, Obj]) -> None:
+    md = ModelDeployment.model_validate(matrix["tensor-parallel-cached"])
+    pod = _worker_pod(render(md))
+    terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ]
+    assert terms == [
+        {
+            "matchExpressions": [
+                {"key": "nvidia.com/gpu.product", "operator": "In", "values": ["NVIDIA-H100-80GB-HBM3"]}
+            ]
+        }
+    ]
+    assert pod["nodeSelector"] == {"pool": "gpu", "topology.kubernetes.io/zone": "eu-west-1a"}
+    assert pod["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+        {
+            "key": "dedicated",
+            "operator": "Equal",
+            "value": "ai",
+            "effect": "NoExecute",
+            "tolerationSeconds": 60,
+        },
+    ]
+    # Ray's accelerator_type is not derived from the GPU product name.
+    assert "accelerator_type" not in _serve_config(render(md))["applications"][0]["args"]["llm_configs"][0]
+    plain = _worker_pod(render(ModelDeployment.model_validate(matrix["lora-on-pvc"])))
+    assert "affinity" not in plain and "nodeSelector" not in plain and "tolerations" not in plain
+
+
+def test_network_policies_admit_only_gateway_peers_and_kuberay(md: ModelDeployment) -> None:
+    policies = {obj["metadata"]["name"]: obj["spec"] for obj in render(md) if obj["kind"] == "NetworkPolicy"}
+    name = md.metadata.name
+    assert set(policies) == {f"{name}-ray", f"{name}-ray-head"}
+    pods = policies[f"{name}-ray"]
+    assert pods["podSelector"] == {"matchLabels": {MODEL_LABEL: name}}
+    assert pods["policyTypes"] == ["Ingress"]
+    assert pods["ingress"] == [
+        {
+            "from": [
+                {
+                    "podSelector": {"matchLabels": {"app.kubernetes.io/name": "respublica-gateway"}},
+                    "namespaceSelector": {
+                        "matchLabels": {"kubernetes.io/metadata.name": "respublica-system"}
+                    },
+                }
+            ],
+            "ports": [{"protocol": "TCP", "port": 8000}],
+        },
+        {"from": [{"podSelector": {"matchLabels": {MODEL_LABEL: name}}}]},
+    ]
+    head = policies[f"{name}-ray-head"]
+    assert head["podSelector"] == {"matchLabels": {MODEL_LABEL: name, "ray.io/node-type": "head"}}
+    assert head["policyTypes"] == ["Ingress"]
+    assert head["ingress"] == [
+        {
+            "from": [
+                {
+                    "podSelector": {"matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}},
+                    "namespaceSelector": {},
+                }
+            ],
+            "ports": [{"protocol": "TCP", "port": 8265}],
+        }
+    ]
+    # The policies select the pods: both pod templates carry the model label.
+    cluster = _cluster(render(md))
+    for template in [cluster["headGroupSpec"]["template"], cluster["workerGroupSpecs"][0]["template"]]:
+        assert template["metadata"]["labels"][MODEL_LABEL] == name
+
+
+def test_network_policy_options() -> None:
+    md = ModelDeployment.model_validate(
+        {
+            "metadata": {"name": "m", "namespace": "ai"},
+            "spec": {"model": {"source": "file:///m", "servedName": "m"}},
+        }
+    )
+    options = RenderOptions(
+        gateway_namespace=None,
+        gateway_pod_labels={"app": "gw"},
+        kuberay_namespace="ray-system",
+        serve_port=9000,
+        dashboard_port=9265,
+    )
+    policies = [obj for obj in render(md, options) if obj["kind"] == "NetworkPolicy"]
+    gateway_rule = policies[0]["spec"]["ingress"][0]
+    assert gateway_rule == {
+        "from": [{"podSelector": {"matchLabels": {"app": "gw"}}}],
+        "ports": [{"protocol": "TCP", "port": 9000}],
+    }
+    kuberay_rule = policies[1]["spec"]["ingress"][0]
+    assert kuberay_rule["from"][0]["namespaceSelector"] == {
+        "matchLabels": {"kubernetes.io/metadata.name": "ray-system"}
+    }
+    assert kuberay_rule["ports"] == [{"protocol": "TCP", "port": 9265}]
+    assert _serve_config(render(md, options))["http_options"]["port"] == 9000
+    assert endpoint_url(md, options) == "http://m-serve-svc.ai.svc:9000"
+
+
+def test_cache_claim_and_download_job(matrix: dict[str, Obj]) -> None:
+    md = ModelDeployment.model_validate(matrix["tensor-parallel-cached"])
+    objects = render(md)
+    kinds = [obj["kind"] for obj in objects]
+    assert kinds == ["PersistentVolumeClaim", "Job", "NetworkPolicy", "NetworkPolicy", "RayService"]
+    claim = _one(objects, "PersistentVolumeClaim")
+    assert claim["metadata"]["name"] == "llama-70b-model-cache"
+    assert claim["spec"] == {
+        "accessModes": ["ReadWriteMany"],
+        "resources": {"requests": {"storage": "200Gi"}},
+        "storageClassName": "cephfs",
+    }
+    job = _one(objects, "Job")
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    target = f"/models/hf/meta-llama/Llama-3.3-70B-Instruct/{md.spec.model.revision}"
+    assert container["args"][:3] == ["meta-llama/Llama-3.3-70B-Instruct", md.spec.model.revision, target]
+    assert (
+        job["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"]
+        == claim["metadata"]["name"]
+    )
+    # The replicas read the cache, read-only and offline, once the Job has marked it complete.
+    pod = _worker_pod(objects)
+    llm = _serve_config(objects)["applications"][0]["args"]["llm_configs"][0]
+    assert llm["model_loading_config"]["model_source"] == target
+    assert "revision" not in llm["engine_kwargs"]
+    (worker,) = pod["containers"]
+    assert {"name": "model-cache", "mountPath": "/models", "readOnly": True} in worker["volumeMounts"]
+    assert {"name": "HF_HUB_OFFLINE", "value": "1"} in worker["env"]
+    (wait,) = pod["initContainers"]
+    assert wait["args"][0] == f"{target}/.respublica-complete"
+    # A new revision is a new Job (a Job's template is immutable); the claim stays.
+    matrix["tensor-parallel-cached"]["spec"]["model"]["revision"] = "f" * 40
+    moved = render(ModelDeployment.model_validate(matrix["tensor-parallel-cached"]))
+    assert _one(moved, "Job")["metadata"]["name"] != job["metadata"]["name"]
+    assert _one(moved, "PersistentVolumeClaim")["metadata"]["name"] == claim["metadata"]["name"]
+
+
+def test_no_cache_no_cache_objects(matrix: dict[str, Obj]) -> None:
+    objects = render(ModelDeployment.model_validate(matrix["one-gpu"]))
+    assert [obj["kind"] for obj in objects] == ["NetworkPolicy", "NetworkPolicy", "RayService"]
+    (worker,) = _worker_pod(objects)["containers"]
+    # Without a cache each replica fetches the pinned revision from the hub.
+    assert "HF_HUB_OFFLINE" not in {e["name"] for e in worker["env"]}
+    llm = _serve_config(objects)["applications"][0]["args"]["llm_configs"][0]
+    assert llm["model_loading_config"]["model_source"] == "meta-llama/Llama-3.1-8B-Instruct"
+    assert llm["engine_kwargs"]["revision"] == matrix["one-gpu"]["spec"]["model"]["revision"]
+
+
+def test_pvc_sources_are_mounted_read_only(matrix: dict[str, Obj]) -> None:
+    objects = render(ModelDeployment.model_validate(matrix["lora-on-pvc"]))
+    pod = _worker_pod(objects)
+    claims = {
+        v["persistentVolumeClaim"]["claimName"]: v for v in pod["volumes"] if "persistentVolumeClaim" in v
+    }
+    assert set(claims) == {"weights.store", "adapters"}
+    assert all(v["persistentVolumeClaim"]["readOnly"] for v in claims.values())
+    (worker,) = pod["containers"]
+    mounts = {m["mountPath"]: m for m in worker["volumeMounts"]}
+    assert mounts["/mnt/pvc/weights.store"]["readOnly"] is True
+    llm = _serve_config(objects)["applications"][0]["args"]["llm_configs"][0]
+    assert llm["model_loading_config"]["model_source"] == "/mnt/pvc/weights.store/mistral/7b"
+    assert llm["lora_config"] == {"max_num_adapters_per_replica": 4}
+
+
+def test_images_and_registry_override(matrix: dict[str, Obj]) -> None:
+    md = ModelDeployment.model_validate(matrix["tensor-parallel-cached"])
+    options = RenderOptions(image_registry="registry.agency.example/mirror", image_pull_secrets=("pull",))
+    objects = render(md, options)
+    images = {c["image"] for obj in objects for c in _containers(obj) if "image" in c}
+    assert images == {"registry.agency.example/mirror/rayproject/ray-llm:2.60.0-py311-cu128"}
+    for obj in objects:
+        for pod in _pod_specs(obj):
+            assert pod["imagePullSecrets"] == [{"name": "pull"}]
+    matrix["tensor-parallel-cached"]["spec"]["image"] = "ghcr.io/agency/vllm-ray:1"
+    own = render(ModelDeployment.model_validate(matrix["tensor-parallel-cached"]), options)
+    ray_images = {c["image"] for c in _containers(_one(own, "RayService")) if "image" in c}
+    assert ray_images == {"ghcr.io/agency/vllm-ray:1"}
+
+
+def test_names_and_endpoint(matrix: dict[str, Obj]) -> None:
+    md = ModelDeployment.model_validate(matrix["one-gpu"])
+    assert rayservice_name(md) == "llama-3-8b"
+    assert serve_service_name(md) == "llama-3-8b-serve-svc"
+    assert endpoint_url(md) == "http://llama-3-8b-serve-svc.ai.svc:8000"
+    assert _one(render(md), "RayService")["metadata"]["name"] == rayservice_name(md)
+    assert endpoint_url(ModelDeployment.model_validate(matrix["cpu-no-namespace"])) == (
+        "http://tiny-serve-svc.default.svc:8000"
+    )
+
+
+def test_spec_hash_follows_the_spec(matrix: dict[str, Obj]) -> None:
+    md = ModelDeployment.model_validate(matrix["one-gpu"])
+    same = ModelDeployment.model_validate(matrix["one-gpu"] | {"metadata": {"name": "other", "uid": "x"}})
+    assert spec_hash(md) == spec_hash(same)  # metadata is not the spec
+    matrix["one-gpu"]["spec"]["scaling"] = {"maxReplicas": 2}
+    assert spec_hash(ModelDeployment.model_validate(matrix["one-gpu"])) != spec_hash(md)
