@@ -1,0 +1,79 @@
+"""`Limits` to and from JSON and YAML: one pydantic model validates both the database and the files.
+
+Field names are accepted in camelCase (like the ModelDeployment API: `tokensPerDay`) and in
+snake_case; JSON in the database is written in snake_case.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
+
+from respublica.serving.gateway.contracts import Limits
+
+TENANT_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+TENANT_NAME_HELP = "lowercase letters, digits and '-', 1-63 characters, starting and ending alphanumeric"
+
+
+class LimitsModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+    requests_per_minute: int | None = Field(default=None, ge=0)
+    tokens_per_minute: int | None = Field(default=None, ge=0)
+    tokens_per_day: int | None = Field(default=None, ge=0)
+    tokens_per_month: int | None = Field(default=None, ge=0)
+    max_concurrent: int | None = Field(default=None, ge=0)
+    allowed_models: tuple[str, ...] = Field(default=("*",), min_length=1)
+    default_max_tokens: int = Field(default=1024, ge=1)
+
+    def to_limits(self) -> Limits:
+        return Limits(**self.model_dump())
+
+    @classmethod
+    def of(cls, limits: Limits) -> LimitsModel:
+        return cls(
+            requests_per_minute=limits.requests_per_minute,
+            tokens_per_minute=limits.tokens_per_minute,
+            tokens_per_day=limits.tokens_per_day,
+            tokens_per_month=limits.tokens_per_month,
+            max_concurrent=limits.max_concurrent,
+            allowed_models=limits.allowed_models,
+            default_max_tokens=limits.default_max_tokens,
+        )
+
+
+def limits_to_json(limits: Limits) -> str:
+    return json.dumps(LimitsModel.of(limits).model_dump(mode="json"), sort_keys=True)
+
+
+def limits_from_json(text: str) -> Limits:
+    return LimitsModel.model_validate_json(text).to_limits()
+
+
+def limits_from_mapping(data: Any) -> Limits:
+    """Validated Limits from YAML/JSON data; ValueError with a one-line reason."""
+    try:
+        return LimitsModel.model_validate(data if data is not None else {}).to_limits()
+    except ValidationError as exc:
+        raise ValueError(validation_message(exc)) from None
+
+
+def limits_as_dict(limits: Limits) -> dict[str, Any]:
+    return LimitsModel.of(limits).model_dump(mode="json")
+
+
+def validation_message(exc: ValidationError) -> str:
+    """Pydantic's first error in one line: `field.path: what is wrong`."""
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "body"
+    return f"{where}: {first['msg']}"
+
+
+def check_tenant_name(name: str) -> str:
+    if not TENANT_NAME.match(name):
+        raise ValueError(f"invalid tenant name {name!r}: {TENANT_NAME_HELP}")
+    return name

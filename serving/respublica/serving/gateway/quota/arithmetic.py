@@ -1,0 +1,288 @@
+"""Quota decisions as pure arithmetic: which counters a request touches, whether it fits, when to retry.
+
+Every store runs the same plan: read each check's counters, reject on the first check that does
+not fit, otherwise add every check's cost. Only the reading and writing differ (a dict under a
+lock, or one Redis Lua script), so both stores decide identically.
+
+Windows and periods:
+- Requests and tokens per minute use a *sliding window counter*: two fixed one-minute buckets,
+  the previous one weighted by the part of it still inside the last 60 s. It is smooth at minute
+  boundaries (a fixed window lets a burst of twice the limit through across a boundary) and
+  needs two counters, not a log of every request.
+- Token budgets per day and per month are plain counters over UTC calendar periods (a request
+  counts in the period it started in); they are exact, never approximated.
+- Concurrency is a counter of open reservations.
+
+Every counter exists for the tenant and for the caller (key id or OIDC subject); the tenant's
+limits apply to the first, `Principal.key_limits` to the second.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+from respublica.serving.gateway.contracts import Limits, Principal, RateHeaders, Rejection, RejectReason
+
+WINDOW_S = 60
+WINDOW_TTL_S = 3 * WINDOW_S
+# Period counters outlive their period so a late settlement still finds them.
+PERIOD_GRACE_S = 2 * 86400
+CONCURRENCY_RETRY_S = 1.0
+
+Scope = Literal["tenant", "key"]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One counter a request is charged to; `limit` None counts without limiting."""
+
+    key: str  # relative to the tenant; the store adds its prefix and the tenant's hash tag
+    prev_key: str | None  # the previous bucket of a sliding window
+    prev_weight: float
+    cost: int
+    limit: int | None
+    reason: RejectReason
+    scope: Scope
+    ttl_s: int
+
+
+@dataclass(frozen=True)
+class SettleKeys:
+    """The counters a reservation holds, derived from its caller and its start time."""
+
+    tokens: tuple[str, ...]  # adjusted by (used - reserved) at settlement
+    periods: tuple[str, ...]  # day and month: released when a lease expires unsettled
+    slots: tuple[str, ...]  # concurrency: released at settlement or expiry
+
+
+@dataclass(frozen=True)
+class Plan:
+    now: float
+    tokens: int
+    checks: tuple[Check, ...]
+    keys: SettleKeys
+
+
+def scope_prefix(scope: Scope, subject: str) -> str:
+    return "t" if scope == "tenant" else f"s:{subject}"
+
+
+def minute_index(ts: float) -> int:
+    return int(ts // WINDOW_S)
+
+
+def day_name(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y%m%d")
+
+
+def month_name(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y%m")
+
+
+def day_start(ts: float) -> float:
+    d = datetime.fromtimestamp(ts, UTC)
+    return datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp()
+
+
+def month_start(ts: float) -> float:
+    d = datetime.fromtimestamp(ts, UTC)
+    return datetime(d.year, d.month, 1, tzinfo=UTC).timestamp()
+
+
+def next_day(ts: float) -> float:
+    return (datetime.fromtimestamp(day_start(ts), UTC) + timedelta(days=1)).timestamp()
+
+
+def next_month(ts: float) -> float:
+    d = datetime.fromtimestamp(ts, UTC)
+    year, month = (d.year + 1, 1) if d.month == 12 else (d.year, d.month + 1)
+    return datetime(year, month, 1, tzinfo=UTC).timestamp()
+
+
+def settle_keys(subject: str, started_at: float) -> SettleKeys:
+    idx = minute_index(started_at)
+    day, month = day_name(started_at), month_name(started_at)
+    scopes = [scope_prefix("tenant", subject), scope_prefix("key", subject)]
+    return SettleKeys(
+        tokens=tuple(f"{s}:tk:{idx}" for s in scopes)
+        + tuple(f"{s}:{p}" for s in scopes for p in (f"d:{day}", f"m:{month}")),
+        periods=tuple(f"{s}:{p}" for s in scopes for p in (f"d:{day}", f"m:{month}")),
+        slots=tuple(f"{s}:cc" for s in scopes),
+    )
+
+
+def _scope_checks(
+    scope: Scope, subject: str, limits: Limits | None, tokens: int, now: float, lease_s: float
+) -> list[Check]:
+    lim = limits or Limits()
+    s = scope_prefix(scope, subject)
+    idx = minute_index(now)
+    weight = 1.0 - (now - idx * WINDOW_S) / WINDOW_S
+    day_ttl = int(next_day(now) - now) + PERIOD_GRACE_S
+    month_ttl = int(next_month(now) - now) + PERIOD_GRACE_S
+    return [
+        Check(
+            f"{s}:rq:{idx}",
+            f"{s}:rq:{idx - 1}",
+            weight,
+            1,
+            lim.requests_per_minute,
+            "requests_per_minute",
+            scope,
+            WINDOW_TTL_S,
+        ),
+        Check(
+            f"{s}:tk:{idx}",
+            f"{s}:tk:{idx - 1}",
+            weight,
+            tokens,
+            lim.tokens_per_minute,
+            "tokens_per_minute",
+            scope,
+            WINDOW_TTL_S,
+        ),
+        Check(
+            f"{s}:d:{day_name(now)}", None, 0.0, tokens, lim.tokens_per_day, "tokens_per_day", scope, day_ttl
+        ),
+        Check(
+            f"{s}:m:{month_name(now)}",
+            None,
+            0.0,
+            tokens,
+            lim.tokens_per_month,
+            "tokens_per_month",
+            scope,
+            month_ttl,
+        ),
+        Check(f"{s}:cc", None, 0.0, 1, lim.max_concurrent, "concurrency", scope, int(2 * lease_s) + WINDOW_S),
+    ]
+
+
+def plan_admission(principal: Principal, tokens: int, now: float, lease_s: float) -> Plan:
+    if tokens < 0:
+        raise ValueError("a reservation can not be negative")
+    checks = _scope_checks("tenant", principal.subject, principal.tenant_limits, tokens, now, lease_s)
+    checks += _scope_checks("key", principal.subject, principal.key_limits, tokens, now, lease_s)
+    return Plan(now, tokens, tuple(checks), settle_keys(principal.subject, now))
+
+
+def estimate(check: Check, current: int, previous: int) -> float:
+    """The sliding-window estimate (or the plain counter) before this request. Lua mirrors it."""
+    return current + previous * check.prev_weight
+
+
+def first_failure(plan: Plan, values: list[tuple[int, int]]) -> int | None:
+    """Index of the first check that does not fit, given (current, previous) per check."""
+    for i, (check, (cur, prev)) in enumerate(zip(plan.checks, values, strict=True)):
+        if check.limit is not None and estimate(check, cur, prev) + check.cost > check.limit:
+            return i
+    return None
+
+
+# -- when to come back -----------------------------------------------------------------------------
+def window_retry_after(
+    previous: float, current: float, elapsed: float, cost: int, limit: int
+) -> float | None:
+    """Seconds until a sliding window admits `cost` more, assuming no other traffic; None: never.
+
+    Within the current minute the estimate is `previous * (1 - t/W) + current`; from the next
+    minute on, `current` becomes the decaying previous bucket.
+    """
+    w = float(WINDOW_S)
+    if cost > limit:
+        return None
+    if current + cost <= limit:
+        if previous <= 0:
+            return 0.0
+        t = w * (1.0 - (limit - current - cost) / previous)
+        return max(0.0, t - elapsed)
+    t_next = 0.0 if current <= 0 else w * (1.0 - (limit - cost) / current)
+    return (w - elapsed) + max(0.0, t_next)
+
+
+def window_reset(previous: float, current: float, elapsed: float) -> float:
+    """Seconds until the window is back to its full limit (both buckets decayed)."""
+    if current > 0:
+        return 2 * WINDOW_S - elapsed
+    if previous > 0:
+        return WINDOW_S - elapsed
+    return 0.0
+
+
+def _who(check: Check, principal: Principal) -> str:
+    if check.scope == "tenant":
+        return f"tenant '{principal.tenant}'"
+    return f"key '{principal.subject}'" if principal.via == "key" else f"caller '{principal.subject}'"
+
+
+def _elapsed(now: float) -> float:
+    return now - minute_index(now) * WINDOW_S
+
+
+def rejection(principal: Principal, plan: Plan, index: int, values: list[tuple[int, int]]) -> Rejection:
+    check = plan.checks[index]
+    cur, prev = values[index]
+    limit = check.limit if check.limit is not None else 0
+    est = estimate(check, cur, prev)
+    who = _who(check, principal)
+    now = plan.now
+    headers = headers_for(plan, values, admitted=False)
+    never = check.cost > limit
+    ask = f"this request may use up to {check.cost} tokens (prompt bound + max tokens x n)"
+    if check.reason in ("requests_per_minute", "tokens_per_minute"):
+        retry = window_retry_after(prev, cur, _elapsed(now), check.cost, limit)
+        unit = "requests" if check.reason == "requests_per_minute" else "tokens"
+        if retry is None:
+            msg = (
+                f"{who} is not allowed any requests"
+                if check.reason == "requests_per_minute"
+                else f"{ask}, more than the {limit} tokens per minute {who} may use: lower max_tokens"
+            )
+            return Rejection(check.reason, msg, float(WINDOW_S), headers)
+        msg = f"{who} has reached its limit of {limit} {unit} per minute; retry after {math.ceil(retry)}s"
+        return Rejection(check.reason, msg, retry, headers)
+    if check.reason in ("tokens_per_day", "tokens_per_month"):
+        period = "daily" if check.reason == "tokens_per_day" else "monthly"
+        reset = next_day(now) if check.reason == "tokens_per_day" else next_month(now)
+        left = max(0, int(limit - est))
+        if never:
+            msg = f"{ask}, more than the {period} budget of {limit} tokens of {who}: lower max_tokens"
+        else:
+            msg = (
+                f"{who} has {left} tokens left of its {period} budget of {limit}, and {ask}; "
+                f"the budget renews at {datetime.fromtimestamp(reset, UTC):%Y-%m-%d %H:%M} UTC"
+            )
+        return Rejection(check.reason, msg, max(0.0, reset - now), headers)
+    msg = f"{who} already has {int(est)} requests in flight, its limit is {limit}; retry shortly"
+    return Rejection("concurrency", msg, CONCURRENCY_RETRY_S, headers)
+
+
+def headers_for(plan: Plan, values: list[tuple[int, int]], *, admitted: bool) -> RateHeaders:
+    """OpenAI's per-minute headers from the tightest of the tenant's and the key's windows."""
+    elapsed = _elapsed(plan.now)
+
+    def tightest(reason: RejectReason) -> tuple[int, int, float] | None:
+        best: tuple[int, int, float] | None = None
+        for check, (cur, prev) in zip(plan.checks, values, strict=True):
+            if check.reason != reason or check.limit is None:
+                continue
+            used = estimate(check, cur, prev) + (check.cost if admitted else 0)
+            remaining = max(0, math.floor(check.limit - used))
+            cur_after = cur + (check.cost if admitted else 0)
+            reset = window_reset(prev, cur_after, elapsed)
+            if best is None or remaining < best[1]:
+                best = (check.limit, remaining, reset)
+        return best
+
+    rq, tk = tightest("requests_per_minute"), tightest("tokens_per_minute")
+    return RateHeaders(
+        limit_requests=rq[0] if rq else None,
+        remaining_requests=rq[1] if rq else None,
+        reset_requests_s=rq[2] if rq else None,
+        limit_tokens=tk[0] if tk else None,
+        remaining_tokens=tk[1] if tk else None,
+        reset_tokens_s=tk[2] if tk else None,
+    )

@@ -1,0 +1,158 @@
+"""The in-process quota store: one process only (the HTTP side refuses several workers with it)."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from respublica.serving.gateway.contracts import Admission, Principal, Rejection, Reservation
+from respublica.serving.gateway.db.repo import SpendTotal
+from respublica.serving.gateway.quota.arithmetic import (
+    PERIOD_GRACE_S,
+    SettleKeys,
+    next_month,
+    plan_admission,
+    settle_keys,
+)
+from respublica.serving.gateway.quota.base import (
+    LATE_SETTLE_S,
+    QuotaReservation,
+    answer,
+    new_reservation_id,
+    seed_values,
+    started_at,
+)
+
+_SWEEP_EVERY_S = 60.0
+
+
+@dataclass
+class _Lease:
+    tokens: int
+    keys: SettleKeys
+    expires_at: float
+
+
+class MemoryQuotaStore:
+    """Counters in a dict; every operation runs without an await inside, under one asyncio lock."""
+
+    shared = False
+
+    def __init__(self, *, lease_s: float = 900.0, clock: Callable[[], float] = time.time) -> None:
+        self.lease_s = lease_s
+        self._clock = clock
+        self._lock = asyncio.Lock()
+        self._counters: dict[tuple[str, str], tuple[int, float]] = {}  # (tenant, key) -> (value, expiry)
+        self._leases: dict[str, dict[str, _Lease]] = {}
+        self._heaps: dict[str, list[tuple[float, str]]] = {}
+        self._expired: dict[str, dict[str, float]] = {}  # reclaimed id -> when
+        self._last_sweep = 0.0
+
+    # -- counters -------------------------------------------------------------------------------
+    def _get(self, tenant: str, key: str, now: float) -> int | None:
+        entry = self._counters.get((tenant, key))
+        if entry is None or entry[1] <= now:
+            return None
+        return entry[0]
+
+    def _add(self, tenant: str, key: str, amount: int, ttl_s: float, now: float) -> None:
+        self._counters[(tenant, key)] = ((self._get(tenant, key, now) or 0) + amount, now + ttl_s)
+
+    def _adjust(self, tenant: str, key: str, amount: int, now: float) -> None:
+        """Add to a live counter, never below zero; a counter gone with its period stays gone."""
+        entry = self._counters.get((tenant, key))
+        if entry is not None and entry[1] > now:
+            self._counters[(tenant, key)] = (max(0, entry[0] + amount), entry[1])
+
+    def _sweep(self, now: float) -> None:
+        if now - self._last_sweep < _SWEEP_EVERY_S:
+            return
+        self._last_sweep = now
+        self._counters = {k: v for k, v in self._counters.items() if v[1] > now}
+        for tenant in [t for t, leases in self._leases.items() if not leases]:
+            del self._leases[tenant]
+            self._heaps.pop(tenant, None)
+
+    # -- leases ---------------------------------------------------------------------------------
+    def _reclaim(self, tenant: str, now: float) -> None:
+        heap = self._heaps.get(tenant)
+        leases = self._leases.get(tenant, {})
+        expired = self._expired.setdefault(tenant, {})
+        while heap and heap[0][0] <= now:
+            _, rid = heapq.heappop(heap)
+            lease = leases.pop(rid, None)
+            if lease is None:
+                continue  # settled in time
+            for key in lease.keys.periods:
+                self._adjust(tenant, key, -lease.tokens, now)
+            for key in lease.keys.slots:
+                self._adjust(tenant, key, -1, now)
+            expired[rid] = now
+        for rid in [r for r, at in expired.items() if at <= now - LATE_SETTLE_S]:
+            del expired[rid]
+
+    # -- QuotaStore -----------------------------------------------------------------------------
+    async def admit(self, principal: Principal, tokens: int) -> Admission | Rejection:
+        async with self._lock:
+            now = self._clock()
+            self._sweep(now)
+            tenant = principal.tenant
+            self._reclaim(tenant, now)
+            plan = plan_admission(principal, tokens, now, self.lease_s)
+            values = [
+                (
+                    self._get(tenant, c.key, now) or 0,
+                    (self._get(tenant, c.prev_key, now) or 0) if c.prev_key else 0,
+                )
+                for c in plan.checks
+            ]
+            rid = new_reservation_id()
+            result = answer(principal, plan, values, rid, self.lease_s)
+            if isinstance(result, Admission):
+                for c in plan.checks:
+                    self._add(tenant, c.key, c.cost, c.ttl_s, now)
+                expires = now + self.lease_s
+                self._leases.setdefault(tenant, {})[rid] = _Lease(tokens, plan.keys, expires)
+                heapq.heappush(self._heaps.setdefault(tenant, []), (expires, rid))
+            return result
+
+    async def settle(self, reservation: Reservation, used_tokens: int) -> None:
+        if isinstance(reservation, QuotaReservation) and reservation.unaccounted:
+            return
+        used = max(0, used_tokens)
+        async with self._lock:
+            now = self._clock()
+            tenant = reservation.tenant
+            lease = self._leases.get(tenant, {}).pop(reservation.id, None)
+            if lease is not None:
+                for key in lease.keys.tokens:
+                    self._adjust(tenant, key, used - lease.tokens, now)
+                for key in lease.keys.slots:
+                    self._adjust(tenant, key, -1, now)
+                return
+            expired = self._expired.get(tenant, {})
+            if expired.pop(reservation.id, None) is not None:
+                # Reclaimed before it settled: its hold is gone, so charge what it used.
+                keys = settle_keys(reservation.subject, started_at(reservation, self.lease_s))
+                for key in keys.periods:
+                    self._adjust(tenant, key, used, now)
+
+    async def seed(self, day: Sequence[SpendTotal], month: Sequence[SpendTotal]) -> None:
+        """Rebuild this day's and month's spend from the ledger; counters that exist are kept."""
+        async with self._lock:
+            now = self._clock()
+            ttl = next_month(now) - now + PERIOD_GRACE_S
+            for (tenant, key), tokens in seed_values(day, month, now).items():
+                if self._get(tenant, key, now) is None:
+                    self._counters[(tenant, key)] = (tokens, now + ttl)
+
+    async def spent(self, tenant: str, key: str) -> int:
+        """A counter's value (tests and diagnostics): e.g. `t:d:20261125`, `s:<subject>:cc`."""
+        async with self._lock:
+            return self._get(tenant, key, self._clock()) or 0
+
+    async def close(self) -> None:
+        return None

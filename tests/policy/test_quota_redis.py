@@ -1,0 +1,82 @@
+"""What only the Redis store has: several processes on one server, and a server that goes away."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from redis.crc import key_slot
+
+from respublica.serving.gateway.contracts import Admission, Limits, Principal, Rejection
+from respublica.serving.gateway.quota import RedisQuotaStore
+from respublica.serving.gateway.quota.arithmetic import day_name
+
+
+def caller(limits: Limits) -> Principal:
+    return Principal(tenant="acme", subject="key1", tenant_limits=limits)
+
+
+async def test_two_stores_on_one_redis_share_state(redis_url: str) -> None:
+    stores = [RedisQuotaStore.from_url(redis_url, prefix="shared-test") for _ in range(3)]
+    try:
+        await stores[0]._client.flushdb()
+        who = caller(Limits(tokens_per_day=1000, max_concurrent=50))
+        results = await asyncio.gather(*(stores[i % 3].admit(who, 100) for i in range(30)))
+        held = [r for r in results if isinstance(r, Admission)]
+        assert len(held) == 10
+        for i, admission in enumerate(held):
+            await stores[(i + 1) % 3].settle(admission.reservation, 50)  # settled by another process
+        assert await stores[2].spent("acme", f"t:d:{day_name(time.time())}") == 500
+        assert await stores[1].spent("acme", "t:cc") == 0
+    finally:
+        for store in stores:
+            await store.close()
+
+
+async def test_all_keys_of_a_tenant_share_one_hash_tag(redis_url: str) -> None:
+    store = RedisQuotaStore.from_url(redis_url, prefix="tag-test", lease_s=5)
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        who = caller(Limits(requests_per_minute=100))
+        result = await store.admit(who, 10)
+        assert isinstance(result, Admission)
+        keys = [k.decode() async for k in client.scan_iter(match="tag-test:*")]
+        assert len(keys) >= 10
+        assert all("{acme}" in k for k in keys)
+        # Redis Cluster hashes only the first {...} of a key: one tenant, one slot.
+        assert all(k.split("{", 1)[1].split("}", 1)[0] == "acme" for k in keys)
+        assert len({key_slot(k.encode()) for k in keys}) == 1
+    finally:
+        await client.aclose()
+        await store.close()
+
+
+@pytest.mark.parametrize("policy", ["closed", "open"])
+async def test_redis_gone_follows_the_fail_policy(
+    spawn_redis: Callable[[], Any], policy: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = spawn_redis()
+    store = RedisQuotaStore.from_url(server.url, fail_policy=policy, timeout_s=0.5)  # type: ignore[arg-type]
+    try:
+        who = caller(Limits(tokens_per_day=1000))
+        before = await store.admit(who, 100)
+        assert isinstance(before, Admission)
+        server.stop()
+        with caplog.at_level(logging.WARNING):
+            during = await asyncio.wait_for(store.admit(who, 100), 10)
+            await asyncio.wait_for(store.settle(before.reservation, 50), 10)  # must not raise
+        if policy == "closed":
+            assert isinstance(during, Rejection)
+            assert during.reason == "store_unavailable"
+            assert "unreachable" in during.message
+        else:
+            assert isinstance(during, Admission)
+            await store.settle(during.reservation, 10)  # unaccounted: a no-op, no exception
+        assert "quota store unreachable" in caplog.text
+    finally:
+        await store.close()
