@@ -392,7 +392,9 @@ class Condition(_Model):
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     reason: str = Field(default="", max_length=128, description="CamelCase reason.")
     message: str = Field(default="", max_length=4096, description="What happened and what to do.")
-    last_transition_time: str | None = Field(default=None, description="When status last changed (RFC 3339).")
+    last_transition_time: str | None = Field(
+        default=None, max_length=64, description="When status last changed (RFC 3339)."
+    )
     observed_generation: int | None = Field(default=None, description="The generation it describes.")
 
 
@@ -409,11 +411,14 @@ class ModelDeploymentStatus(_Model):
     phase: Phase | None = Field(
         default=None, description="Pending, Deploying, Ready, ScaledToZero, Degraded or Failed."
     )
-    conditions: list[Condition] = Field(default_factory=list, description="Ready, Progressing, Degraded.")
+    conditions: list[Condition] = Field(
+        default_factory=list, max_length=16, description="Ready, Progressing, Degraded."
+    )
     observed_generation: int | None = Field(default=None, description="The spec generation last acted on.")
     replicas: ReplicaStatus | None = Field(default=None, description="Desired and ready replicas.")
     endpoint: str | None = Field(
         default=None,
+        max_length=512,
         description="Base URL of the model's OpenAI-compatible endpoint (KubeRay's Serve service).",
     )
 

@@ -6,9 +6,7 @@ ModelDeployment to work on (no such file, not YAML, another kind) or the command
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, cast
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -39,11 +37,29 @@ def render_command(
         str | None,
         typer.Option("--namespace", "-n", help="Namespace for a file that names none (default: default)."),
     ] = None,
+    ray_image: Annotated[
+        str | None,
+        typer.Option(help="Ray + vLLM image of the head and replicas (a spec's own image still wins)."),
+    ] = None,
+    image_registry: Annotated[
+        str | None,
+        typer.Option(help="Registry that replaces the default images' registry, e.g. a local mirror."),
+    ] = None,
+    gateway_namespace: Annotated[
+        str | None,
+        typer.Option(help="Namespace of the respublica gateway, admitted to the Serve port."),
+    ] = None,
 ) -> None:
-    """Print, as multi-document YAML, the Kubernetes objects the operator creates for a ModelDeployment."""
+    """Print, as multi-document YAML, the Kubernetes objects the operator creates for a ModelDeployment.
+
+    Pass the same image and gateway settings the operator runs with to see exactly what it will create.
+    """
+    import dataclasses
+
     import yaml
 
     from respublica.operator.api.load import InputError, SpecError, load_file
+    from respublica.operator.render import RenderOptions, render
 
     try:
         models = load_file(file)
@@ -56,10 +72,14 @@ def render_command(
             f"{file}: not rendered; fix the problems above (`respublica validate -f {file}` lists them)",
             EXIT_INVALID,
         )
-    render = _renderer()
+    options = RenderOptions()
+    overrides: dict[str, Any] = {"image_registry": image_registry, "gateway_namespace": gateway_namespace}
+    if ray_image:
+        overrides.update(ray_image=ray_image, downloader_image=ray_image)
+    options = dataclasses.replace(options, **{k: v for k, v in overrides.items() if v is not None})
     objects: list[dict[str, Any]] = []
     for model in models:
-        objects.extend(render(_in_namespace(model, namespace, file)))
+        objects.extend(render(_in_namespace(model, namespace, file), options))
     typer.echo(yaml.safe_dump_all(objects, sort_keys=False, explicit_start=True), nl=False)
 
 
@@ -88,16 +108,6 @@ def validate_command(file: FileOption) -> None:
             typer.echo(f"  - {problem}")
     if not all(result.ok for result in results):
         raise typer.Exit(EXIT_INVALID)
-
-
-def _renderer() -> Callable[[ModelDeployment], list[dict[str, Any]]]:
-    """`respublica.operator.render.render`, imported only when a render is asked for."""
-    try:
-        module = importlib.import_module("respublica.operator.render")
-        function = module.render
-    except (ImportError, AttributeError) as error:
-        _fail(f"render is not available in this installation ({error})", EXIT_INPUT)
-    return cast("Callable[[ModelDeployment], list[dict[str, Any]]]", function)
 
 
 def _in_namespace(model: ModelDeployment, namespace: str | None, file: str) -> ModelDeployment:
