@@ -72,11 +72,13 @@ async def make_store(
 
 # -- databases ---------------------------------------------------------------------------------------
 def _pg_bin() -> Path | None:
+    # Debian keeps the server binaries out of PATH, under /usr/lib/postgresql/<version>/bin.
     root = Path("/usr/lib/postgresql")
-    if shutil.which("initdb"):
-        return Path(shutil.which("initdb") or "").parent
     versions = sorted(root.glob("*/bin/initdb")) if root.exists() else []
-    return versions[-1].parent if versions else None
+    if versions:
+        return versions[-1].parent
+    found = shutil.which("initdb")
+    return Path(found).parent if found and shutil.which("pg_isready") else None
 
 
 @pytest.fixture(scope="session")
