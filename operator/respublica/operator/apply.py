@@ -1,0 +1,239 @@
+"""One reconcile of one ModelDeployment: render, put the children in place, read them back, write status.
+
+Level-triggered: whatever happened before (a restart, a hand edit, a lost event), one call brings
+the children to what the spec says and reports what they say. Each child is created when missing,
+patched only when `drift.compare` finds an owned field that differs, and left alone otherwise, so a
+reconcile of an unchanged deployment writes nothing at all (the status is written only when it
+changes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from respublica.operator import drift, events
+from respublica.operator.api.models import ModelDeployment
+from respublica.operator.kube import ApiError, Kube
+from respublica.operator.status import Observation, compute_status, status_changed
+
+Obj = dict[str, Any]
+Logger = logging.Logger | logging.LoggerAdapter[Any]
+
+_KUBERAY_GROUP_VERSION = "ray.io/v1"
+_KUBERAY_PLURAL = "rayservices"
+
+
+def thaw(value: Any) -> Any:
+    """A plain, mutable deep copy of a (possibly read-only, kopf-wrapped) object."""
+    if isinstance(value, Mapping):
+        return {str(k): thaw(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [thaw(v) for v in value]
+    return value
+
+
+def spec_error_message(exc: ValidationError) -> str:
+    """A pydantic error as one line a person can act on: which field, what is wrong."""
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err.get("loc", ()) if not str(p).startswith("function-"))
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.append(f"{where}: {msg}" if where else msg)
+    return "; ".join(parts)[:2000]
+
+
+def parse(body: Mapping[str, Any]) -> ModelDeployment:
+    """The typed ModelDeployment behind a raw object (ValidationError if the spec is invalid)."""
+    return ModelDeployment.model_validate(
+        {
+            "apiVersion": body.get("apiVersion", "respublica.dev/v1alpha1"),
+            "kind": body.get("kind", "ModelDeployment"),
+            "metadata": thaw(body.get("metadata") or {}),
+            "spec": thaw(body.get("spec") or {}),
+        }
+    )
+
+
+def status_patch(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
+    """A merge patch of `.status` that also removes the keys `new` no longer has (e.g. endpoint)."""
+    patch: dict[str, Any] = dict(new)
+    for key in old or {}:
+        if key not in new:
+            patch[key] = None
+    return {"status": patch}
+
+
+@dataclass
+class ChildResult:
+    live: Obj | None
+    action: str  # "created", "patched", "recreated", "unchanged", "skipped", "refused"
+    error: str | None = None
+
+
+@dataclass
+class Reconciler:
+    """Reconciles ModelDeployments through one API client; keeps only caches, never the truth."""
+
+    kube: Kube
+    render: Callable[[ModelDeployment], list[dict[str, Any]]]
+    endpoint: Callable[[ModelDeployment], str]
+    kuberay_cache_seconds: float = 30.0
+    clock: Callable[[], datetime.datetime] = field(default=lambda: datetime.datetime.now(tz=datetime.UTC))
+    _kuberay_seen: float | None = None
+    _written: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+
+    def lock(self, uid: str) -> asyncio.Lock:
+        """One reconcile at a time per ModelDeployment (handlers and child events share it)."""
+        return self._locks.setdefault(uid, asyncio.Lock())
+
+    def forget(self, uid: str) -> None:
+        self._written.pop(uid, None)
+        self._locks.pop(uid, None)
+
+    async def kuberay_installed(self) -> bool:
+        # A positive answer is cached briefly; a negative one is asked again on every reconcile so
+        # that installing KubeRay is noticed at the next retry.
+        now = time.monotonic()
+        if self._kuberay_seen is not None and now - self._kuberay_seen < self.kuberay_cache_seconds:
+            return True
+        if await self.kube.has_resource(_KUBERAY_GROUP_VERSION, _KUBERAY_PLURAL):
+            self._kuberay_seen = now
+            return True
+        self._kuberay_seen = None
+        return False
+
+    async def apply_child(self, want: Mapping[str, Any], logger: Logger) -> ChildResult:
+        kind = str(want["kind"])
+        meta = want["metadata"]
+        ns, name = meta.get("namespace"), meta["name"]
+        live = await self.kube.get(kind, ns, name)
+        if live is None:
+            try:
+                created = await self.kube.create(want)
+            except ApiError as exc:
+                if exc.status == 409:  # created meanwhile (a restart mid-reconcile): compare instead
+                    live = await self.kube.get(kind, ns, name)
+                    if live is None:
+                        raise
+                elif exc.temporary:
+                    raise
+                else:
+                    return ChildResult(None, "refused", f"the API refused {kind} {name}: {exc.message}")
+            else:
+                logger.info(f"Created {kind} {ns}/{name}.")
+                return ChildResult(created, "created")
+        found = drift.compare(live, want)
+        if found.in_sync:
+            return ChildResult(live, "unchanged")
+        try:
+            if found.recreate:
+                logger.info(
+                    f"Recreating {kind} {ns}/{name}: {', '.join(found.fields)} cannot change in place."
+                )
+                await self.kube.delete(kind, ns, name)
+                return ChildResult(await self.kube.create(want), "recreated")
+            assert found.patch is not None
+            logger.info(f"Patching {kind} {ns}/{name}: {', '.join(found.fields)} drifted.")
+            patched = await self.kube.patch(kind, ns, name, found.patch)
+        except ApiError as exc:
+            if exc.temporary:
+                raise
+            return ChildResult(live, "refused", f"the API refused {kind} {name}: {exc.message}")
+        return ChildResult(patched if patched is not None else live, "patched")
+
+    async def _pods(self, namespace: str, rayservice: Obj | None, job: Obj | None) -> list[Obj]:
+        selectors: list[str] = []
+        for key in ("activeServiceStatus", "pendingServiceStatus"):
+            cluster = ((rayservice or {}).get("status") or {}).get(key, {}).get("rayClusterName")
+            if cluster:
+                selectors.append(f"ray.io/cluster={cluster}")
+        job_status = (job or {}).get("status") or {}
+        if job is not None and not job_status.get("succeeded"):
+            selectors.append(f"job-name={job['metadata']['name']}")
+        pods: list[Obj] = []
+        for selector in selectors:
+            pods.extend(await self.kube.list("Pod", namespace, selector))
+        return pods
+
+    async def reconcile(self, body: Mapping[str, Any], logger: Logger) -> dict[str, Any] | None:
+        """Bring one ModelDeployment's children in line and write its status; the status written."""
+        meta = body.get("metadata") or {}
+        if meta.get("deletionTimestamp"):
+            return None  # owner references take the children away
+        uid = str(meta.get("uid"))
+        async with self.lock(uid):
+            return await self._reconcile(body, logger)
+
+    async def _reconcile(self, body: Mapping[str, Any], logger: Logger) -> dict[str, Any] | None:
+        meta = body.get("metadata") or {}
+        ns = str(meta.get("namespace"))
+        generation = meta.get("generation")
+        try:
+            md = parse(body)
+        except ValidationError as exc:
+            obs = Observation(generation=generation, endpoint=None, spec_error=spec_error_message(exc))
+            return await self._write_status(body, obs, logger)
+
+        kuberay = await self.kuberay_installed()
+        rayservice: Obj | None = None
+        job: Obj | None = None
+        refused: list[str] = []
+        for want in self.render(md):
+            if want["kind"] == "RayService" and not kuberay:
+                continue
+            result = await self.apply_child(want, logger)
+            if result.error:
+                refused.append(result.error)
+            if want["kind"] == "RayService":
+                rayservice = result.live
+            elif want["kind"] == "Job":
+                job = result.live
+
+        pods = await self._pods(ns, rayservice, job)
+        obs = Observation(
+            generation=generation,
+            endpoint=self.endpoint(md),
+            min_replicas=md.spec.scaling.min_replicas,
+            gpus=md.spec.resources.gpus,
+            gpu_product=md.spec.resources.gpu_product,
+            kuberay_missing=not kuberay,
+            cache_wanted=md.spec.cache is not None,
+            rayservice=rayservice,
+            job=job,
+            pods=pods,
+            refused=tuple(refused),
+        )
+        return await self._write_status(body, obs, logger)
+
+    async def _write_status(
+        self, body: Mapping[str, Any], obs: Observation, logger: Logger
+    ) -> dict[str, Any]:
+        meta = body.get("metadata") or {}
+        ns, name, uid = meta.get("namespace"), str(meta.get("name")), str(meta.get("uid"))
+        # The status this process wrote last is fresher than the one in a queued event's body.
+        previous = self._written.get(uid) or thaw(body.get("status") or {})
+        new = compute_status(obs, previous, now=self.clock().strftime("%Y-%m-%dT%H:%M:%SZ")).to_dict()
+        if not status_changed(previous, new):
+            return new
+        await self.kube.patch("ModelDeployment", ns, name, status_patch(previous, new), subresource="status")
+        self._written[uid] = new
+        old_phase, new_phase = previous.get("phase"), new["phase"]
+        if old_phase != new_phase:
+            ready = next(c for c in new["conditions"] if c["type"] == "Ready")
+            degraded = next(c for c in new["conditions"] if c["type"] == "Degraded")
+            message = degraded["message"] if degraded["status"] == "True" else ready["message"]
+            logger.info(f"Phase {old_phase or 'New'} -> {new_phase}: {message}")
+            try:
+                await events.post_transition(self.kube, body, old_phase, new_phase, message)
+            except (ApiError, OSError) as exc:  # an Event is a courtesy; never fail a reconcile on it
+                logger.warning(f"Could not post the {new_phase} Event: {exc}")
+        return new

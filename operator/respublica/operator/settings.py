@@ -1,0 +1,110 @@
+"""The operator's configuration: flags and RESPUBLICA_* environment variables, and kopf's settings.
+
+One place decides how kopf runs for respublica, whichever way it is started (`respublica operator`
+or `kopf run -m respublica.operator.entry`):
+
+- kopf's bookkeeping lives in annotations (`AnnotationsProgressStorage`,
+  `AnnotationsDiffBaseStorage`): the CRD is structural, so the API server would prune anything kopf
+  wrote into `.status`. Handlers return nothing, so nothing is stored as handler results either.
+- Standalone, no peering: one replica runs (the Deployment uses strategy Recreate). kopf's
+  peering is not leader election; two operators of equal priority both freeze.
+- No finalizer: the handlers are create/update/resume and watch-only event handlers, none of which
+  needs one (timers and daemons would add one), and children go with their owner through owner
+  references. The finalizer name is still set to respublica's own in case kopf ever needs one.
+- Resource scanning is off: the resources are resolved once at start, so the operator needs no
+  permission to list CRDs (and kmock in the tests needs no CRD emulation).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import kopf
+
+PREFIX = "respublica.dev"
+FINALIZER = f"{PREFIX}/finalizer"
+FIELD_MANAGER = "respublica-operator"
+
+ENV_NAMESPACES = "RESPUBLICA_NAMESPACES"
+ENV_API = "RESPUBLICA_KUBE_API"
+ENV_RESYNC = "RESPUBLICA_RESYNC_SECONDS"
+ENV_RETRY = "RESPUBLICA_RETRY_SECONDS"
+ENV_API_BACKOFF = "RESPUBLICA_API_BACKOFF_SECONDS"
+ENV_IMAGE = "RESPUBLICA_SERVING_IMAGE"
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work; the message names it and what to do."""
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if value <= 0:
+        raise ConfigError(f"{name} must be greater than 0, got {raw!r}")
+    return value
+
+
+def parse_namespaces(raw: str) -> tuple[str, ...]:
+    """A comma- or space-separated namespace list (kopf globs such as `team-*` allowed)."""
+    return tuple(ns for part in raw.replace(",", " ").split() if (ns := part.strip()))
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """How the operator runs. Every field has a RESPUBLICA_* variable; flags override them."""
+
+    namespaces: tuple[str, ...] = ()
+    api_server: str | None = None
+    resync_seconds: float = 300.0
+    retry_seconds: float = 10.0
+    api_backoff_seconds: float | None = None
+    serving_image: str | None = None
+    liveness: str | None = None
+
+    @property
+    def clusterwide(self) -> bool:
+        """No namespace list: watch every namespace."""
+        return not self.namespaces
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
+        env = os.environ if env is None else env
+        backoff = env.get(ENV_API_BACKOFF)
+        return cls(
+            namespaces=parse_namespaces(env.get(ENV_NAMESPACES, "")),
+            api_server=env.get(ENV_API) or None,
+            resync_seconds=_seconds(env, ENV_RESYNC, 300.0),
+            retry_seconds=_seconds(env, ENV_RETRY, 10.0),
+            api_backoff_seconds=_seconds(env, ENV_API_BACKOFF, 1.0) if backoff else None,
+            serving_image=env.get(ENV_IMAGE) or None,
+        )
+
+    def apply(self, settings: kopf.OperatorSettings) -> None:
+        """Put respublica's choices into kopf's settings (see the module docstring for why)."""
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix=PREFIX, key="last-handled-configuration"
+        )
+        settings.persistence.finalizer = FINALIZER
+        settings.peering.standalone = True
+        settings.peering.mandatory = False
+        settings.scanning.disabled = True
+        settings.posting.reporting_component = FIELD_MANAGER
+        settings.posting.event_name_prefix = "respublica-"
+        settings.execution.default_backoff = self.retry_seconds
+        if self.api_backoff_seconds is not None:
+            # Short, bounded retries of kopf's own API calls (tests shrink them to keep fast).
+            step = self.api_backoff_seconds
+            settings.networking.error_backoffs = [step, step, step * 2, step * 4]
+            settings.watching.reconnect_backoff = step
+            settings.queueing.error_delays = [step, step * 2, step * 4, step * 8]
+            settings.persistence.consistency_timeout = step * 2
+            settings.watching.server_timeout = 30

@@ -1,0 +1,184 @@
+"""The real kopf operator (kopf's test runner) against kmock: children, status, drift, errors."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import kmock
+
+from respublica.operator.render import SPEC_HASH_ANNOTATION
+
+
+async def test_apply_creates_children_with_owner_refs_and_hash(k8s: kmock.KubernetesEmulator, h: Any) -> None:
+    async with h.running_operator(k8s):
+        await h.api(k8s, "POST", h.path(h.MD), h.md_body(cache={"size": "100Gi"}))
+        children = await h.eventually(
+            lambda: (
+                {kind: h.objects_of(k8s, res) for res, kind in h.CHILD_RESOURCES.items()}
+                if all(h.objects_of(k8s, res) for res in h.CHILD_RESOURCES)
+                else None
+            ),
+            what="all four kinds of children",
+        )
+        for kind, objs in children.items():
+            for name, obj in objs.items():
+                refs = obj["metadata"]["ownerReferences"]
+                assert refs == [
+                    {
+                        "apiVersion": "respublica.dev/v1alpha1",
+                        "kind": "ModelDeployment",
+                        "name": "llama",
+                        "uid": "uid-llama",
+                        "controller": True,
+                        "blockOwnerDeletion": True,
+                    }
+                ], (kind, name)
+                assert obj["metadata"]["annotations"][SPEC_HASH_ANNOTATION], (kind, name)
+        status = await h.eventually(lambda: h.md_status(k8s).get("phase"), what="a phase")
+        assert status in ("Pending", "Deploying")
+
+
+def _rayservice_status(
+    app: str = "RUNNING", ready: int = 1, desired: int = 1, cluster: str = "llama-abcde"
+) -> dict[str, Any]:
+    return {
+        "status": {
+            "serviceStatus": "Running" if app == "RUNNING" else "",
+            "numServeEndpoints": 1,
+            "conditions": [
+                {"type": "Ready", "status": "True" if app == "RUNNING" else "False", "reason": "R"},
+                {"type": "UpgradeInProgress", "status": "False", "reason": "NoPendingCluster"},
+            ],
+            "activeServiceStatus": {
+                "rayClusterName": cluster,
+                "applicationStatuses": {
+                    "llm": {"status": app, "serveDeploymentStatuses": {"LLMServer": {"status": "HEALTHY"}}}
+                },
+                "rayClusterStatus": {"desiredWorkerReplicas": desired, "readyWorkerReplicas": ready},
+            },
+        }
+    }
+
+
+def _condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next(c for c in status["conditions"] if c["type"] == type_)
+
+
+async def test_spec_change_updates_children_and_nothing_changed_writes_nothing(
+    k8s: kmock.KubernetesEmulator, h: Any
+) -> None:
+    async with h.running_operator(k8s):
+        await h.api(k8s, "POST", h.path(h.MD), h.md_body())
+        await h.eventually(lambda: h.objects_of(k8s, h.RAYSERVICES).get("llama"), what="the RayService")
+        await h.eventually(lambda: h.md_status(k8s).get("observedGeneration") == 1, what="generation 1")
+        await h.quiet(k8s)
+        first = h.child_writes(k8s)
+        assert sorted(first) == sorted(
+            ["POST rayservices/", "POST networkpolicies/", "POST networkpolicies/"]
+        ), first
+
+        # Nothing changed: events, resyncs and handler runs read, but write nothing to a child.
+        await h.api(k8s, "PATCH", h.path(h.MD, "llama"), {"metadata": {"labels": {"team": "nlp"}}})
+        await asyncio.sleep(4)  # longer than the resync interval (3 s)
+        await h.quiet(k8s)
+        assert h.child_writes(k8s) == first
+
+        old_hash = h.objects_of(k8s, h.RAYSERVICES)["llama"]["metadata"]["annotations"][SPEC_HASH_ANNOTATION]
+        await h.api(
+            k8s,
+            "PATCH",
+            h.path(h.MD, "llama"),
+            {"metadata": {"generation": 2}, "spec": {"scaling": {"minReplicas": 1, "maxReplicas": 4}}},
+        )
+        rs = await h.eventually(
+            lambda: (
+                (obj := h.objects_of(k8s, h.RAYSERVICES)["llama"])["metadata"]["annotations"][
+                    SPEC_HASH_ANNOTATION
+                ]
+                != old_hash
+                and obj
+            ),
+            what="the RayService to follow the spec",
+        )
+        assert (
+            "maxReplicas: 4" in rs["spec"]["serveConfigV2"]
+            or "max_replicas: 4" in rs["spec"]["serveConfigV2"]
+        )
+        await h.eventually(lambda: h.md_status(k8s).get("observedGeneration") == 2, what="generation 2")
+        await h.quiet(k8s)
+        patched = [w for w in h.child_writes(k8s) if w not in first]
+        assert patched and all(w.startswith("PATCH ") for w in patched), patched
+
+
+async def test_rayservice_status_flows_into_phase_conditions_replicas(
+    k8s: kmock.KubernetesEmulator, h: Any
+) -> None:
+    async with h.running_operator(k8s):
+        await h.api(k8s, "POST", h.path(h.MD), h.md_body(scaling={"minReplicas": 0, "maxReplicas": 2}))
+        await h.eventually(lambda: h.objects_of(k8s, h.RAYSERVICES).get("llama"), what="the RayService")
+        rs_status = h.path(h.RAYSERVICES, "llama", "status")
+
+        await h.api(k8s, "PATCH", rs_status, _rayservice_status(app="DEPLOYING", ready=0, desired=1))
+        status = await h.eventually(
+            lambda: (s := h.md_status(k8s)).get("phase") == "Deploying" and s, what="Deploying"
+        )
+        assert _condition(status, "Progressing")["status"] == "True"
+        assert "endpoint" not in status
+
+        await h.api(k8s, "PATCH", rs_status, _rayservice_status(ready=2, desired=2))
+        status = await h.eventually(
+            lambda: (s := h.md_status(k8s)).get("phase") == "Ready" and s, what="Ready"
+        )
+        assert status["replicas"] == {"desired": 2, "ready": 2}
+        assert _condition(status, "Ready")["status"] == "True"
+        assert status["endpoint"] == "http://llama-serve-svc.ai.svc:8000"
+        ready_since = _condition(status, "Ready")["lastTransitionTime"]
+
+        await h.api(k8s, "PATCH", rs_status, _rayservice_status(ready=0, desired=0))
+        status = await h.eventually(
+            lambda: (s := h.md_status(k8s)).get("phase") == "ScaledToZero" and s, what="ScaledToZero"
+        )
+        assert status["replicas"] == {"desired": 0, "ready": 0}
+        assert status["endpoint"] == "http://llama-serve-svc.ai.svc:8000"
+        ready = _condition(status, "Ready")
+        assert (ready["status"], ready["reason"]) == ("True", "ScaledToZero")
+        assert ready["lastTransitionTime"] == ready_since  # still Ready: the clock did not restart
+
+        await h.api(k8s, "PATCH", rs_status, _rayservice_status(app="DEPLOY_FAILED", ready=0, desired=1))
+        status = await h.eventually(
+            lambda: (s := h.md_status(k8s)).get("phase") == "Failed" and s, what="Failed"
+        )
+        assert _condition(status, "Degraded")["reason"] == "ServeDeployFailed"
+
+        events = h.objects_of(k8s, "v1/events")
+        reasons = {e["reason"] for e in events.values()}
+        assert {"Deploying", "Ready", "ScaledToZero", "Failed"} <= reasons, reasons
+
+
+async def test_hand_edit_and_deletion_are_put_back(k8s: kmock.KubernetesEmulator, h: Any) -> None:
+    async with h.running_operator(k8s):
+        await h.api(k8s, "POST", h.path(h.MD), h.md_body())
+        rs = await h.eventually(lambda: h.objects_of(k8s, h.RAYSERVICES).get("llama"), what="the RayService")
+        policies = await h.eventually(lambda: h.objects_of(k8s, "networking.k8s.io/v1/networkpolicies"))
+        await h.quiet(k8s)
+
+        # A hand edit of an owned field (the hash annotation stays the same: only drift sees it).
+        await h.api(
+            k8s, "PATCH", h.path(h.RAYSERVICES, "llama"), {"spec": {"serveConfigV2": "applications: []"}}
+        )
+        await h.eventually(
+            lambda: (
+                h.objects_of(k8s, h.RAYSERVICES)["llama"]["spec"]["serveConfigV2"]
+                == rs["spec"]["serveConfigV2"]
+            ),
+            what="the serve config to be put back",
+        )
+
+        name = sorted(policies)[0]
+        await h.api(k8s, "DELETE", h.path("networking.k8s.io/v1/networkpolicies", name))
+        back = await h.eventually(
+            lambda: h.objects_of(k8s, "networking.k8s.io/v1/networkpolicies").get(name),
+            what="the policy back",
+        )
+        assert back["spec"] == policies[name]["spec"]
