@@ -77,6 +77,7 @@ class _Call:
         "endpoint",
         "error_type",
         "finish_reasons",
+        "finished",
         "input_tokens",
         "model",
         "output_tokens",
@@ -102,6 +103,7 @@ class _Call:
         self.status = 200
         self.error_type: str | None = None
         self.finish_reasons: list[str] = []
+        self.finished = False
         self.reservation: Reservation | None = None
         self.rate_headers: list[tuple[bytes, bytes]] = []
         self.prompt_bound = 0
@@ -218,6 +220,7 @@ class OpenAIEndpoint:
             call.status, call.error_type = exc.status, exc.code
             if not call.response_started:
                 headers = [*exc.headers, *call.rate_headers, (b"x-request-id", call.request_id.encode())]
+                await self._finish(call, span)
                 await send_json(send, exc.status, exc.body(), headers)
         except _ClientGone:
             call.status, call.error_type = 499, "client_disconnected"
@@ -226,6 +229,7 @@ class OpenAIEndpoint:
             log.error("request %s failed: %s", call.request_id, type(exc).__name__)
             call.status, call.error_type = 500, type(exc).__name__
             if not call.response_started:
+                await self._finish(call, span)
                 body = error_body(
                     "the gateway failed to handle this request", "server_error", "internal_error"
                 )
@@ -353,7 +357,7 @@ class OpenAIEndpoint:
             if response.status >= 400:
                 await self._upstream_error(call, response)
             elif call.stream:
-                await self._stream(call, response, send, strip_usage)
+                await self._stream(call, span, response, send, strip_usage)
             else:
                 await self._unary(call, span, response, send)
         except asyncio.CancelledError:
@@ -460,10 +464,12 @@ class OpenAIEndpoint:
                 span.set_attribute(t.RESPONSE_ID, doc["id"])
         call.active = False  # from here on the client's "disconnect" is the end of the response
         call.response_started = True
+        # Settled before the answer leaves, so the caller's next request sees its spend.
+        await self._finish(call, span)
         await send_json(send, 200, data, [*call.rate_headers, (b"x-request-id", call.request_id.encode())])
 
     async def _stream(
-        self, call: _Call, response: aiohttp.ClientResponse, send: Send, strip_usage: bool
+        self, call: _Call, span: trace.Span, response: aiohttp.ClientResponse, send: Send, strip_usage: bool
     ) -> None:
         tap = SSETap(strip_usage_chunk=strip_usage)
         try:
@@ -487,21 +493,17 @@ class OpenAIEndpoint:
                     await send({"type": "http.response.body", "body": out, "more_body": True})
             tail = tap.flush()
             call.active = False
+            _stream_usage(call, tap)
+            await self._finish(call, span)
             await send({"type": "http.response.body", "body": tail, "more_body": False})
         finally:
-            if tap.first_chunk_at is not None:
-                call.ttft = tap.first_chunk_at - call.t0
-            if tap.usage is not None:
-                call.input_tokens = _int(tap.usage.get("prompt_tokens"))
-                call.output_tokens = _int(tap.usage.get("completion_tokens"))
-            else:
-                # No usage (the client left, or the model broke off): charge the prompt's upper
-                # bound and one token per chunk seen, the engine's unit of streaming.
-                call.input_tokens = call.prompt_bound
-                call.output_tokens = tap.chunks
-            call.finish_reasons = tap.finish_reasons
+            _stream_usage(call, tap)
 
     async def _finish(self, call: _Call, span: trace.Span) -> None:
+        """Settle, measure, trace and record, once per request."""
+        if call.finished:
+            return
+        call.finished = True
         ctx = self.ctx
         principal = call.principal
         tenant = principal.tenant if principal is not None else ""
@@ -571,6 +573,20 @@ class OpenAIEndpoint:
                 )
             except Exception as exc:
                 log.error("ledger refused request %s: %s", call.request_id, type(exc).__name__)
+
+
+def _stream_usage(call: _Call, tap: SSETap) -> None:
+    if tap.first_chunk_at is not None:
+        call.ttft = tap.first_chunk_at - call.t0
+    call.finish_reasons = tap.finish_reasons
+    if tap.usage is not None:
+        call.input_tokens = _int(tap.usage.get("prompt_tokens"))
+        call.output_tokens = _int(tap.usage.get("completion_tokens"))
+    else:
+        # No usage (the client left, or the model broke off): charge the prompt's upper bound and
+        # one token per chunk seen, the engine's unit of streaming.
+        call.input_tokens = call.prompt_bound
+        call.output_tokens = tap.chunks
 
 
 def _int(value: Any) -> int | None:

@@ -1,0 +1,152 @@
+"""Every error the gateway answers with, OpenAI-shaped, with the right status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from gateway_harness import ALPHA_KEY, BETA_KEY, BudgetQuota, Stack
+
+HELLO = [{"role": "user", "content": "hello there gateway"}]
+
+
+def raw(
+    stack: Stack, body: Any, key: str | None = ALPHA_KEY, path: str = "/v1/chat/completions"
+) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    content = body if isinstance(body, bytes) else None
+    return httpx.post(
+        stack.url + path, content=content, json=None if content else body, headers=headers, timeout=20
+    )
+
+
+def assert_error(
+    response: httpx.Response, status: int, code: str, param: str | None = None
+) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["code"] == code and error["param"] == param and error["message"]
+    return error  # type: ignore[no-any-return]
+
+
+def api(stack: Stack, key: str = ALPHA_KEY) -> openai.OpenAI:
+    return openai.OpenAI(base_url=stack.base_url, api_key=key, max_retries=0, timeout=20)
+
+
+def test_400_bad_json_and_bad_fields(stack: Stack) -> None:
+    assert_error(raw(stack, b"{not json"), 400, "invalid_json")
+    assert_error(raw(stack, b"[1, 2]"), 400, "invalid_body")
+    assert_error(raw(stack, {"messages": HELLO}), 400, "missing_model", "model")
+    assert_error(
+        raw(stack, {"model": "m", "messages": HELLO, "max_tokens": 0}), 400, "invalid_value", "max_tokens"
+    )
+    assert_error(raw(stack, {"model": "m", "messages": HELLO, "n": "two"}), 400, "invalid_value", "n")
+    assert_error(
+        raw(stack, {"model": "m", "messages": HELLO, "stream": "yes"}), 400, "invalid_value", "stream"
+    )
+    with pytest.raises(openai.BadRequestError):
+        api(stack).chat.completions.create(model="m", messages=HELLO, max_tokens=-1)
+
+
+def test_401_without_or_with_a_wrong_key(stack: Stack) -> None:
+    error = assert_error(raw(stack, {"model": "m", "messages": HELLO}, key=None), 401, "missing_api_key")
+    assert error["type"] == "authentication_error"
+    with pytest.raises(openai.AuthenticationError) as caught:
+        api(stack, key="rp-nobody-000").chat.completions.create(model="m", messages=HELLO)
+    assert caught.value.code == "invalid_api_key"
+    assert not stack.upstream.seen
+
+
+def test_403_when_model_access_or_tenant_allow_list_refuses(stack: Stack) -> None:
+    with pytest.raises(openai.PermissionDeniedError) as caught:  # m-private admits only tenant beta
+        api(stack).chat.completions.create(model="m-private", messages=HELLO)
+    assert caught.value.code == "model_not_allowed"
+    with pytest.raises(openai.PermissionDeniedError):  # beta's own allow list has only m-private
+        api(stack, BETA_KEY).chat.completions.create(model="m", messages=HELLO)
+    assert api(stack, BETA_KEY).chat.completions.create(model="m-private", messages=HELLO).choices
+    assert len(stack.upstream.seen) == 1
+
+
+def test_404_unknown_model_and_endpoint(stack: Stack) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        api(stack).chat.completions.create(model="gpt-17", messages=HELLO)
+    assert caught.value.code == "model_not_found"
+    assert raw(stack, {}, path="/v1/nothing").json()["error"]["code"] == "http_404"
+
+
+def test_413_body_too_large(make_stack: Any) -> None:
+    stack = make_stack(max_body_bytes=2048)
+    big = [{"role": "user", "content": "x" * 4096}]
+    assert_error(raw(stack, {"model": "m", "messages": big}), 413, "body_too_large")
+    with pytest.raises(openai.APIStatusError) as caught:
+        api(stack).chat.completions.create(model="m", messages=big)
+    assert caught.value.status_code == 413
+
+
+def test_429_with_retry_after_and_ratelimit_headers(make_stack: Any) -> None:
+    stack = make_stack(quota=BudgetQuota(budget=10))
+    response = raw(stack, {"model": "m", "messages": HELLO, "max_tokens": 100})
+    assert_error(response, 429, "tokens_per_day")
+    assert int(response.headers["retry-after"]) == 30
+    with pytest.raises(openai.RateLimitError):
+        api(stack).chat.completions.create(model="m", messages=HELLO, max_tokens=100)
+    assert not stack.upstream.seen
+    assert stack.ledger.records[-1].status == 429
+
+
+def test_502_upstream_refused_or_failing(stack: Stack) -> None:
+    assert_error(raw(stack, {"model": "m-refused", "messages": HELLO}), 502, "upstream_unreachable")
+    error = assert_error(
+        raw(stack, {"model": "m", "messages": HELLO, "test_behavior": "fail"}), 502, "upstream_error"
+    )
+    assert error["message"] == "engine exploded"
+    assert not stack.quota.held and all(used == 0 for _, used in stack.quota.settled)
+
+
+def test_503_not_ready_or_upstream_unavailable(stack: Stack) -> None:
+    assert_error(raw(stack, {"model": "m-waking", "messages": HELLO}), 503, "model_not_ready", "model")
+    assert_error(
+        raw(stack, {"model": "m", "messages": HELLO, "test_behavior": "unavailable"}), 503, "upstream_error"
+    )
+
+
+def test_504_upstream_too_slow(make_stack: Any) -> None:
+    stack = make_stack(upstream={"read_timeout_s": 0.5})
+    assert_error(
+        raw(stack, {"model": "m", "messages": HELLO, "test_behavior": "hang"}), 504, "upstream_timeout"
+    )
+    assert stack.ledger.records[-1].status == 504 and not stack.quota.held
+
+
+def test_upstream_4xx_passes_through(stack: Stack) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        api(stack).chat.completions.create(model="m", messages=HELLO, extra_body={"test_behavior": "reject"})
+    assert "context too long" in caught.value.message
+
+
+def test_failover_to_the_next_endpoint_on_connect_error(stack: Stack) -> None:
+    for _ in range(3):
+        assert api(stack).chat.completions.create(model="m-failover", messages=HELLO, max_tokens=1).choices
+    assert all(r.endpoint == stack.upstream_url for r in stack.ledger.records)
+
+
+def test_stream_broken_by_upstream_is_recorded(stack: Stack) -> None:
+    stream = api(stack).chat.completions.create(
+        model="m", messages=HELLO, stream=True, extra_body={"test_behavior": "break"}
+    )
+    with pytest.raises(openai.APIError):
+        for _ in stream:
+            pass
+    record = stack.ledger.records[-1]
+    assert record.status == 502 and record.error_type == "upstream_broken" and not stack.quota.held
+
+
+def test_models_lists_only_what_the_caller_may_use(stack: Stack) -> None:
+    alpha = {m.id for m in api(stack).models.list()}
+    assert alpha == {"m", "m:sql", "m-refused", "m-failover"}  # not m-private (access), not m-waking
+    beta = {m.id for m in api(stack, BETA_KEY).models.list()}
+    assert beta == {"m-private"}
+    assert raw(stack, b"", key=None, path="/v1/models").status_code == 405
