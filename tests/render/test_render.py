@@ -399,3 +399,28 @@ def test_spec_hash_follows_the_spec(matrix: dict[str, Obj]) -> None:
     assert spec_hash(md) == spec_hash(same)  # metadata is not the spec
     matrix["one-gpu"]["spec"]["scaling"] = {"maxReplicas": 2}
     assert spec_hash(ModelDeployment.model_validate(matrix["one-gpu"])) != spec_hash(md)
+
+
+def test_worker_pods_fit_exactly_one_replica(md: ModelDeployment) -> None:
+    """Ray's own placement bundles of one replica fit in a worker pod's Ray resources, twice never."""
+    serve_llm = pytest.importorskip("ray.serve.llm", reason="Ray Serve LLM is not installed")
+    objects = render(md)
+    (group,) = _cluster(objects)["workerGroupSpecs"]
+    offered = {
+        "CPU": float(group["rayStartParams"]["num-cpus"]),
+        "GPU": float(group["rayStartParams"]["num-gpus"]),
+    }
+    llm = serve_llm.LLMConfig.model_validate(
+        _serve_config(objects)["applications"][0]["args"]["llm_configs"][0]
+    )
+    bundles = [dict(b) for b in llm.get_engine_config().placement_bundles]
+    bundles[0]["CPU"] = (
+        bundles[0].get("CPU", 0) + 1
+    )  # the LLMServer actor joins the first bundle (Ray's merge)
+    needed = {kind: sum(b.get(kind, 0) for b in bundles) for kind in ("CPU", "GPU")}
+    assert needed["CPU"] + 1 <= offered["CPU"], "no room for Ray's helper actors beside the replica"
+    assert needed["GPU"] == offered["GPU"]
+    assert any(2 * needed[kind] > offered[kind] for kind in ("CPU", "GPU")), "two replicas fit in one pod"
+    # The head offers Ray CPUs for the ingress only: no replica fits there.
+    head = _cluster(objects)["headGroupSpec"]["rayStartParams"]
+    assert float(head["num-cpus"]) < needed["CPU"] or needed["GPU"] > 0

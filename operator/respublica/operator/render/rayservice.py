@@ -9,6 +9,7 @@ and stays up when the model scales to zero.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import yaml
@@ -37,6 +38,11 @@ GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 GPU_RESOURCE = "nvidia.com/gpu"
 # The ingress replica's Ray CPUs; the head offers exactly this, so no model replica lands there.
 INGRESS_NUM_CPUS = 1
+# Ray CPUs one model replica holds: its LLMServer actor, plus on CPU the engine's own bundle.
+REPLICA_RAY_CPUS = {"gpu": 1, "cpu": 2}
+# Room beside the replica for Ray's small helper actors (the prefix tree of prefix-aware routing),
+# which need a free CPU to be placed.
+HELPER_RAY_CPUS = 1
 
 
 def worker_group_name(md: ModelDeployment) -> str:
@@ -198,7 +204,7 @@ def _worker_group(md: ModelDeployment, options: RenderOptions, image: str, stora
         pod["tolerations"] = [
             t.model_dump(by_alias=True, exclude_none=True, mode="json") for t in spec.resources.tolerations
         ]
-    start_params = {"num-gpus": str(gpus)}
+    start_params = {"num-cpus": str(worker_ray_cpus(md)), "num-gpus": str(gpus)}
     return {
         "groupName": worker_group_name(md),
         "replicas": spec.scaling.min_replicas,
@@ -208,6 +214,24 @@ def _worker_group(md: ModelDeployment, options: RenderOptions, image: str, stora
         "rayStartParams": start_params,
         "template": {"metadata": {"labels": labels(md, WORKER_COMPONENT)}, "spec": pod},
     }
+
+
+def worker_ray_cpus(md: ModelDeployment) -> int:
+    """The Ray CPUs a worker pod offers: enough for one replica and Ray's helpers, whatever its size.
+
+    A GPU replica takes all of its pod's GPUs, so the GPUs keep it to one replica per pod. A CPU
+    replica is held to one per pod by the Ray CPUs themselves: exactly one replica's worth plus the
+    helpers' room, so a second replica does not fit (the engine still uses every core of the pod).
+    """
+    if md.spec.resources.gpus > 0:
+        return max(_cpu_count(md.spec.resources.cpu), REPLICA_RAY_CPUS["gpu"] + HELPER_RAY_CPUS)
+    return REPLICA_RAY_CPUS["cpu"] + HELPER_RAY_CPUS
+
+
+def _cpu_count(quantity: str) -> int:
+    """A CPU quantity (`8`, `0.5`, `500m`) rounded up to whole CPUs, as KubeRay does."""
+    cores = int(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+    return max(1, math.ceil(cores))
 
 
 def _hf_token(options: RenderOptions, storage: ModelStorage) -> list[Obj]:
