@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
-from respublica.operator.api.load import validate
+from respublica.operator.api.load import describe, validate
+from respublica.operator.api.models import ModelDeployment
 from respublica.operator.api.rules import broken_rules
 
 Doc = dict[str, Any]
@@ -457,3 +459,17 @@ def test_cross_field_rules_one_line_each() -> None:
 def test_base_is_valid(admit: Any) -> None:
     assert validate(base()).ok
     assert admit(copy.deepcopy(base())).accepted
+
+
+def test_describe_a_validation_error() -> None:
+    """What the operator or `respublica up` shows for a ModelDeployment that fails to validate."""
+    doc = base()
+    doc["spec"]["engine"] = {"tensorParallelSize": 2}
+    doc["spec"]["scaling"] = {"minReplicas": 3, "maxReplicas": 2}
+    with pytest.raises(ValidationError) as caught:
+        ModelDeployment.model_validate(doc)
+    assert describe(caught.value) == validate(doc).problems
+    doc["spec"]["scaling"]["minReplicas"] = -1
+    with pytest.raises(ValidationError) as caught:
+        ModelDeployment.model_validate(doc)
+    assert describe(caught.value) == ["spec.scaling.minReplicas: must be at least 0 (got -1)"]

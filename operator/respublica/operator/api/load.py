@@ -141,6 +141,21 @@ def load_file(path: str) -> list[ModelDeployment]:
     return load(read_text(path), path)
 
 
+def describe(error: ValidationError) -> list[str]:
+    """A ModelDeployment's ValidationError as lines for people (e.g. a Failed condition's message).
+
+    Paths are from the root of the object (`spec.scaling.minReplicas`), so validate the whole
+    ModelDeployment, not a part of it, for the paths to read right.
+    """
+    lines: list[str] = []
+    for detail in error.errors():
+        if detail["type"] == CROSS_FIELD_ERROR:
+            lines.extend(str((detail.get("ctx") or {}).get("rules", detail["msg"])).splitlines())
+        else:
+            lines.append(_describe(detail))
+    return list(dict.fromkeys(lines))
+
+
 def _defaulted_spec(spec: dict[str, Any]) -> dict[str, Any]:
     defaulted: dict[str, Any] = apply_defaults(openapi_schema()["properties"]["spec"], spec)
     return defaulted

@@ -355,7 +355,7 @@ class ModelDeploymentSpec(_Model):
         broken = [rule.message for rule in RULES if not rule.check(_node(data, rule.where))]
         if broken:
             # One error carrying every broken rule; `api.load` reports them one per line.
-            raise PydanticCustomError(CROSS_FIELD_ERROR, "{rules}", {"rules": "; ".join(broken)})
+            raise PydanticCustomError(CROSS_FIELD_ERROR, "{rules}", {"rules": "\n".join(broken)})
         return self
 
 
