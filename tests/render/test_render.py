@@ -145,18 +145,29 @@ def test_serve_config_is_the_engine_mapping(md: ModelDeployment) -> None:
     assert app["import_path"] == "ray.serve.llm:build_openai_app"
     assert app["route_prefix"] == "/"
     assert config["http_options"]["port"] == 8000
-    model_path = app["args"]["llm_configs"][0]["model_loading_config"]["model_source"]
+    # Where the cluster's pods hold the weights, worked out here independently of render.
     source = md.spec.model.source
-    if md.spec.cache is None and not source.startswith("pvc://"):
-        model_path = None
+    model_path: str | None = None
+    if md.spec.cache is not None:
+        model_path = f"/models/hf/{source.removeprefix('hf://')}/{md.spec.model.revision}"
+    elif source.startswith("pvc://"):
+        claim, _, path = source.removeprefix("pvc://").partition("/")
+        model_path = f"/mnt/pvc/{claim}/{path}".rstrip("/")
     expected = build_serving_args(md.spec, model_path=model_path, ingress_num_cpus=1)
     assert app["args"] == json.loads(json.dumps(expected))
 
 
 def test_serve_config_validates_with_ray(md: ModelDeployment) -> None:
     serve_llm = pytest.importorskip("ray.serve.llm", reason="Ray Serve LLM is not installed")
-    args = _serve_config(render(md))["applications"][0]["args"]
-    parsed = serve_llm.LLMServingArgs.model_validate(args)
+    from ray.serve.schema import ServeDeploySchema
+
+    config = _serve_config(render(md))
+    # What KubeRay submits to the dashboard, checked by Ray Serve's own schema...
+    deploy = ServeDeploySchema.model_validate(config)
+    assert deploy.http_options.port == 8000
+    assert [app.import_path for app in deploy.applications] == ["ray.serve.llm:build_openai_app"]
+    # ...and the builder's arguments by Ray Serve LLM's.
+    parsed = serve_llm.LLMServingArgs.model_validate(config["applications"][0]["args"])
     assert parsed.llm_configs[0].model_id == md.spec.model.served_name
 
 
