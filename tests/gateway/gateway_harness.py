@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-from collections.abc import Coroutine
+import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -221,3 +222,12 @@ class Stack:
     @property
     def base_url(self) -> str:
         return self.gateway.url + "/v1"
+
+
+def eventually(condition: Callable[[], object], timeout: float = 5.0) -> None:
+    """Wait (bounded) for what the gateway does after the client has its last byte (a stream's end)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.01)

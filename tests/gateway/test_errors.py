@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from gateway_harness import ALPHA_KEY, BETA_KEY, BudgetQuota, Stack
+from gateway_harness import ALPHA_KEY, BETA_KEY, BudgetQuota, Stack, eventually
 
 HELLO = [{"role": "user", "content": "hello there gateway"}]
 
@@ -140,6 +140,7 @@ def test_stream_broken_by_upstream_is_recorded(stack: Stack) -> None:
     with pytest.raises(openai.APIError):
         for _ in stream:
             pass
+    eventually(lambda: stack.ledger.records)
     record = stack.ledger.records[-1]
     assert record.status == 502 and record.error_type == "upstream_broken" and not stack.quota.held
 

@@ -6,7 +6,7 @@ import asyncio
 
 import openai
 import pytest
-from gateway_harness import ALPHA_DEFAULT_CAP, ALPHA_KEY, Stack
+from gateway_harness import ALPHA_DEFAULT_CAP, ALPHA_KEY, Stack, eventually
 
 
 def client(stack: Stack, key: str = ALPHA_KEY) -> openai.OpenAI:
@@ -69,6 +69,7 @@ def test_stream_passes_chunks_and_strips_the_usage_chunk(stack: Stack) -> None:
     assert text == "w0 w1 w2 w3 "
     assert all(c.choices for c in chunks) and all(c.usage is None for c in chunks)
     assert stack.upstream.bodies()[-1]["stream_options"] == {"include_usage": True}
+    eventually(lambda: stack.ledger.records)
     assert stack.quota.settled[-1][1] == 3 + 4  # settled from the upstream's usage
     record = stack.ledger.records[-1]
     assert record.stream and (record.input_tokens, record.output_tokens) == (3, 4)
