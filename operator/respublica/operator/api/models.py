@@ -331,13 +331,29 @@ class CacheSpec(_Model):
 class ModelDeploymentSpec(_Model):
     """What to serve, on what, how far it scales, and who may call it."""
 
-    model: ModelSpec = Field(description="The weights and the name clients use.")
-    engine: EngineSpec = Field(default_factory=EngineSpec, description="vLLM engine settings.")
-    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="What one replica needs.")
-    scaling: ScalingSpec = Field(default_factory=ScalingSpec, description="Autoscaling of replicas.")
-    routing: RoutingSpec = Field(default_factory=RoutingSpec, description="Replica choice per request.")
-    access: AccessSpec = Field(default_factory=AccessSpec, description="Who may call the model.")
-    lora: LoraSpec | None = Field(default=None, description="LoRA adapters; unset: none.")
+    model: ModelSpec = Field(description="Which weights to serve and the name clients use for them.")
+    engine: EngineSpec = Field(
+        default_factory=EngineSpec,
+        description="vLLM engine settings: typed fields for the common ones, extraArgs for the rest.",
+    )
+    resources: ResourcesSpec = Field(
+        default_factory=ResourcesSpec,
+        description="What one replica needs. A replica is one Ray worker pod holding all of its GPUs.",
+    )
+    scaling: ScalingSpec = Field(
+        default_factory=ScalingSpec,
+        description="Ray Serve autoscaling of the model's replicas; Ray's autoscaler adds and removes the "
+        "worker pods they run in.",
+    )
+    routing: RoutingSpec = Field(
+        default_factory=RoutingSpec, description="How Ray Serve picks a replica for each request."
+    )
+    access: AccessSpec = Field(
+        default_factory=AccessSpec, description="Who may call the model through the gateway."
+    )
+    lora: LoraSpec | None = Field(
+        default=None, description="LoRA adapters loaded on demand on top of the base model; unset: none."
+    )
     cache: CacheSpec | None = Field(
         default=None,
         description="Download hf:// weights once into a volume shared by the replicas; unset: each "
