@@ -120,9 +120,11 @@ def _ports(options: RenderOptions, *, head: bool) -> list[Obj]:
     return [{"name": name, "containerPort": port, "protocol": "TCP"} for name, port in ports]
 
 
-def _pod_spec(options: RenderOptions, containers: list[Obj], volumes: list[Obj]) -> Obj:
+def _pod_spec(options: RenderOptions, containers: list[Obj], volumes: list[Obj], *, api_token: bool) -> Obj:
     spec: Obj = {
-        "automountServiceAccountToken": False,
+        # Only the head needs the API: its autoscaler sidecar scales the worker group through it,
+        # with the service account and RBAC KubeRay creates for it.
+        "automountServiceAccountToken": api_token,
         "securityContext": pod_security_context(options),
         "containers": containers,
     }
@@ -153,7 +155,7 @@ def _head(md: ModelDeployment, options: RenderOptions, image: str) -> Obj:
         },
         "template": {
             "metadata": {"labels": labels(md, HEAD_COMPONENT)},
-            "spec": _pod_spec(options, [container], []),
+            "spec": _pod_spec(options, [container], [], api_token=True),
         },
     }
 
@@ -177,7 +179,7 @@ def _worker_group(md: ModelDeployment, options: RenderOptions, image: str, stora
         "securityContext": container_security_context(),
         "volumeMounts": mounts,
     }
-    pod = _pod_spec(options, [container], volumes)
+    pod = _pod_spec(options, [container], volumes, api_token=False)
     if storage.wait_for is not None:
         pod["initContainers"] = [_wait_for_cache(options, image, storage)]
     if spec.resources.gpu_product is not None:
