@@ -1,0 +1,61 @@
+"""The GitOps tenants file: what it accepts and how it says what is wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from respublica.serving.gateway.contracts import Limits
+from respublica.serving.gateway.tenants_file import TenantsFileError, load_tenants_file
+
+
+def test_camel_and_snake_case_and_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "tenants.yaml"
+    path.write_text(
+        "tenants:\n"
+        "  - name: research\n"
+        "    limits: {requestsPerMinute: 600, tokensPerDay: 5000000, allowedModels: [llama, qwen]}\n"
+        "  - name: ops\n"
+        "    limits: {max_concurrent: 2, default_max_tokens: 256}\n"
+        "  - name: students\n"
+    )
+    assert load_tenants_file(path) == {
+        "research": Limits(
+            requests_per_minute=600, tokens_per_day=5_000_000, allowed_models=("llama", "qwen")
+        ),
+        "ops": Limits(max_concurrent=2, default_max_tokens=256),
+        "students": Limits(),
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("tenants:\n  - name: Bad_Name\n", "invalid tenant name 'Bad_Name'"),
+        (
+            "tenants:\n  - name: a\n    limits: {tokensPerDay: -1}\n",
+            "tokensPerDay: Input should be greater than or equal to 0",
+        ),
+        (
+            "tenants:\n  - name: a\n    limits: {tokensPerWeek: 5}\n",
+            "tokensPerWeek: Extra inputs are not permitted",
+        ),
+        ("tenants:\n  - name: a\n  - name: a\n", "declared twice"),
+        ("tenants:\n  - limits: {}\n", "needs a 'name'"),
+        ("teams: []\n", "unknown top-level field(s) ['teams']"),
+        ("tenants: [\n", "not valid YAML"),
+    ],
+)
+def test_mistakes_are_named(tmp_path: Path, text: str, words: str) -> None:
+    path = tmp_path / "tenants.yaml"
+    path.write_text(text)
+    with pytest.raises(TenantsFileError) as info:
+        load_tenants_file(path)
+    assert words in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(TenantsFileError, match="can not read the tenants file"):
+        load_tenants_file(tmp_path / "nope.yaml")
