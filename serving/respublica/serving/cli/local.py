@@ -1,16 +1,138 @@
-"""`respublica` commands: local."""
+"""`respublica up`, `respublica status`, `respublica digest`, `respublica version`: one machine.
+
+Exit codes of `up`: 0 stopped cleanly (Ctrl-C, SIGTERM); 1 could not start or the first request
+failed; 2 bad input (no such file, an invalid ModelDeployment, a busy port).
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated, NoReturn
+
 import typer
+
+EXIT_FAILED = 1
+EXIT_INPUT = 2
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the CLI."""
+    app.command("up")(up_command)
+    app.command("status")(status_command)
+    app.command("digest")(digest_command)
+    app.command("version")(version_command)
 
-    @app.command()
-    def version() -> None:
-        """Print respublica's version."""
-        from importlib.metadata import version as dist_version
 
-        typer.echo(dist_version("respublica"))
+def version_command() -> None:
+    """Print respublica's version."""
+    from importlib.metadata import version as dist_version
+
+    typer.echo(dist_version("respublica"))
+
+
+def up_command(
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            "--file",
+            "-f",
+            help="ModelDeployment YAML file (several documents allowed). Unset: the bundled sample, a "
+            "tiny random-weight smoke-test model generated on first use.",
+        ),
+    ] = None,
+    port: Annotated[int, typer.Option("--port", help="The gateway's port on 127.0.0.1.")] = 8080,
+    engine_port: Annotated[
+        int, typer.Option("--engine-port", help="Ray Serve's port on 127.0.0.1; 0 picks a free one.")
+    ] = 0,
+    accelerator: Annotated[
+        str, typer.Option("--accelerator", help="auto (a GPU when there is one), gpu or cpu.")
+    ] = "auto",
+    smoke: Annotated[
+        bool, typer.Option("--smoke", help="Send a first chat completion once ready and show the answer.")
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Seconds to wait for the engine to load the model(s).")
+    ] = 900.0,
+    gateway: Annotated[
+        bool,
+        typer.Option(
+            "--gateway/--no-gateway",
+            help="Put the gateway (keys, quotas, accounting) in front; --no-gateway exposes the engine "
+            "alone, without authentication.",
+        ),
+    ] = True,
+) -> None:
+    """Serve a ModelDeployment file on this machine: local Ray, vLLM, the gateway in front."""
+    from rich.console import Console
+
+    from respublica.serving.engine.up import Up, UpError, UpOptions
+
+    if accelerator not in ("auto", "gpu", "cpu"):
+        _fail(f"--accelerator must be auto, gpu or cpu, not {accelerator!r}", EXIT_INPUT)
+    if not 0 < port < 65536 or not 0 <= engine_port < 65536:
+        _fail("ports must be between 1 and 65535", EXIT_INPUT)
+    if file is not None and not file.is_file():
+        _fail(f"{file}: no such file (pass a ModelDeployment YAML file, or no -f for the sample)", EXIT_INPUT)
+    options = UpOptions(
+        file=file,
+        port=port,
+        engine_port=engine_port,
+        accelerator=accelerator,  # type: ignore[arg-type]  # checked above
+        smoke=smoke,
+        timeout_s=timeout,
+        gateway=gateway,
+    )
+    runner = Up(options, out=Console(highlight=False), err=Console(stderr=True, highlight=False))
+    try:
+        code = runner.run()
+    except UpError as err:
+        _fail(str(err), EXIT_FAILED)
+    raise typer.Exit(code)
+
+
+def status_command() -> None:
+    """Show what `respublica up` runs on this machine, and whether it answers."""
+    import time
+
+    from respublica.serving.engine import state
+    from respublica.serving.engine.local import served_models
+
+    current = state.read()
+    if current is None:
+        typer.echo(f"respublica up is not running (no state in {state.state_file()})")
+        raise typer.Exit(3)
+    if not state.is_running(current):
+        typer.echo(f"respublica up is not running (stale state of pid {current.pid} in {state.state_file()})")
+        raise typer.Exit(3)
+    listed = served_models(current.engine_url)
+    healthy = all(name in listed for name in current.models)
+    uptime = time.time() - current.started_at
+    typer.echo(f"respublica up: pid {current.pid}, {current.phase}, up {uptime:.0f}s")
+    typer.echo(f"  spec:      {current.spec_file}")
+    typer.echo(f"  models:    {', '.join(current.models)}")
+    typer.echo(
+        f"  engine:    {current.engine_url} on {current.accelerator} ({current.ray_cpus} Ray CPUs): "
+        f"{'answers' if healthy else 'not answering'}"
+    )
+    if current.gateway_url:
+        typer.echo(f"  gateway:   {current.gateway_url}/v1")
+    if current.logs_dir:
+        typer.echo(f"  Ray logs:  {current.logs_dir}")
+    if not healthy:
+        raise typer.Exit(1)
+
+
+def digest_command(
+    directory: Annotated[Path, typer.Argument(help="A model directory (config.json, weights, tokenizer).")],
+) -> None:
+    """Print the content digest of a model directory, for spec.model.digest (docs/model-digest.md)."""
+    from respublica.serving.engine.digest import model_digest
+
+    if not directory.is_dir():
+        _fail(f"{directory} is not a directory", EXIT_INPUT)
+    typer.echo(model_digest(directory))

@@ -1,0 +1,342 @@
+"""`respublica up`: the models of a ModelDeployment file on local Ray, the gateway in front.
+
+The steps, in order: read the file (or write the bundled sample), find each model's weights and check
+their digest, size a private Ray instance, deploy through Ray Serve LLM and wait for the engine, start
+the gateway with a fresh admin key and a first tenant key, print how to call it, optionally send a
+first request, then serve until Ctrl-C or SIGTERM, and stop everything it started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from rich.console import Console
+
+from respublica.operator.api.models import ModelDeployment
+from respublica.serving.engine import sizing, sources, state
+from respublica.serving.engine.local import LOOPBACK, EngineError, LocalEngine, LocalModel, detect_gpus
+from respublica.serving.engine.progress import Waiting
+
+SMOKE_PROMPT = "Say hello in five words."
+
+
+class UpError(Exception):
+    """`up` cannot go on; the message says what is wrong and what to do."""
+
+
+@dataclass(frozen=True)
+class UpOptions:
+    file: Path | None = None
+    port: int = 8080
+    engine_port: int = 0
+    accelerator: sizing.AcceleratorChoice = "auto"
+    smoke: bool = False
+    timeout_s: float = 900.0
+    gateway: bool = True
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where clients call, and with what key (None: no key needed)."""
+
+    base_url: str
+    api_key: str | None
+
+
+def port_is_free(port: int, host: str = LOOPBACK) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def load_deployments(options: UpOptions, gpus: int) -> tuple[list[ModelDeployment], Path]:
+    """The file's ModelDeployments, or the bundled sample's; and the file they came from."""
+    from respublica.operator.api.load import InputError, SpecError, load_file
+
+    if options.file is None:
+        from respublica.serving.engine.sample import write_sample
+
+        path = write_sample(gpus=1 if gpus > 0 else 0)
+    else:
+        path = options.file
+    try:
+        deployments = load_file(str(path))
+    except InputError as err:
+        raise UpError(str(err)) from None
+    except SpecError as err:
+        raise UpError(f"{path} has problems:\n{err}\n(`respublica validate -f {path}` lists them)") from None
+    names = [d.spec.model.served_name for d in deployments]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise UpError(
+            f"{path}: several models are served as {', '.join(repeated)}; servedName must be unique"
+        )
+    return deployments, path
+
+
+def snippets(endpoint: Endpoint, model: str) -> str:
+    """A ready-to-paste curl command and OpenAI SDK program for the running endpoint."""
+    key = endpoint.api_key or "unused"
+    auth = f' \\\n  -H "Authorization: Bearer {endpoint.api_key}"' if endpoint.api_key else ""
+    body = json.dumps(
+        {"model": model, "messages": [{"role": "user", "content": SMOKE_PROMPT}], "max_tokens": 32}
+    )
+    return (
+        f"curl {endpoint.base_url}/v1/chat/completions{auth} \\\n"
+        f"  -H 'Content-Type: application/json' \\\n"
+        f"  -d '{body}'\n"
+        "\n"
+        "from openai import OpenAI\n"
+        f'client = OpenAI(base_url="{endpoint.base_url}/v1", api_key="{key}")\n'
+        "reply = client.chat.completions.create(\n"
+        f'    model="{model}", messages=[{{"role": "user", "content": "{SMOKE_PROMPT}"}}], max_tokens=32\n'
+        ")\n"
+        "print(reply.choices[0].message.content)\n"
+    )
+
+
+def chat_once(endpoint: Endpoint, model: str, timeout_s: float = 120.0) -> dict[str, Any]:
+    """One chat completion, as the smoke test of a fresh `up`."""
+    body = json.dumps(
+        {"model": model, "messages": [{"role": "user", "content": SMOKE_PROMPT}], "max_tokens": 24}
+    ).encode()
+    headers = {"Content-Type": "application/json"}
+    if endpoint.api_key:
+        headers["Authorization"] = f"Bearer {endpoint.api_key}"
+    request = urllib.request.Request(f"{endpoint.base_url}/v1/chat/completions", data=body, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            reply: dict[str, Any] = json.loads(response.read())
+            return reply
+    except urllib.error.HTTPError as err:
+        detail = err.read().decode(errors="replace")[:300]
+        raise UpError(f"the first request failed with HTTP {err.code}: {detail}") from None
+    except (OSError, ValueError) as err:
+        raise UpError(f"the first request failed: {err}") from None
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM stops `up` the way Ctrl-C does: through the same cleanup."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def _shielded() -> Iterator[None]:
+    """While stopping, Ctrl-C and SIGTERM must not cut the cleanup short and leave processes behind."""
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class Up:
+    """One `respublica up` run."""
+
+    def __init__(self, options: UpOptions, out: Console, err: Console) -> None:
+        self.options = options
+        self.out = out
+        self.err = err
+        self.run_id = uuid.uuid4().hex
+        self.engine: LocalEngine | None = None
+        self.gateway: Any = None
+        self.state: state.UpState | None = None
+
+    def run(self) -> int:
+        with _sigterm_as_interrupt():
+            try:
+                self._start_and_serve()
+            except KeyboardInterrupt:
+                self.err.print("\nStopping…", highlight=False)
+                return 0
+            finally:
+                with _shielded():
+                    self._stop()
+        return 0
+
+    def _start_and_serve(self) -> None:
+        options = self.options
+        self._refuse_second_run()
+        if options.gateway and not port_is_free(options.port):
+            raise UpError(f"port {options.port} on {LOOPBACK} is in use: stop what uses it or pass --port")
+        engine_port = options.engine_port or free_port()
+        if not port_is_free(engine_port):
+            raise UpError(f"engine port {engine_port} on {LOOPBACK} is in use: pass another --engine-port")
+
+        with Waiting(self.err, "looking for accelerators"):
+            gpus = detect_gpus()
+        try:
+            accelerator = sizing.choose_accelerator(options.accelerator, gpus)
+        except ValueError as err:
+            raise UpError(str(err)) from None
+        deployments, spec_path = load_deployments(options, gpus)
+        models = [self._resolve(d, spec_path) for d in deployments]
+
+        from respublica.serving.engine.local import serving_args
+
+        try:
+            args = serving_args(models, accelerator)
+        except ValueError as err:
+            raise UpError(str(err)) from None
+        num_cpus = sizing.logical_cpus(os.cpu_count() or 1, [args])
+        names = [m.served_name for m in models]
+        self.engine = LocalEngine(
+            args,
+            served_names=names,
+            port=engine_port,
+            num_cpus=num_cpus,
+            num_gpus=gpus if accelerator == "gpu" else 0,
+            run_id=self.run_id,
+        )
+        self.state = state.UpState(
+            pid=os.getpid(),
+            run_id=self.run_id,
+            started_at=time.time(),
+            phase="starting",
+            engine_url=self.engine.base_url,
+            models=names,
+            spec_file=str(spec_path),
+            accelerator=accelerator,
+            ray_cpus=num_cpus,
+        )
+        state.write(self.state)
+        self.err.print(
+            f"Serving {', '.join(names)} from {spec_path} on {accelerator.upper()} "
+            f"(Ray with {num_cpus} logical CPUs{f', {gpus} GPU(s)' if accelerator == 'gpu' else ''})",
+            highlight=False,
+        )
+        with Waiting(self.err, "starting a private Ray instance on 127.0.0.1"):
+            self.engine.start()
+        self.state.logs_dir = self.engine.logs_dir
+        state.write(self.state)
+        with Waiting(self.err, "loading the model(s) into vLLM under Ray Serve") as wait:
+            try:
+                self.engine.wait_ready(options.timeout_s, wait.update)
+            except EngineError as err:
+                raise UpError(str(err)) from None
+
+        endpoint = Endpoint(self.engine.base_url, None)
+        if options.gateway:
+            endpoint = self._start_gateway(models)
+        self.state.phase = "ready"
+        self.state.gateway_url = endpoint.base_url if options.gateway else None
+        state.write(self.state)
+        self._announce(endpoint, names, sample=options.file is None)
+        if options.smoke:
+            self._smoke(endpoint, names[0], sample=options.file is None)
+        self.err.print("Serving. Ctrl-C stops everything.", highlight=False)
+        while True:
+            time.sleep(1.0)
+            self._check_alive()
+
+    def _refuse_second_run(self) -> None:
+        current = state.read()
+        if current is not None and current.pid != os.getpid() and state.is_running(current):
+            where = current.gateway_url or current.engine_url
+            raise UpError(
+                f"respublica up is already running (pid {current.pid}, {where}); stop it first "
+                "(Ctrl-C in its terminal, or kill -TERM the pid)"
+            )
+
+    def _resolve(self, deployment: ModelDeployment, spec_path: Path) -> LocalModel:
+        model = deployment.spec.model
+        what = f"finding the weights of {model.served_name}"
+        if model.digest is not None:
+            what += " and checking their digest"
+        with Waiting(self.err, what) as wait:
+            hashed = [0]
+
+            def progress(count: int) -> None:
+                hashed[0] += count
+                wait.update(f"{hashed[0] / 1e6:.0f} MB hashed")
+
+            try:
+                resolved = sources.resolve(model, base_dir=spec_path.parent, progress=progress)
+            except sources.SourceError as err:
+                raise UpError(f"{deployment.metadata.name}: {err}") from None
+        return LocalModel(deployment=deployment, path=resolved.path)
+
+    def _start_gateway(self, models: list[LocalModel]) -> Endpoint:
+        raise UpError("the gateway is not available in this build yet: run with --no-gateway")
+
+    def _check_alive(self) -> None:
+        pass
+
+    def _announce(self, endpoint: Endpoint, names: list[str], *, sample: bool) -> None:
+        out = self.out
+        out.print()
+        out.print(
+            f"[bold green]Ready.[/bold green] OpenAI-compatible API: {endpoint.base_url}/v1", highlight=False
+        )
+        out.print(f"Models: {', '.join(names)}", highlight=False)
+        if sample:
+            out.print(
+                "[yellow]The bundled sample is a tiny random-weight smoke-test model: its answers are "
+                "noise. `respublica up -f model.yaml` serves a real one (docs/local.md).[/yellow]",
+                highlight=False,
+            )
+        out.print()
+        out.print(snippets(endpoint, names[0]), highlight=False, markup=False, soft_wrap=True)
+
+    def _smoke(self, endpoint: Endpoint, model: str, *, sample: bool) -> None:
+        started = time.monotonic()
+        with Waiting(self.err, f"sending a first chat completion to {model}"):
+            reply = chat_once(endpoint, model)
+        choices = reply.get("choices") or [{}]
+        answer = str((choices[0].get("message") or {}).get("content", ""))
+        usage = reply.get("usage") or {}
+        self.out.print(
+            f"First request answered in {time.monotonic() - started:.1f}s "
+            f"({usage.get('prompt_tokens', '?')} prompt + {usage.get('completion_tokens', '?')} "
+            f"completion tokens):",
+            highlight=False,
+        )
+        self.out.print(f"  {answer!r}", highlight=False, markup=False)
+        if sample:
+            self.out.print("  (random weights: noise is the expected answer)", highlight=False)
+
+    def _stop(self) -> None:
+        if self.gateway is not None:
+            self.gateway.stop()
+            self.gateway = None
+        if self.engine is not None:
+            with Waiting(self.err, "stopping Ray Serve, vLLM and Ray"):
+                stragglers = self.engine.stop()
+            if stragglers:
+                self.err.print(f"ended {len(stragglers)} leftover process(es): {stragglers}", highlight=False)
+            self.engine = None
+        if self.state is not None:
+            state.remove(os.getpid())
+            self.state = None
