@@ -136,6 +136,7 @@ async def start_fake_upstream() -> tuple[FakeUpstream, web.AppRunner, str]:
 
 ALPHA_KEY = "rp-alpha-9f8e7d6c5b4a39281706f5e4d3c2b1a0"
 BETA_KEY = "rp-beta-0a1b2c3d4e5f60718293a4b5c6d7e8f9"
+GAMMA_KEY = "rp-gamma-77aa66bb55cc44dd33ee22ff11009988"
 ALPHA_DEFAULT_CAP = 50
 
 
@@ -157,6 +158,7 @@ class KeyAuthenticator:
 PRINCIPALS = {
     ALPHA_KEY: Principal("alpha", "key-alpha", Limits(default_max_tokens=ALPHA_DEFAULT_CAP)),
     BETA_KEY: Principal("beta", "key-beta", Limits(allowed_models=("m-private",))),
+    GAMMA_KEY: Principal("gamma", "key-gamma", Limits()),
 }
 
 
