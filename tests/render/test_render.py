@@ -14,11 +14,15 @@ from respublica.operator.render import (
     SERVE_APP_NAME,
     SPEC_HASH_ANNOTATION,
     RenderOptions,
+    cache_claim_name,
+    download_job_name,
     endpoint_url,
+    network_policy_names,
     rayservice_name,
     render,
     serve_service_name,
     spec_hash,
+    worker_group_name,
 )
 from respublica.serving.engine.args import build_serving_args
 
@@ -401,6 +405,13 @@ def test_names_and_endpoint(matrix: dict[str, Obj]) -> None:
     assert serve_service_name(md) == "llama-3-8b-serve-svc"
     assert endpoint_url(md) == "http://llama-3-8b-serve-svc.ai.svc:8000"
     assert _one(render(md), "RayService")["metadata"]["name"] == rayservice_name(md)
+    assert _cluster(render(md))["workerGroupSpecs"][0]["groupName"] == worker_group_name(md) == "gpu"
+    policies = tuple(obj["metadata"]["name"] for obj in render(md) if obj["kind"] == "NetworkPolicy")
+    assert policies == network_policy_names(md)
+    cached = ModelDeployment.model_validate(matrix["tensor-parallel-cached"])
+    objects = render(cached)
+    assert _one(objects, "Job")["metadata"]["name"] == download_job_name(cached)
+    assert _one(objects, "PersistentVolumeClaim")["metadata"]["name"] == cache_claim_name(cached)
     assert endpoint_url(ModelDeployment.model_validate(matrix["cpu-no-namespace"])) == (
         "http://tiny-serve-svc.default.svc:8000"
     )

@@ -4,6 +4,7 @@
 """
 
 from respublica.operator.render.assemble import render
+from respublica.operator.render.cache import download_job_name
 from respublica.operator.render.common import (
     COMPONENT_LABEL,
     MANAGED_BY,
@@ -17,7 +18,10 @@ from respublica.operator.render.common import (
     serve_service_name,
     spec_hash,
 )
+from respublica.operator.render.networkpolicy import network_policy_names
 from respublica.operator.render.options import RenderOptions
+from respublica.operator.render.rayservice import worker_group_name
+from respublica.operator.render.storage import cache_claim_name
 
 __all__ = [
     "COMPONENT_LABEL",
@@ -27,10 +31,14 @@ __all__ = [
     "SERVE_APP_NAME",
     "SPEC_HASH_ANNOTATION",
     "RenderOptions",
+    "cache_claim_name",
+    "download_job_name",
     "endpoint_url",
+    "network_policy_names",
     "owner_references",
     "rayservice_name",
     "render",
     "serve_service_name",
     "spec_hash",
+    "worker_group_name",
 ]

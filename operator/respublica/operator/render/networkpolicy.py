@@ -26,6 +26,11 @@ def ray_pods_selector(md: ModelDeployment) -> dict[str, str]:
     return {MODEL_LABEL: md.metadata.name}
 
 
+def network_policy_names(md: ModelDeployment) -> tuple[str, str]:
+    """The policy for every Ray pod of the model, and the head's own."""
+    return f"{md.metadata.name}-ray", f"{md.metadata.name}-ray-head"
+
+
 def _peer(namespace: str | None, pod_labels: Mapping[str, str], *, any_namespace: bool) -> Obj:
     peer: Obj = {"podSelector": {"matchLabels": dict(sorted(pod_labels.items()))}}
     if namespace is not None:
@@ -37,10 +42,11 @@ def _peer(namespace: str | None, pod_labels: Mapping[str, str], *, any_namespace
 
 def network_policies(md: ModelDeployment, options: RenderOptions) -> list[Obj]:
     ray_pods = ray_pods_selector(md)
+    pods_name, head_name = network_policy_names(md)
     pods_policy: Obj = {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": metadata(md, f"{md.metadata.name}-ray", COMPONENT),
+        "metadata": metadata(md, pods_name, COMPONENT),
         "spec": {
             "podSelector": {"matchLabels": ray_pods},
             "policyTypes": ["Ingress"],
@@ -59,7 +65,7 @@ def network_policies(md: ModelDeployment, options: RenderOptions) -> list[Obj]:
     head_policy: Obj = {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": metadata(md, f"{md.metadata.name}-ray-head", COMPONENT),
+        "metadata": metadata(md, head_name, COMPONENT),
         "spec": {
             "podSelector": {"matchLabels": {**ray_pods, RAY_NODE_TYPE_LABEL: "head"}},
             "policyTypes": ["Ingress"],
