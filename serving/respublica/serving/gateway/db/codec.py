@@ -77,3 +77,29 @@ def check_tenant_name(name: str) -> str:
     if not TENANT_NAME.match(name):
         raise ValueError(f"invalid tenant name {name!r}: {TENANT_NAME_HELP}")
     return name
+
+
+def parse_instant(text: str) -> float:
+    """Unix seconds from `2026-11-01` (UTC midnight), an ISO datetime (UTC unless it says) or a number."""
+    from datetime import UTC, datetime
+
+    text = text.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(
+            f"'{text}' is not a date: use 2026-11-01, 2026-11-01T12:00:00Z or unix seconds"
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
+def format_instant(ts: float | None) -> str | None:
+    from datetime import UTC, datetime
+
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
