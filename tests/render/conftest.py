@@ -91,6 +91,23 @@ MATRIX: dict[str, dict[str, Any]] = {
             "lora": {"path": "pvc://adapters/mistral", "adapters": [{"name": "sql"}, {"name": "legal"}]},
         },
     ),
+    "longest-name-cached": _md(
+        "a" * 39 + "z",
+        {
+            "model": {"source": "hf://org/model", "revision": "v1.0", "servedName": "org/model"},
+            "resources": {"gpus": 8, "cpu": "500m", "tolerations": [{"operator": "Exists"}]},
+            "engine": {"tensorParallelSize": 8},
+            "scaling": {"minReplicas": 0, "maxReplicas": 1000},
+            "cache": {"size": "1Ti"},
+        },
+    ),
+    "pvc-root-file-lora": _md(
+        "gemma",
+        {
+            "model": {"source": "pvc://gemma-weights", "servedName": "gemma"},
+            "lora": {"path": "file:///adapters", "adapters": [{"name": "a"}], "maxAdaptersPerReplica": 1},
+        },
+    ),
     "cpu-no-namespace": _md(
         "tiny",
         {
