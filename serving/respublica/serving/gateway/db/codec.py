@@ -102,4 +102,4 @@ def parse_instant(text: str) -> float:
 def format_instant(ts: float | None) -> str | None:
     from datetime import UTC, datetime
 
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
