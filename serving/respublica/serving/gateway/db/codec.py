@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -81,8 +82,6 @@ def check_tenant_name(name: str) -> str:
 
 def parse_instant(text: str) -> float:
     """Unix seconds from `2026-11-01` (UTC midnight), an ISO datetime (UTC unless it says) or a number."""
-    from datetime import UTC, datetime
-
     text = text.strip()
     try:
         return float(text)
@@ -100,6 +99,6 @@ def parse_instant(text: str) -> float:
 
 
 def format_instant(ts: float | None) -> str | None:
-    from datetime import UTC, datetime
-
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
