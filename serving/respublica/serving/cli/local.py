@@ -87,7 +87,11 @@ def up_command(
         timeout_s=timeout,
         gateway=gateway,
     )
-    runner = Up(options, out=Console(highlight=False), err=Console(stderr=True, highlight=False))
+    runner = Up(
+        options,
+        out=Console(highlight=False, soft_wrap=True),
+        err=Console(stderr=True, highlight=False, soft_wrap=True),
+    )
     try:
         code = runner.run()
     except UpError as err:

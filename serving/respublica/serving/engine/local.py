@@ -167,6 +167,8 @@ class LocalEngine:
             namespace=APP_NAME,
         )
         self._ray_started = True
+        # Serve logs every deployment's options at INFO on the driver: noise on the user's terminal.
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
         self.logs_dir = _logs_dir()
         serve.start(
             http_options={"host": LOOPBACK, "port": self.port},

@@ -114,6 +114,9 @@ def generate(directory: Path) -> None:
     """Write the tokenizer, config, random weights, README and marker into `directory`."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a 2 MB file needs no "Writing model shards" bar
 
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer = _train_tokenizer()

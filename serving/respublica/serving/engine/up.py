@@ -26,7 +26,7 @@ from typing import Any
 from rich.console import Console
 
 from respublica.operator.api.models import ModelDeployment
-from respublica.serving.engine import sizing, sources, state
+from respublica.serving.engine import sizing, sources, state, tiny_model
 from respublica.serving.engine.local import LOOPBACK, EngineError, LocalEngine, LocalModel, detect_gpus
 from respublica.serving.engine.progress import Waiting
 
@@ -201,6 +201,9 @@ class Up:
             accelerator = sizing.choose_accelerator(options.accelerator, gpus)
         except ValueError as err:
             raise UpError(str(err)) from None
+        if options.file is None and not tiny_model.is_current(tiny_model.default_model_dir()):
+            with Waiting(self.err, "generating the tiny smoke-test model (first run only)"):
+                tiny_model.ensure_tiny_model()
         deployments, spec_path = load_deployments(options, gpus)
         models = [self._resolve(d, spec_path) for d in deployments]
 

@@ -1,0 +1,204 @@
+"""`respublica up` for real: Ray Serve LLM on vLLM's CPU engine, the tiny model, the official client.
+
+One `up` process serves every test of this module (the engine takes about a minute to load); the
+last test stops it with SIGINT and checks that no process of the run is left behind.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from respublica.serving.engine import processes
+
+pytestmark = pytest.mark.engine
+
+START_TIMEOUT_S = 480.0
+MARKER_ENV = "RESPUBLICA_TEST_UP_MARKER"
+MODEL = "tiny-llama"
+
+
+def _engine_installed() -> bool:
+    return all(importlib.util.find_spec(name) is not None for name in ("vllm", "ray", "transformers"))
+
+
+def _free_port() -> int:
+    from respublica.serving.engine.up import free_port
+
+    return free_port()
+
+
+@dataclass
+class Running:
+    proc: subprocess.Popen[str]
+    marker: str
+    env: dict[str, str]
+    stdout: list[str] = field(default_factory=list)
+    stderr: list[str] = field(default_factory=list)
+    base_url: str = ""
+    api_key: str | None = None
+
+    def output(self) -> str:
+        return "".join(self.stdout) + "\n--- stderr ---\n" + "".join(self.stderr[-60:])
+
+
+def _pump(stream: object, sink: list[str]) -> None:
+    for line in stream:  # type: ignore[attr-defined]
+        sink.append(line)
+
+
+@pytest.fixture(scope="module")
+def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    if not _engine_installed():
+        pytest.skip("the engine is not installed: pip install -e '.[engine-cpu]' (or '.[engine]' with a GPU)")
+    marker = uuid.uuid4().hex
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    env.update(
+        XDG_CACHE_HOME=str(tmp_path_factory.mktemp("cache")),
+        PYTHONUNBUFFERED="1",
+        COLUMNS="200",
+        **{MARKER_ENV: marker},
+    )
+    command = [
+        str(Path(sys.executable).parent / "respublica"),
+        "up",
+        "--smoke",
+        "--no-gateway",
+        "--port",
+        str(_free_port()),
+        "--engine-port",
+        str(_free_port()),
+        "--timeout",
+        str(int(START_TIMEOUT_S)),
+    ]
+    proc = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    running = Running(proc=proc, marker=marker, env=env)
+    for stream, sink in ((proc.stdout, running.stdout), (proc.stderr, running.stderr)):
+        threading.Thread(target=_pump, args=(stream, sink), daemon=True).start()
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S + 60
+        while not any("Ctrl-C stops everything" in line for line in running.stderr):
+            if proc.poll() is not None:
+                time.sleep(0.5)
+                pytest.fail(f"respublica up exited with {proc.returncode} before ready:\n{running.output()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"respublica up was not ready after {START_TIMEOUT_S:.0f}s:\n{running.output()}")
+            time.sleep(0.5)
+        text = "".join(running.stdout)
+        found = re.search(r"OpenAI-compatible API: (http://127\.0\.0\.1:\d+)/v1", text)
+        assert found, running.output()
+        running.base_url = found.group(1)
+        key = re.search(r"API key[^:]*: (\S+)", text)
+        running.api_key = key.group(1) if key else None
+        yield running
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        processes.end_processes(processes.pids_with_env(MARKER_ENV, marker), grace_s=2.0)
+
+
+@pytest.fixture
+def client(up: Running) -> object:
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{up.base_url}/v1", api_key=up.api_key or "unused", max_retries=0, timeout=120)
+
+
+def test_the_first_request_was_answered(up: Running) -> None:
+    text = "".join(up.stdout)
+    assert "First request answered" in text, up.output()
+    assert "curl http://127.0.0.1:" in text and "from openai import OpenAI" in text
+
+
+def test_models_lists_the_model(client: object) -> None:
+    from openai import OpenAI
+
+    assert isinstance(client, OpenAI)
+    assert MODEL in [model.id for model in client.models.list().data]
+
+
+def test_chat_completion(client: object) -> None:
+    from openai import OpenAI
+
+    assert isinstance(client, OpenAI)
+    reply = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Hello!"}], max_tokens=8, temperature=0
+    )
+    assert reply.model == MODEL
+    assert isinstance(reply.choices[0].message.content, str)
+    assert reply.choices[0].finish_reason in ("stop", "length")
+    assert reply.usage is not None and reply.usage.prompt_tokens > 0
+    assert 0 < reply.usage.completion_tokens <= 8
+
+
+def test_streamed_chat_completion(client: object) -> None:
+    from openai import OpenAI
+
+    assert isinstance(client, OpenAI)
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Count to three."}],
+        max_tokens=8,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    deltas = [c.choices[0].delta.content or "" for c in chunks if c.choices]
+    assert len(deltas) >= 2  # token by token, not one body
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes and finishes[-1] in ("stop", "length")
+    usage = [c.usage for c in chunks if c.usage is not None]
+    assert usage and 0 < usage[-1].completion_tokens <= 8
+
+
+def test_completion(client: object) -> None:
+    from openai import OpenAI
+
+    assert isinstance(client, OpenAI)
+    reply = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=6, temperature=0)
+    assert isinstance(reply.choices[0].text, str)
+    assert reply.usage is not None and 0 < reply.usage.completion_tokens <= 6
+
+
+def test_status_reports_it(up: Running) -> None:
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "respublica"), "status"],
+        env=up.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"pid {up.proc.pid}, ready" in result.stdout
+    assert MODEL in result.stdout and "answers" in result.stdout
+
+
+def test_sigint_stops_everything(up: Running) -> None:
+    assert processes.pids_with_env(MARKER_ENV, up.marker)  # Ray and vLLM carry the marker while running
+    os.kill(up.proc.pid, signal.SIGINT)
+    assert up.proc.wait(timeout=120) == 0, up.output()
+    deadline = time.monotonic() + 20
+    while processes.pids_with_env(MARKER_ENV, up.marker) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = processes.pids_with_env(MARKER_ENV, up.marker)
+    described = [Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:120] for pid in left]
+    assert not left, f"left behind: {described}"
+    assert "leftover" not in "".join(up.stderr), up.output()  # Ray's own shutdown ended everything
