@@ -116,7 +116,8 @@ def generate(directory: Path) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # a 2 MB file needs no "Writing model shards" bar
+    # A 2 MB file needs no "Writing model shards" progress bar.
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer = _train_tokenizer()
