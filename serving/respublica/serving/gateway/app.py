@@ -54,6 +54,7 @@ def create_app(
     routers: Sequence[APIRouter] = (),
     on_startup: Sequence[Hook] = (),
     on_shutdown: Sequence[Hook] = (),
+    after_shutdown: Sequence[Hook] = (),
 ) -> FastAPI:
     """The gateway app. It owns what it is given: quota store, ledger and upstream are closed on shutdown."""
     holder = route_table if isinstance(route_table, RouteHolder) else RouteHolder(route_table)
@@ -76,6 +77,7 @@ def create_app(
         metrics=metrics,
         max_body_bytes=settings.max_body_bytes,
         record_content=settings.telemetry.record_content,
+        default_max_tokens=settings.default_max_tokens,
     )
 
     @contextlib.asynccontextmanager
@@ -90,6 +92,8 @@ def create_app(
             await _quietly(upstream.close(), "upstream client")
             await _quietly(ledger.close(), "ledger")
             await _quietly(quota_store.close(), "quota store")
+            for hook in after_shutdown:  # what the ledger and the store still needed, e.g. the database
+                await _quietly(hook(), "shutdown hook")
             if own_provider is not None:
                 own_provider.shutdown()
 

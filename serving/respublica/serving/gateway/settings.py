@@ -155,7 +155,7 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 def load_settings(
     config_file: Path | None = None,
     environ: Mapping[str, str] | None = None,
-    **overrides: Any,
+    overrides: Mapping[str, Any] | None = None,
 ) -> GatewaySettings:
     """Defaults < YAML file < environment < explicit overrides (the CLI's flags)."""
     data: dict[str, Any] = {}
@@ -165,5 +165,5 @@ def load_settings(
             raise ValueError(f"{config_file}: expected a mapping of settings at the top level")
         data = loaded or {}
     data = _merge(data, _env_overrides(os.environ if environ is None else environ))
-    data = _merge(data, {k: v for k, v in overrides.items() if v is not None})
+    data = _merge(data, {k: v for k, v in (overrides or {}).items() if v is not None})
     return GatewaySettings.model_validate(data)

@@ -27,6 +27,7 @@ from respublica.serving.gateway.contracts import (
     Authenticator,
     AuthError,
     Ledger,
+    Limits,
     Principal,
     QuotaStore,
     Rejection,
@@ -34,6 +35,7 @@ from respublica.serving.gateway.contracts import (
     UsageRecord,
 )
 from respublica.serving.gateway.errors import GatewayError, error_body, rate_limit_headers, retry_after
+from respublica.serving.gateway.quota.estimate import EstimateError, endpoint_of, reservation_tokens
 from respublica.serving.gateway.routing.balancer import LeastOutstanding
 from respublica.serving.gateway.routing.table import Resolved, RouteHolder
 from respublica.serving.gateway.streaming import SSETap
@@ -46,6 +48,7 @@ log = logging.getLogger("respublica.gateway")
 JSON = b"application/json"
 _UNKNOWN = "_unknown"  # metric label for a model name that is not served: clients choose names freely
 MAX_N = 128
+_CONTRACT_DEFAULT_CAP = Limits().default_max_tokens
 
 
 @dataclass
@@ -62,6 +65,8 @@ class GatewayContext:
     balancer: LeastOutstanding = field(default_factory=LeastOutstanding)
     max_body_bytes: int = 8 * 1024 * 1024
     record_content: bool = False
+    # The cap written upstream for a tenant whose limits leave defaultMaxTokens at the contract's default.
+    default_max_tokens: int = Limits().default_max_tokens
 
 
 class _ClientGone(Exception):
@@ -205,6 +210,7 @@ class OpenAIEndpoint:
         self.path = path
         self.operation = operation
         self.generates = generates  # embeddings produce no tokens and can not stream
+        self.estimate = endpoint_of(path)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         call = _Call()
@@ -270,18 +276,20 @@ class OpenAIEndpoint:
 
         rewrite = False
         client_wants_usage = True
-        reserve = call.prompt_bound = len(body)  # a token is at least one byte of the JSON body
+        cap = 0
+        n = _positive_int(doc, "n", MAX_N) or 1
         if self.generates:
-            cap_field = "max_tokens"
-            cap = _positive_int(doc, "max_tokens")
+            requested = _positive_int(doc, "max_tokens")
             if self.operation == "chat":
-                cap = _positive_int(doc, "max_completion_tokens") or cap
-            if cap is None:
+                requested = _positive_int(doc, "max_completion_tokens") or requested
+            if requested is None:
                 cap = principal.default_max_tokens
-                doc[cap_field] = cap
+                if cap == _CONTRACT_DEFAULT_CAP:
+                    cap = ctx.default_max_tokens
+                doc["max_tokens"] = cap
                 rewrite = True
-            n = _positive_int(doc, "n", MAX_N) or 1
-            reserve += cap * n
+            else:
+                cap = requested
             span.set_attribute(t.REQUEST_MAX_TOKENS, cap)
             if doc.get("stream"):
                 call.stream = True
@@ -295,6 +303,12 @@ class OpenAIEndpoint:
                     rewrite = True
         elif doc.get("stream"):
             raise GatewayError(400, "invalid_value", "embeddings can not be streamed", param="stream")
+        try:
+            # The policy side's bound: prompt tokens from the text's size, plus cap x sequences.
+            reserve = reservation_tokens(doc, self.estimate, cap)
+        except EstimateError as exc:
+            raise GatewayError(400, "invalid_value", exc.message, param=exc.param) from None
+        call.prompt_bound = max(0, reserve - cap * n)
         if ctx.record_content:
             content = doc.get("messages") or doc.get("prompt") or doc.get("input")
             span.set_attribute(t.INPUT_MESSAGES, jsoncodec.dumps(content).decode())

@@ -1,0 +1,168 @@
+"""Three `respublica gateway` processes on one Redis: 100 parallel streams against a budget for 10
+end with spend <= budget, every stream settled and in the ledger. The gateways are the real CLI with
+the real policy parts (SQLite keys and ledger, tenants file, Redis quota store)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import yaml
+from gateway_harness import LoopThread, free_socket, start_fake_upstream
+
+from respublica.serving.gateway.auth.keys import generate_key
+from respublica.serving.gateway.db import Repository, open_database
+from respublica.serving.gateway.quota.estimate import reservation_tokens
+
+CAP = 20
+PROMPT = [{"role": "user", "content": "hi"}]
+CLI = "from respublica.serving.cli import main; main()"
+
+
+async def create_key(db_url: str, tenant: str) -> str:
+    db = await open_database(db_url)
+    try:
+        new = generate_key()
+        await Repository(db).create_key(new.key_id, tenant, new.secret_hash, name="procs")
+        return new.key
+    finally:
+        await db.close()
+
+
+async def usage_rows(db_url: str, tenant: str) -> list[dict[str, object]]:
+    db = await open_database(db_url)
+    try:
+        return await db.fetch("SELECT * FROM usage WHERE tenant = ?", (tenant,))
+    finally:
+        await db.close()
+
+
+def wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path, within_s: float = 60.0) -> None:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"gateway exited {process.returncode}: {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"gateway not healthy in {within_s}s: {log.read_text()[-2000:]}")
+
+
+@pytest.fixture
+def gateways(
+    tmp_path: Path, redis_url: str, loop_thread: LoopThread
+) -> Iterator[tuple[list[str], str, str, str, object]]:
+    upstream, runner, upstream_url = loop_thread.run(start_fake_upstream())
+    tenant = f"procs-{secrets.token_hex(4)}"
+    body = {"model": "m", "messages": PROMPT, "max_tokens": CAP, "stream": True}
+    budget = 10 * reservation_tokens(body, "chat", CAP)
+    (tmp_path / "routes.yaml").write_text(
+        yaml.safe_dump({"models": [{"name": "m", "endpoints": [upstream_url]}]})
+    )
+    (tmp_path / "tenants.yaml").write_text(
+        yaml.safe_dump({"tenants": [{"name": tenant, "limits": {"tokensPerDay": budget}}]})
+    )
+    db_url = f"sqlite:///{tmp_path / 'gateway.db'}"
+    key = asyncio.run(create_key(db_url, tenant))
+    urls, processes, logs = [], [], []
+    for i in range(3):
+        sock = free_socket()
+        port = sock.getsockname()[1]
+        sock.close()
+        config = tmp_path / f"gateway-{i}.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "database_url": db_url,
+                    "tenants_file": str(tmp_path / "tenants.yaml"),
+                    "quota": {"store": "redis", "redis_url": redis_url},
+                }
+            )
+        )
+        log = tmp_path / f"gateway-{i}.log"
+        args = [sys.executable, "-c", CLI, "gateway", "--config", str(config), "--port", str(port)]
+        args += ["--routes", str(tmp_path / "routes.yaml"), "--log-level", "debug"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RESPUBLICA_")}
+        with log.open("wb") as out:
+            processes.append(subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env))
+        urls.append(f"http://127.0.0.1:{port}")
+        logs.append(log)
+    try:
+        for url, process, log in zip(urls, processes, logs, strict=True):
+            wait_healthy(url, process, log)
+        yield urls, key, tenant, db_url, (upstream, budget, processes, logs)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+        loop_thread.run(runner.cleanup())
+
+
+async def one_stream(api: openai.AsyncOpenAI) -> str:
+    try:
+        stream = await api.chat.completions.create(
+            model="m",
+            messages=PROMPT,  # type: ignore[arg-type]
+            max_tokens=CAP,
+            stream=True,
+            extra_body={"test_tokens": CAP, "test_delay": 0.03},
+        )
+        async for _ in stream:
+            pass
+        return "ok"
+    except openai.RateLimitError:
+        return "limited"
+
+
+def test_three_gateways_on_one_redis_never_overspend(
+    gateways: tuple[list[str], str, str, str, object],
+) -> None:
+    urls, key, tenant, db_url, extra = gateways
+    upstream, budget, processes, logs = extra  # type: ignore[misc]
+
+    async def run_all() -> list[str]:
+        apis = [openai.AsyncOpenAI(base_url=u + "/v1", api_key=key, max_retries=0, timeout=60) for u in urls]
+        return await asyncio.gather(*(one_stream(apis[i % 3]) for i in range(100)))
+
+    outcomes = asyncio.run(run_all())
+    ok = outcomes.count("ok")
+    assert ok + outcomes.count("limited") == 100
+    assert 10 <= ok < 100
+    spent = ok * (1 + CAP)  # the upstream's usage for each finished stream: 1 prompt word + CAP tokens
+    assert len(upstream.finished) == ok and spent <= budget
+
+    for process in processes:  # a clean stop flushes each gateway's ledger
+        process.send_signal(signal.SIGTERM)
+    for process in processes:
+        assert process.wait(timeout=30) in (
+            0,
+            -signal.SIGTERM,
+        )  # uvicorn re-raises the signal after a clean stop
+    rows = asyncio.run(usage_rows(db_url, tenant))
+    served = [r for r in rows if r["status"] == 200]
+    assert (
+        len(served) == ok and sum(int(r["input_tokens"]) + int(r["output_tokens"]) for r in served) == spent
+    )
+    assert sum(1 for r in rows if r["status"] == 429) == 100 - ok
+    for log in logs:
+        text = log.read_text()
+        assert key not in text and key.split("_")[-1] not in text
