@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 
 from respublica.serving.gateway.contracts import Admission, Limits, Principal, Rejection
 from respublica.serving.gateway.db.repo import SpendTotal
-from respublica.serving.gateway.quota import MemoryQuotaStore, QuotaReservation, RedisQuotaStore
+from respublica.serving.gateway.quota import MemoryQuotaStore, QuotaReservation, RedisQuotaStore, open_store
 from respublica.serving.gateway.quota.arithmetic import day_name, month_name
 
 Store = MemoryQuotaStore | RedisQuotaStore
@@ -200,3 +201,23 @@ async def test_reservation_carries_its_start(make_store: MakeStore, clock: Any) 
     assert (res.tenant, res.subject, res.tokens) == ("acme", "key1", 5)
     assert res.expires_at == pytest.approx(clock.now + 60)
     assert res.started_at == pytest.approx(clock.now)
+
+
+async def test_lease_expiry_on_the_real_clock(make_store: MakeStore) -> None:
+    store = make_store(lease_s=0.3, clock=time.time)
+    caller = who(Limits(max_concurrent=1), subject="real-clock")
+    admitted(await store.admit(caller, 10))  # never settled: its holder "crashed"
+    rejected(await store.admit(caller, 10), "concurrency")
+    await asyncio.sleep(0.4)
+    again = admitted(await store.admit(caller, 10))
+    await store.settle(again.reservation, 10)
+    assert await store.spent("acme", "s:real-clock:cc") == 0
+
+
+def test_open_store_by_name() -> None:
+    assert open_store("memory").shared is False
+    assert open_store("redis", redis_url="redis://127.0.0.1:1/0").shared is True
+    with pytest.raises(ValueError, match="needs a redis_url"):
+        open_store("redis")
+    with pytest.raises(ValueError, match="unknown quota store 'etcd'"):
+        open_store("etcd")
