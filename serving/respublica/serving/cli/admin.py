@@ -30,7 +30,9 @@ T = TypeVar("T")
 DbOption = Annotated[
     str | None,
     typer.Option(
-        "--db", help="Database URL: sqlite:///path or postgresql://... (default: see `respublica --help`)."
+        "--db",
+        help="Database URL, sqlite:///path or postgresql://...; default $RESPUBLICA_DB, else "
+        "$RESPUBLICA_DATABASE_URL, else sqlite:///$XDG_DATA_HOME/respublica/gateway.db.",
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
