@@ -12,14 +12,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from gateway_harness import (
-    PRINCIPALS,
-    BudgetQuota,
-    KeyAuthenticator,
-    ListLedger,
     LoopThread,
     Running,
     Stack,
     default_routes,
+    real_policy,
     start_fake_upstream,
     start_gateway,
     stop_gateway,
@@ -38,8 +35,8 @@ def loop_thread() -> Iterator[LoopThread]:
 
 
 @pytest.fixture
-def make_stack(loop_thread: LoopThread) -> Iterator[Callable[..., Stack]]:
-    started: list[tuple[Running, Any]] = []
+def make_stack(loop_thread: LoopThread, tmp_path: Path) -> Iterator[Callable[..., Stack]]:
+    started: list[tuple[Running, Any, Any]] = []
 
     def make(
         *,
@@ -48,26 +45,26 @@ def make_stack(loop_thread: LoopThread) -> Iterator[Callable[..., Stack]]:
         **settings: Any,
     ) -> Stack:
         upstream, runner, upstream_url = loop_thread.run(start_fake_upstream())
-        ledger = ListLedger()
-        quota_store: Any = quota if quota is not None else BudgetQuota()
+        policy = loop_thread.run(real_policy(tmp_path / f"gateway-{len(started)}.db", quota))
         table = routes if routes is not None else default_routes(upstream_url)
         holder = table if isinstance(table, RouteHolder) else RouteHolder(table)
         running = loop_thread.run(
             start_gateway(
                 GatewaySettings.model_validate(settings),
-                authenticator=KeyAuthenticator(PRINCIPALS),
-                quota_store=quota_store,
-                ledger=ledger,
+                authenticator=policy.authenticator,
+                quota_store=policy.quota,
+                ledger=policy.ledger,
                 routes=holder,
             )
         )
-        started.append((running, runner))
-        return Stack(running, upstream, upstream_url, ledger, quota_store)
+        started.append((running, runner, policy.db))
+        return Stack(running, upstream, upstream_url, policy.ledger, policy.quota, policy.db)
 
     yield make
-    for running, runner in started:
-        loop_thread.run(stop_gateway(running))
+    for running, runner, db in started:
+        loop_thread.run(stop_gateway(running))  # closes the ledger (flushing it) and the store
         loop_thread.run(runner.cleanup())
+        loop_thread.run(db.close())
 
 
 @pytest.fixture

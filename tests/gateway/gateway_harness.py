@@ -7,7 +7,8 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import uvicorn
@@ -19,10 +20,11 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from respublica.serving.gateway.app import create_app
+from respublica.serving.gateway.auth import ApiKeyAuthenticator, GatewayAuthenticator, TenantDirectory
+from respublica.serving.gateway.auth.keys import hash_secret
 from respublica.serving.gateway.contracts import (
     Admission,
     Authenticator,
-    AuthError,
     Ledger,
     Limits,
     Principal,
@@ -31,6 +33,9 @@ from respublica.serving.gateway.contracts import (
     Reservation,
     UsageRecord,
 )
+from respublica.serving.gateway.db import Database, Repository, open_database
+from respublica.serving.gateway.ledger import SqlLedger
+from respublica.serving.gateway.quota import MemoryQuotaStore
 from respublica.serving.gateway.routing.table import Route, RouteHolder, RouteTable
 from respublica.serving.gateway.settings import GatewaySettings
 
@@ -51,23 +56,6 @@ class LoopThread:
     def stop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
-
-
-@dataclass
-class ListLedger:
-    """Keeps records in a list (the real ledger is the policy side's, tested there)."""
-
-    records: list[UsageRecord] = field(default_factory=list)
-    closed: bool = False
-
-    def record(self, record: UsageRecord) -> None:
-        self.records.append(record)
-
-    async def flush(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        self.closed = True
 
 
 @dataclass
@@ -134,58 +122,98 @@ async def start_fake_upstream() -> tuple[FakeUpstream, web.AppRunner, str]:
     return upstream, runner, url
 
 
-ALPHA_KEY = "rp-alpha-9f8e7d6c5b4a39281706f5e4d3c2b1a0"
-BETA_KEY = "rp-beta-0a1b2c3d4e5f60718293a4b5c6d7e8f9"
-GAMMA_KEY = "rp-gamma-77aa66bb55cc44dd33ee22ff11009988"
+def _key(key_id: str, filler: str) -> tuple[str, str, str]:
+    """A fixed key of the policy side's format: (key id, secret, the key as a client sends it)."""
+    secret = (filler * 43)[:43]
+    return key_id, secret, f"rp_{key_id}_{secret}"
+
+
+ALPHA_KEY_ID, _ALPHA_SECRET, ALPHA_KEY = _key("a1a1a1a1a1a1a1a1", "Alpha7")
+BETA_KEY_ID, _BETA_SECRET, BETA_KEY = _key("b2b2b2b2b2b2b2b2", "Beta9x")
+GAMMA_KEY_ID, _GAMMA_SECRET, GAMMA_KEY = _key("c3c3c3c3c3c3c3c3", "Gamma3")
+TIGHT_KEY_ID, _TIGHT_SECRET, TIGHT_KEY = _key("d4d4d4d4d4d4d4d4", "Tight5")
 ALPHA_DEFAULT_CAP = 50
+TIGHT_BUDGET = 40
 
-
-class KeyAuthenticator:
-    """Keys in a dict. Stands in for the policy side's authenticator in these HTTP-side tests."""
-
-    def __init__(self, principals: dict[str, Principal]) -> None:
-        self.principals = principals
-
-    async def authenticate(self, authorization: str | None) -> Principal:
-        if not authorization or not authorization.startswith("Bearer "):
-            raise AuthError(401, "missing_api_key", "no API key: send 'Authorization: Bearer <key>'")
-        principal = self.principals.get(authorization.removeprefix("Bearer "))
-        if principal is None:
-            raise AuthError(401, "invalid_api_key", "the API key is not valid")
-        return principal
-
-
-PRINCIPALS = {
-    ALPHA_KEY: Principal("alpha", "key-alpha", Limits(default_max_tokens=ALPHA_DEFAULT_CAP)),
-    BETA_KEY: Principal("beta", "key-beta", Limits(allowed_models=("m-private",))),
-    GAMMA_KEY: Principal("gamma", "key-gamma", Limits()),
+# Tenants as the tenants file declares them; keys in the database, as `respublica keys create` makes them.
+TENANTS = {
+    "alpha": Limits(default_max_tokens=ALPHA_DEFAULT_CAP),
+    "beta": Limits(allowed_models=("m-private",)),
+    "gamma": Limits(),
+    "tight": Limits(tokens_per_minute=TIGHT_BUDGET, requests_per_minute=100),
 }
+KEYS = [
+    ("alpha", ALPHA_KEY_ID, _ALPHA_SECRET),
+    ("beta", BETA_KEY_ID, _BETA_SECRET),
+    ("gamma", GAMMA_KEY_ID, _GAMMA_SECRET),
+    ("tight", TIGHT_KEY_ID, _TIGHT_SECRET),
+]
 
 
-class BudgetQuota:
-    """A token budget per tenant with reservations. Stands in for the policy side's store."""
+@dataclass
+class Policy:
+    """The policy side's real parts over a SQLite file, with what the tests observe."""
 
-    def __init__(self, budget: int | None = None) -> None:
-        self.budget = budget
-        self.spent = 0
-        self.held: dict[str, int] = {}
-        self.settled: list[tuple[str, int]] = []
+    authenticator: GatewayAuthenticator
+    quota: RecordingQuota
+    ledger: RecordingLedger
+    db: Database
+
+
+async def real_policy(db_path: Path, quota: QuotaStore | None = None) -> Policy:
+    db = await open_database(f"sqlite:///{db_path}")
+    repo = Repository(db)
+    for tenant, key_id, secret in KEYS:
+        await repo.create_key(key_id, tenant, hash_secret(key_id, secret), name="test")
+    directory = TenantDirectory(repo, TENANTS)
+    authenticator = GatewayAuthenticator(ApiKeyAuthenticator(repo, directory))
+    store = RecordingQuota(quota if quota is not None else MemoryQuotaStore(lease_s=60))
+    ledger = RecordingLedger(SqlLedger(repo, interval_s=0.05))
+    return Policy(authenticator, store, ledger, db)
+
+
+class RecordingQuota:
+    """Passes every call to the real store and notes what it was asked: reservations and settlements."""
+
+    def __init__(self, inner: QuotaStore) -> None:
+        self.inner = inner
         self.reserved: dict[str, int] = {}
+        self.settled: list[tuple[str, int]] = []
+
+    @property
+    def held(self) -> set[str]:
+        return set(self.reserved) - {rid for rid, _ in self.settled}
 
     async def admit(self, principal: Principal, tokens: int) -> Admission | Rejection:
-        if self.budget is not None and self.spent + sum(self.held.values()) + tokens > self.budget:
-            return Rejection("tokens_per_day", "daily token budget is spent", 30.0)
-        rid = f"r{len(self.held) + len(self.settled)}"
-        self.held[rid] = self.reserved[rid] = tokens
-        return Admission(Reservation(rid, principal.tenant, principal.subject, tokens, 0.0))
+        decision = await self.inner.admit(principal, tokens)
+        if isinstance(decision, Admission):
+            self.reserved[decision.reservation.id] = tokens
+        return decision
 
     async def settle(self, reservation: Reservation, used_tokens: int) -> None:
-        if self.held.pop(reservation.id, None) is not None:
-            self.spent += used_tokens
-            self.settled.append((reservation.id, used_tokens))
+        await self.inner.settle(reservation, used_tokens)
+        self.settled.append((reservation.id, used_tokens))
 
     async def close(self) -> None:
-        return None
+        await self.inner.close()
+
+
+class RecordingLedger:
+    """The real ledger, with the records also kept in a list for assertions."""
+
+    def __init__(self, inner: SqlLedger) -> None:
+        self.inner = inner
+        self.records: list[UsageRecord] = []
+
+    def record(self, record: UsageRecord) -> None:
+        self.records.append(record)
+        self.inner.record(record)
+
+    async def flush(self) -> None:
+        await self.inner.flush()
+
+    async def close(self) -> None:
+        await self.inner.close()
 
 
 def closed_port_url() -> str:
@@ -214,8 +242,9 @@ class Stack:
     gateway: Running
     upstream: FakeUpstream
     upstream_url: str
-    ledger: ListLedger
-    quota: Any
+    ledger: RecordingLedger
+    quota: RecordingQuota
+    db: Database
 
     @property
     def url(self) -> str:

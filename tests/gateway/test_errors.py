@@ -7,7 +7,17 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from gateway_harness import ALPHA_KEY, BETA_KEY, BudgetQuota, Stack, eventually
+from gateway_harness import (
+    ALPHA_KEY,
+    BETA_KEY,
+    TIGHT_BUDGET,
+    TIGHT_KEY,
+    Stack,
+    closed_port_url,
+    eventually,
+)
+
+from respublica.serving.gateway.quota import RedisQuotaStore
 
 HELLO = [{"role": "user", "content": "hello there gateway"}]
 
@@ -87,12 +97,16 @@ def test_413_body_too_large(make_stack: Any) -> None:
 
 
 def test_429_with_retry_after_and_ratelimit_headers(make_stack: Any) -> None:
-    stack = make_stack(quota=BudgetQuota(budget=10))
-    response = raw(stack, {"model": "m", "messages": HELLO, "max_tokens": 100})
-    assert_error(response, 429, "tokens_per_day")
-    assert int(response.headers["retry-after"]) == 30
+    stack = make_stack()
+    response = raw(stack, {"model": "m", "messages": HELLO, "max_tokens": 100}, key=TIGHT_KEY)
+    assert_error(response, 429, "tokens_per_minute")
+    assert int(response.headers["retry-after"]) >= 1
+    assert response.headers["x-ratelimit-limit-tokens"] == str(TIGHT_BUDGET)
+    assert int(response.headers["x-ratelimit-remaining-tokens"]) <= TIGHT_BUDGET
+    assert response.headers["x-ratelimit-limit-requests"] == "100"
+    assert response.headers["x-ratelimit-reset-tokens"]
     with pytest.raises(openai.RateLimitError):
-        api(stack).chat.completions.create(model="m", messages=HELLO, max_tokens=100)
+        api(stack, TIGHT_KEY).chat.completions.create(model="m", messages=HELLO, max_tokens=100)
     assert not stack.upstream.seen
     assert stack.ledger.records[-1].status == 429
 
@@ -151,3 +165,11 @@ def test_models_lists_only_what_the_caller_may_use(stack: Stack) -> None:
     beta = {m.id for m in api(stack, BETA_KEY).models.list()}
     assert beta == {"m-private"}
     assert raw(stack, b"", key=None, path="/v1/models").status_code == 405
+
+
+def test_503_when_the_quota_store_is_unreachable(make_stack: Any) -> None:
+    dead_redis = closed_port_url().replace("http://", "redis://") + "/0"
+    stack = make_stack(quota=RedisQuotaStore.from_url(dead_redis, timeout_s=0.2, fail_policy="closed"))
+    response = raw(stack, {"model": "m", "messages": HELLO})
+    assert_error(response, 503, "store_unavailable")
+    assert "retry-after" in response.headers and not stack.upstream.seen

@@ -6,7 +6,7 @@ import asyncio
 
 import openai
 import pytest
-from gateway_harness import ALPHA_DEFAULT_CAP, ALPHA_KEY, Stack, eventually
+from gateway_harness import ALPHA_DEFAULT_CAP, ALPHA_KEY, ALPHA_KEY_ID, LoopThread, Stack, eventually
 
 
 def client(stack: Stack, key: str = ALPHA_KEY) -> openai.OpenAI:
@@ -28,7 +28,7 @@ def test_chat_sync_passes_usage_and_settles(stack: Stack) -> None:
     assert seen["max_tokens"] == 3 and seen["temperature"] == 0.5  # passed through untouched
     assert stack.quota.settled[-1][1] == 6 and not stack.quota.held
     record = stack.ledger.records[-1]
-    assert (record.tenant, record.subject, record.model, record.status) == ("alpha", "key-alpha", "m", 200)
+    assert (record.tenant, record.subject, record.model, record.status) == ("alpha", ALPHA_KEY_ID, "m", 200)
     assert (record.input_tokens, record.output_tokens) == (3, 3)
 
 
@@ -127,3 +127,14 @@ async def test_client_disconnect_cancels_upstream_and_settles(stack: Stack) -> N
     rid, used = stack.quota.settled[-1]
     # Charged: the prompt's bound and the chunks that went out; not the whole reservation.
     assert 3 <= record.output_tokens < 40 and used < stack.quota.reserved[rid]
+
+
+def test_ledger_rows_match_the_upstreams_usage(stack: Stack, loop_thread: LoopThread) -> None:
+    api = client(stack)
+    api.chat.completions.create(model="m", messages=HELLO, max_tokens=2)
+    list(api.completions.create(model="m", prompt="one two three four", max_tokens=3, stream=True))
+    eventually(lambda: len(stack.ledger.records) == 2)
+    loop_thread.run(stack.ledger.flush())
+    rows = loop_thread.run(stack.db.fetch("SELECT * FROM usage ORDER BY started_at"))
+    assert [(r["input_tokens"], r["output_tokens"], r["status"]) for r in rows] == [(3, 2, 200), (4, 3, 200)]
+    assert {r["subject"] for r in rows} == {ALPHA_KEY_ID} and "prompt" not in str(rows)
