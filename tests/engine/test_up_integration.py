@@ -1,7 +1,9 @@
-"""`respublica up` for real: Ray Serve LLM on vLLM's CPU engine, the tiny model, the official client.
+"""`respublica up` for real: Ray Serve LLM on vLLM's CPU engine, the tiny model, the gateway in front,
+the official `openai` client as the caller.
 
 One `up` process serves every test of this module (the engine takes about a minute to load); the
-last test stops it with SIGINT and checks that no process of the run is left behind.
+last test stops it with SIGINT and checks that no process of the run is left behind: none carrying
+the marker put into `up`'s environment, none in the process session `up` was started in.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
     env.update(
         XDG_CACHE_HOME=str(tmp_path_factory.mktemp("cache")),
+        XDG_DATA_HOME=str(tmp_path_factory.mktemp("data")),
         PYTHONUNBUFFERED="1",
         COLUMNS="200",
         **{MARKER_ENV: marker},
@@ -75,7 +78,6 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         str(Path(sys.executable).parent / "respublica"),
         "up",
         "--smoke",
-        "--no-gateway",
         "--port",
         str(_free_port()),
         "--engine-port",
@@ -102,8 +104,9 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         found = re.search(r"OpenAI-compatible API: (http://127\.0\.0\.1:\d+)/v1", text)
         assert found, running.output()
         running.base_url = found.group(1)
-        key = re.search(r"API key[^:]*: (\S+)", text)
-        running.api_key = key.group(1) if key else None
+        key = re.search(r"API key for tenant local .*: (rp_\S+)$", text, re.MULTILINE)
+        assert key, running.output()
+        running.api_key = key.group(1)
         yield running
     finally:
         if proc.poll() is None:
@@ -122,10 +125,31 @@ def client(up: Running) -> object:
     return OpenAI(base_url=f"{up.base_url}/v1", api_key=up.api_key or "unused", max_retries=0, timeout=120)
 
 
+def _session_members(sid: int) -> list[int]:
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[-1].split()
+            except OSError:
+                continue
+            if int(fields[4]) == sid and fields[0] != "Z":
+                members.append(int(entry.name))
+    return members
+
+
 def test_the_first_request_was_answered(up: Running) -> None:
     text = "".join(up.stdout)
     assert "First request answered" in text, up.output()
     assert "curl http://127.0.0.1:" in text and "from openai import OpenAI" in text
+
+
+def test_the_gateway_wants_a_key(up: Running) -> None:
+    import openai
+
+    anonymous = openai.OpenAI(base_url=f"{up.base_url}/v1", api_key="not-a-key", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        anonymous.models.list()
 
 
 def test_models_lists_the_model(client: object) -> None:
@@ -192,13 +216,19 @@ def test_status_reports_it(up: Running) -> None:
 
 
 def test_sigint_stops_everything(up: Running) -> None:
-    assert processes.pids_with_env(MARKER_ENV, up.marker)  # Ray and vLLM carry the marker while running
+    def left() -> list[int]:
+        return sorted(
+            set(processes.pids_with_env(MARKER_ENV, up.marker)) | set(_session_members(up.proc.pid))
+        )
+
+    running = left()
+    assert len(running) > 5, running  # Ray's daemons, Serve's actors, vLLM's engine processes
     os.kill(up.proc.pid, signal.SIGINT)
     assert up.proc.wait(timeout=120) == 0, up.output()
     deadline = time.monotonic() + 20
-    while processes.pids_with_env(MARKER_ENV, up.marker) and time.monotonic() < deadline:
+    while left() and time.monotonic() < deadline:
         time.sleep(0.5)
-    left = processes.pids_with_env(MARKER_ENV, up.marker)
-    described = [Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:120] for pid in left]
-    assert not left, f"left behind: {described}"
+    left_behind = left()
+    described = [Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:120] for pid in left_behind]
+    assert not left_behind, f"left behind: {described}"
     assert "leftover" not in "".join(up.stderr), up.output()  # Ray's own shutdown ended everything

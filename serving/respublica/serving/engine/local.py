@@ -252,6 +252,7 @@ class LocalEngine:
 
     def stop(self) -> list[int]:
         """Shut Serve and Ray down, then end any straggler of this run; return the stragglers' pids."""
+        started_here = processes.descendants(os.getpid())
         if self._ray_started:
             import ray
             from ray import serve
@@ -261,11 +262,16 @@ class LocalEngine:
                 serve.shutdown()  # type: ignore[no-untyped-call]
             ray.shutdown()
             self._ray_started = False
+
+        def left() -> list[int]:
+            marked = processes.pids_with_env(processes.RUN_ID_ENV, self.run_id)
+            return sorted(set(marked) | set(processes.still_running(started_here)))
+
         # vLLM's engine processes notice their parent's end on their own, but give them a moment.
         deadline = time.monotonic() + 10.0
-        while time.monotonic() < deadline and processes.pids_with_env(processes.RUN_ID_ENV, self.run_id):
+        while time.monotonic() < deadline and left():
             time.sleep(0.5)
-        return processes.end_processes(processes.pids_with_env(processes.RUN_ID_ENV, self.run_id))
+        return processes.end_processes(left())
 
 
 _ERROR_LINE = re.compile(r"\b([A-Z][A-Za-z]*(?:Error|Exception)): (.+)$")

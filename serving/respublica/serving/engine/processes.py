@@ -1,9 +1,10 @@
 """Finding and ending the processes one `respublica up` started, and only those.
 
-`up` puts a run id into its own environment before it starts Ray; Ray's daemons, its workers and
-vLLM's engine processes inherit it. After `ray.shutdown()` anything still carrying the id is a
-straggler of this run (never another user's Ray), and is ended. Linux reads `/proc`; elsewhere
-there is nothing to scan and Ray's own shutdown is all there is.
+Two ways to recognise them, because neither sees everything: the process tree below `up` taken just
+before shutdown (Ray's agents are started with an environment of their own), and a run id that `up`
+puts into its environment before it starts Ray (vLLM's engine processes, which a dying parent leaves
+to init, inherit it). After `ray.shutdown()` whatever is still there is a straggler of this run,
+never another user's Ray, and is ended. Linux reads `/proc`; elsewhere Ray's own shutdown is all.
 """
 
 from __future__ import annotations
@@ -33,6 +34,44 @@ def pids_with_env(name: str, value: str, *, proc: Path = Path("/proc")) -> list[
         if needle in environ.split(b"\0"):
             found.append(int(entry.name))
     return sorted(found)
+
+
+def _stat(pid: int, proc: Path) -> tuple[int, int] | None:
+    """(parent pid, start time in clock ticks) from /proc/<pid>/stat, or None when it is gone."""
+    try:
+        text = (proc / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after its last ")".
+    fields = text.rsplit(")", 1)[-1].split()
+    return int(fields[1]), int(fields[19])
+
+
+def descendants(root: int, *, proc: Path = Path("/proc")) -> dict[int, int]:
+    """Every process below `root` now, as {pid: start time}; the start time tells a reused pid apart."""
+    if not proc.is_dir():
+        return {}
+    parents: dict[int, list[tuple[int, int]]] = {}
+    for entry in proc.iterdir():
+        if entry.name.isdigit() and (stat := _stat(int(entry.name), proc)) is not None:
+            parents.setdefault(stat[0], []).append((int(entry.name), stat[1]))
+    found: dict[int, int] = {}
+    todo = [root]
+    while todo:
+        for pid, started in parents.get(todo.pop(), []):
+            if pid not in found:
+                found[pid] = started
+                todo.append(pid)
+    return found
+
+
+def still_running(snapshot: dict[int, int], *, proc: Path = Path("/proc")) -> list[int]:
+    """The processes of a `descendants` snapshot that are still the same processes and alive."""
+    return sorted(
+        pid
+        for pid, started in snapshot.items()
+        if (stat := _stat(pid, proc)) is not None and stat[1] == started and alive(pid)
+    )
 
 
 def alive(pid: int) -> bool:

@@ -23,6 +23,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import yaml
 from rich.console import Console
 
 from respublica.operator.api.models import ModelDeployment
@@ -137,14 +138,14 @@ def chat_once(endpoint: Endpoint, model: str, timeout_s: float = 120.0) -> dict[
         raise UpError(f"the first request failed: {err}") from None
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
 @contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM stops `up` the way Ctrl-C does: through the same cleanup."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         yield
     finally:
@@ -242,6 +243,8 @@ class Up:
         )
         with Waiting(self.err, "starting a private Ray instance on 127.0.0.1"):
             self.engine.start()
+        # Ray's driver installs a crash handler for SIGTERM that aborts the process mid-cleanup.
+        signal.signal(signal.SIGTERM, _interrupt)
         self.state.logs_dir = self.engine.logs_dir
         state.write(self.state)
         with Waiting(self.err, "loading the model(s) into vLLM under Ray Serve") as wait:
@@ -292,10 +295,42 @@ class Up:
         return LocalModel(deployment=deployment, path=resolved.path)
 
     def _start_gateway(self, models: list[LocalModel]) -> Endpoint:
-        raise UpError("the gateway is not available in this build yet: run with --no-gateway")
+        from respublica.serving.engine import gateway_local
+
+        assert self.engine is not None
+        entries = [
+            gateway_local.RouteEntry(
+                served_name=m.served_name,
+                tenants=tuple(m.deployment.spec.access.tenants),
+                adapters=tuple(a.name for a in m.deployment.spec.lora.adapters)
+                if m.deployment.spec.lora
+                else (),
+            )
+            for m in models
+        ]
+        routes_file = state.state_file().parent / "routes.yaml"
+        routes_file.write_text(
+            "# Written by `respublica up`: the gateway's routes to the local engine.\n"
+            + yaml.safe_dump(gateway_local.routes_document(entries, self.engine.base_url), sort_keys=False)
+        )
+        self.gateway = gateway_local.LocalGateway(
+            port=self.options.port,
+            routes_file=routes_file,
+            database_url=gateway_local.database_url(),
+            tenant=gateway_local.first_tenant(entries),
+        )
+        with Waiting(self.err, f"starting the gateway on {LOOPBACK}:{self.options.port}"):
+            try:
+                self.gateway.start()
+            except gateway_local.GatewayError as err:
+                raise UpError(str(err)) from None
+        issued = self.gateway.issued
+        assert issued is not None
+        return Endpoint(self.gateway.base_url, issued.key)
 
     def _check_alive(self) -> None:
-        pass
+        if self.gateway is not None and not self.gateway.alive():
+            raise UpError("the gateway stopped unexpectedly; stopping the engine too")
 
     def _announce(self, endpoint: Endpoint, names: list[str], *, sample: bool) -> None:
         out = self.out
@@ -304,6 +339,21 @@ class Up:
             f"[bold green]Ready.[/bold green] OpenAI-compatible API: {endpoint.base_url}/v1", highlight=False
         )
         out.print(f"Models: {', '.join(names)}", highlight=False)
+        if self.gateway is not None and self.gateway.issued is not None:
+            issued = self.gateway.issued
+            out.print(
+                f"API key for tenant {issued.tenant} (shown once, revoked when `up` stops; lasting keys: "
+                f"`respublica keys create --tenant {issued.tenant}`): {issued.key}",
+                highlight=False,
+                markup=False,
+            )
+            out.print(
+                f"Admin key for {endpoint.base_url}/admin (shown once): {self.gateway.admin_key}",
+                markup=False,
+            )
+            out.print(f"Gateway database: {self.gateway.database_url}", highlight=False, markup=False)
+        elif not self.options.gateway:
+            out.print("No gateway (--no-gateway): the engine answers anyone on this machine, without keys.")
         if sample:
             out.print(
                 "[yellow]The bundled sample is a tiny random-weight smoke-test model: its answers are "
