@@ -242,16 +242,32 @@ CASES = [
     ),
     case(
         "lora-no-adapters",
-        put("spec.lora", {"path": "pvc://lora/x", "adapters": []}),
+        put("spec.lora", {"path": "s3://lora/x", "adapters": []}),
         field="spec.lora.adapters",
         allowed="at least 1 item",
         layer="schema",
     ),
     case(
-        "lora-path-s3",
-        put("spec.lora", {"path": "s3://bucket/lora", "adapters": [{"name": "a"}]}),
-        field="spec.lora.path",
-        allowed="pvc://<claim>/<path> or file:///<path>",
+        "lora-endpoint-not-a-url",
+        put("spec.lora", {"path": "s3://lora/x", "endpointUrl": "minio:9000", "adapters": [{"name": "a"}]}),
+        field="spec.lora.endpointUrl",
+        allowed="an http:// or https:// URL",
+        layer="schema",
+    ),
+    case(
+        "lora-endpoint-ftp",
+        put("spec.lora", {"path": "s3://lora/x", "endpointUrl": "ftp://minio", "adapters": [{"name": "a"}]}),
+        field="spec.lora.endpointUrl",
+        allowed="an http:// or https:// URL",
+        layer="schema",
+    ),
+    case(
+        "lora-secret-not-a-name",
+        put(
+            "spec.lora", {"path": "s3://lora/x", "credentialsSecret": "S3 Keys", "adapters": [{"name": "a"}]}
+        ),
+        field="spec.lora.credentialsSecret",
+        allowed="a Secret name",
         layer="schema",
     ),
     case(
@@ -386,9 +402,52 @@ CASES = [
     ),
     case(
         "duplicate-adapters",
-        put("spec.lora", {"path": "pvc://lora/x", "adapters": [{"name": "a"}, {"name": "b"}, {"name": "a"}]}),
+        put("spec.lora", {"path": "s3://lora/x", "adapters": [{"name": "a"}, {"name": "b"}, {"name": "a"}]}),
         field="spec.lora.adapters",
         allowed="must be unique",
+        layer="cel",
+    ),
+    # Ray Serve LLM loads adapters from object storage only: a volume would be accepted, then fail.
+    case(
+        "lora-path-pvc",
+        put("spec.lora", {"path": "pvc://lora/x", "adapters": [{"name": "a"}]}),
+        field="spec.lora.path",
+        allowed="s3://, gs://, abfss:// or azure://",
+        layer="cel",
+    ),
+    case(
+        "lora-path-file",
+        put("spec.lora", {"path": "file:///adapters", "adapters": [{"name": "a"}]}),
+        field="spec.lora.path",
+        allowed="loads LoRA adapters on demand from object storage only",
+        layer="cel",
+    ),
+    case(
+        "lora-path-http",
+        put("spec.lora", {"path": "https://storage.example/adapters", "adapters": [{"name": "a"}]}),
+        field="spec.lora.path",
+        allowed="s3://, gs://, abfss:// or azure://",
+        layer="cel",
+    ),
+    case(
+        "lora-path-no-bucket",
+        put("spec.lora", {"path": "s3:///adapters", "adapters": [{"name": "a"}]}),
+        field="spec.lora.path",
+        allowed="followed by the bucket",
+        layer="cel",
+    ),
+    case(
+        "lora-endpoint-for-gcs",
+        put(
+            "spec.lora",
+            {
+                "path": "gs://lora/x",
+                "endpointUrl": "http://minio.storage.svc:9000",
+                "adapters": [{"name": "a"}],
+            },
+        ),
+        field="spec.lora.endpointUrl",
+        allowed="s3:// paths only",
         layer="cel",
     ),
 ]

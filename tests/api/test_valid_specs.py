@@ -84,7 +84,9 @@ EXTRA: dict[str, dict[str, Any]] = {
             "routing": {"prefixAware": True},
             "access": {"tenants": ["research", "team.a", "b_team"]},
             "lora": {
-                "path": "file:///adapters",
+                "path": "s3://adapters/qwen/",
+                "endpointUrl": "https://s3.storage.agency.example:9443/",
+                "credentialsSecret": "adapters.s3-keys",
                 "adapters": [{"name": "one"}, {"name": "Two.v2"}],
                 "maxAdaptersPerReplica": 2,
                 "maxRank": 64,
@@ -105,6 +107,32 @@ EXTRA: dict[str, dict[str, Any]] = {
     "name-at-limit": doc({"model": {"source": "pvc://w/q", "servedName": "q"}}, name="a" * 40),
     "scale-to-zero-min-only": doc({"model": {**HF, "servedName": "q"}, "scaling": {"minReplicas": 0}}),
     "nobody-yet": doc({"model": {**HF, "servedName": "q"}, "access": {"tenants": []}}),
+    # Every object store Ray Serve LLM loads adapters from; credentials from a Secret for any of them.
+    "lora-gcs": doc(
+        {"model": {**HF, "servedName": "q"}, "lora": {"path": "gs://b/q", "adapters": [{"name": "a"}]}}
+    ),
+    "lora-abfss": doc(
+        {
+            "model": {**HF, "servedName": "q"},
+            "lora": {
+                "path": "abfss://adapters@agency.dfs.core.windows.net/q",
+                "credentialsSecret": "azure-sp",
+                "adapters": [{"name": "a"}],
+            },
+        }
+    ),
+    "lora-azure": doc(
+        {
+            "model": {**HF, "servedName": "q"},
+            "lora": {"path": "azure://adapters@agency.blob.core.windows.net", "adapters": [{"name": "a"}]},
+        }
+    ),
+    "lora-aws-s3": doc(
+        {
+            "model": {**HF, "servedName": "q"},
+            "lora": {"path": "s3://agency-adapters", "adapters": [{"name": "a"}]},
+        }
+    ),
 }
 
 

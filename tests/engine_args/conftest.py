@@ -34,9 +34,19 @@ MATRIX: dict[str, dict[str, Any]] = {
     "lora": {
         "model": {"source": "pvc://weights/llama", "servedName": "llama"},
         "lora": {
-            "path": "pvc://adapters/llama",
+            "path": "s3://adapters/llama/",
+            "endpointUrl": "http://minio.storage.svc:9000",
+            "credentialsSecret": "adapters-s3",
             "adapters": [{"name": "sql"}, {"name": "legal"}],
             "maxRank": 64,
+        },
+    },
+    "lora-gcs": {
+        "model": {**HF, "servedName": "qwen-lora"},
+        "lora": {
+            "path": "gs://agency-adapters/qwen",
+            "adapters": [{"name": "a"}],
+            "maxAdaptersPerReplica": 1,
         },
     },
     "engine-extra-args": {

@@ -55,6 +55,8 @@ def test_ray_accepts_the_arguments(
 
     assert (config.lora_config is not None) == (spec.lora is not None)
     if spec.lora is not None:
+        assert config.lora_config is not None
+        assert config.lora_config.dynamic_lora_loading_path == spec.lora.path.rstrip("/")
         assert config.multiplex_config().max_num_models_per_replica == spec.lora.max_adapters_per_replica
 
     # vLLM's own split of engine keywords: every one must be an engine or a frontend argument.

@@ -84,11 +84,16 @@ MATRIX: dict[str, dict[str, Any]] = {
             "cache": {"size": "40Gi", "accessMode": "ReadWriteOnce"},
         },
     ),
-    "lora-on-pvc": _md(
+    "pvc-model-s3-lora": _md(
         "mistral",
         {
             "model": {"source": "pvc://weights.store/mistral/7b", "servedName": "mistral"},
-            "lora": {"path": "pvc://adapters/mistral", "adapters": [{"name": "sql"}, {"name": "legal"}]},
+            "lora": {
+                "path": "s3://adapters/mistral",
+                "endpointUrl": "http://minio.storage.svc:9000",
+                "credentialsSecret": "adapters-s3",
+                "adapters": [{"name": "sql"}, {"name": "legal"}],
+            },
         },
     ),
     "longest-name-cached": _md(
@@ -101,11 +106,15 @@ MATRIX: dict[str, dict[str, Any]] = {
             "cache": {"size": "1Ti"},
         },
     ),
-    "pvc-root-file-lora": _md(
+    "pvc-root-gcs-lora": _md(
         "gemma",
         {
             "model": {"source": "pvc://gemma-weights", "servedName": "gemma"},
-            "lora": {"path": "file:///adapters", "adapters": [{"name": "a"}], "maxAdaptersPerReplica": 1},
+            "lora": {
+                "path": "gs://agency-adapters/gemma",
+                "adapters": [{"name": "a"}],
+                "maxAdaptersPerReplica": 1,
+            },
         },
     ),
     "cpu-no-namespace": _md(

@@ -246,7 +246,7 @@ def test_gpu_product_tolerations_and_node_selector(matrix: dict[str, Obj]) -> No
     ]
     # Ray's accelerator_type is not derived from the GPU product name.
     assert "accelerator_type" not in _serve_config(render(md))["applications"][0]["args"]["llm_configs"][0]
-    plain = _worker_pod(render(ModelDeployment.model_validate(matrix["lora-on-pvc"])))
+    plain = _worker_pod(render(ModelDeployment.model_validate(matrix["pvc-model-s3-lora"])))
     assert "affinity" not in plain and "nodeSelector" not in plain and "tolerations" not in plain
 
 
@@ -369,19 +369,62 @@ def test_no_cache_no_cache_objects(matrix: dict[str, Obj]) -> None:
 
 
 def test_pvc_sources_are_mounted_read_only(matrix: dict[str, Obj]) -> None:
-    objects = render(ModelDeployment.model_validate(matrix["lora-on-pvc"]))
+    objects = render(ModelDeployment.model_validate(matrix["pvc-model-s3-lora"]))
     pod = _worker_pod(objects)
     claims = {
         v["persistentVolumeClaim"]["claimName"]: v for v in pod["volumes"] if "persistentVolumeClaim" in v
     }
-    assert set(claims) == {"weights.store", "adapters"}
+    # Only the model's claim: LoRA adapters come from object storage, not from a volume.
+    assert set(claims) == {"weights.store"}
     assert all(v["persistentVolumeClaim"]["readOnly"] for v in claims.values())
     (worker,) = pod["containers"]
     mounts = {m["mountPath"]: m for m in worker["volumeMounts"]}
     assert mounts["/mnt/pvc/weights.store"]["readOnly"] is True
+    assert set(mounts) == {"/mnt/pvc/weights.store", "/dev/shm"}
     llm = _serve_config(objects)["applications"][0]["args"]["llm_configs"][0]
     assert llm["model_loading_config"]["model_source"] == "/mnt/pvc/weights.store/mistral/7b"
-    assert llm["lora_config"] == {"max_num_adapters_per_replica": 4}
+
+
+def _ray_containers(objects: list[Obj]) -> dict[str, Obj]:
+    cluster = _cluster(objects)
+    pods = [cluster["headGroupSpec"]["template"]["spec"], _worker_pod(objects)]
+    return {c["name"]: c for pod in pods for c in pod["containers"]}
+
+
+def test_lora_adapters_from_object_storage(matrix: dict[str, Obj]) -> None:
+    objects = render(ModelDeployment.model_validate(matrix["pvc-model-s3-lora"]))
+    llm = _serve_config(objects)["applications"][0]["args"]["llm_configs"][0]
+    assert llm["lora_config"] == {
+        "dynamic_lora_loading_path": "s3://adapters/mistral",
+        "max_num_adapters_per_replica": 4,
+    }
+    containers = _ray_containers(objects)
+    # The head's ingress lists the adapters, the workers' replicas download them: both reach the store.
+    assert set(containers) == {"ray-head", "ray-worker"}
+    for container in containers.values():
+        env = {e["name"]: e for e in container["env"]}
+        assert env["AWS_ENDPOINT_URL_S3"] == {
+            "name": "AWS_ENDPOINT_URL_S3",
+            "value": "http://minio.storage.svc:9000",
+        }
+        assert container["envFrom"] == [{"secretRef": {"name": "adapters-s3"}}]
+    # KubeRay's autoscaler sidecar never touches the adapters: it gets neither.
+    autoscaler = _cluster(objects)["autoscalerOptions"]
+    assert "envFrom" not in autoscaler
+    assert not any(e["name"].startswith("AWS_") for e in autoscaler["env"])
+
+
+def test_lora_without_endpoint_or_secret_adds_no_env(matrix: dict[str, Obj]) -> None:
+    objects = render(ModelDeployment.model_validate(matrix["pvc-root-gcs-lora"]))
+    llm = _serve_config(objects)["applications"][0]["args"]["llm_configs"][0]
+    assert llm["lora_config"]["dynamic_lora_loading_path"] == "gs://agency-adapters/gemma"
+    for container in _ray_containers(objects).values():
+        assert "envFrom" not in container
+        assert not any(e["name"].startswith("AWS_") for e in container["env"])
+    for name in ("one-gpu", "cpu-no-namespace"):
+        for container in _ray_containers(render(ModelDeployment.model_validate(matrix[name]))).values():
+            assert "envFrom" not in container
+            assert not any(e["name"].startswith("AWS_") for e in container["env"])
 
 
 def test_images_and_registry_override(matrix: dict[str, Obj]) -> None:

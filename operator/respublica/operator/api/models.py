@@ -35,7 +35,8 @@ QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
 CPU_PATTERN = r"^[0-9]+(\.[0-9]+|m)?$"
 GPU_PRODUCT_PATTERN = r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
 ENGINE_FLAG_PATTERN = r"^--[A-Za-z0-9]"
-LORA_PATH_PATTERN = r"^(pvc|file)://.+"
+ENDPOINT_URL_PATTERN = r"^https?://[^/?#\s]+(/\S*)?$"
+SECRET_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 LABEL_VALUE_MAX = 63
 
 # Every pattern above in words, for messages that say what is allowed rather than quote a regex.
@@ -49,7 +50,8 @@ PATTERN_HELP: dict[str, str] = {
     CPU_PATTERN: "a CPU quantity such as 8, 0.5 or 500m",
     GPU_PRODUCT_PATTERN: "a node label value such as NVIDIA-H100-80GB-HBM3",
     ENGINE_FLAG_PATTERN: "a vLLM flag starting with '--', e.g. --enable-chunked-prefill",
-    LORA_PATH_PATTERN: "pvc://<claim>/<path> or file:///<path>",
+    ENDPOINT_URL_PATTERN: "an http:// or https:// URL such as http://minio.storage.svc:9000",
+    SECRET_NAME_PATTERN: "a Secret name: lowercase letters, digits, '-' and '.'",
 }
 
 EngineFlag = Annotated[str, StringConstraints(min_length=3, max_length=256, pattern=ENGINE_FLAG_PATTERN)]
@@ -286,24 +288,46 @@ class LoraAdapter(_Model):
         min_length=1,
         max_length=64,
         pattern=ADAPTER_NAME_PATTERN,
-        description="The adapter's name: a folder under lora.path, and the suffix clients use "
+        description="The adapter's name: its folder under lora.path, and the suffix clients use "
         "(`model: <servedName>:<name>`).",
     )
 
 
 class LoraSpec(_Model):
-    """LoRA adapters loaded on demand on top of the base model."""
+    """LoRA adapters that Ray Serve LLM loads on demand from object storage on top of the base model."""
 
     path: str = Field(
         min_length=1,
         max_length=512,
-        pattern=LORA_PATH_PATTERN,
-        description="Directory holding one folder per adapter: pvc://<claim>/<path> or file:///<path>.",
+        description="The object-storage folder holding one subfolder per adapter (named as the adapter): "
+        "s3://<bucket>/<path>, gs://<bucket>/<path>, abfss://<container>@<account>.dfs.core.windows.net/"
+        "<path> or azure://<container>@<account>.blob.core.windows.net/<path>. Ray Serve LLM downloads "
+        "an adapter from there when a request first names it, so only these schemes work; pvc:// and "
+        "file:// are rejected. S3-compatible storage in the cluster (MinIO, Ceph) works through s3:// "
+        "with endpointUrl.",
+    )
+    endpoint_url: str | None = Field(
+        default=None,
+        max_length=512,
+        pattern=ENDPOINT_URL_PATTERN,
+        description="For s3:// paths only: the URL of an S3-compatible service, e.g. "
+        "http://minio.storage.svc:9000 (path-style addressing is used). Set as AWS_ENDPOINT_URL_S3 in "
+        "the Ray pods. Unset: AWS S3 itself.",
+    )
+    credentials_secret: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        pattern=SECRET_NAME_PATTERN,
+        description="A Secret in the same namespace whose keys become environment variables of the Ray "
+        "pods, read by the storage client: for s3:// AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+        "(and AWS_DEFAULT_REGION if the service needs one); for abfss:// and azure:// AZURE_CLIENT_ID, "
+        "AZURE_TENANT_ID and AZURE_CLIENT_SECRET. Unset: the pods' own cloud identity.",
     )
     adapters: list[LoraAdapter] = Field(
         min_length=1,
         max_length=64,
-        description="The adapters clients may call.",
+        description="The adapters clients may call, each a subfolder of path with the same name.",
     )
     max_adapters_per_replica: int = Field(
         default=4, ge=1, le=64, description="Adapters a replica keeps loaded at once."
@@ -352,7 +376,9 @@ class ModelDeploymentSpec(_Model):
         default_factory=AccessSpec, description="Who may call the model through the gateway."
     )
     lora: LoraSpec | None = Field(
-        default=None, description="LoRA adapters loaded on demand on top of the base model; unset: none."
+        default=None,
+        description="LoRA adapters loaded on demand from object storage (s3://, gs://, abfss://, "
+        "azure://) on top of the base model; unset: none.",
     )
     cache: CacheSpec | None = Field(
         default=None,

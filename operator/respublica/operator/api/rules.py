@@ -11,11 +11,17 @@ spec; messages are written for the person who applied the file.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 SUPPORTED_SCHEMES = ("hf://", "pvc://", "file://")
+
+# What Ray Serve LLM 2.60 can load LoRA adapters from (its LoraConfig accepts nothing else): object
+# storage, one subfolder per adapter, fetched when a request first names the adapter. The scheme and
+# at least the first character of the bucket (or container).
+LORA_PATH_REGEX = r"^(s3|gs|abfss|azure)://[^/]"
 
 # Engine flags that have a typed field: setting them in extraArgs would silently fight the field.
 TYPED_ENGINE_FLAGS = {
@@ -90,6 +96,16 @@ def _extra_args_not_typed(engine: Spec) -> bool:
 def _adapter_names_unique(lora: Spec) -> bool:
     names = [_get(a, "name") for a in _get(lora, "adapters", []) or []]
     return len(names) == len(set(names))
+
+
+def _lora_path_object_storage(lora: Spec) -> bool:
+    # No path: no lora section at all, or one whose missing path is its own field error.
+    path = _get(lora, "path")
+    return path is None or re.match(LORA_PATH_REGEX, str(path)) is not None
+
+
+def _endpoint_only_s3(lora: Spec) -> bool:
+    return _get(lora, "endpointUrl") is None or str(_get(lora, "path", "")).startswith("s3://")
 
 
 _TYPED_FLAGS_CEL = ", ".join(f"'{flag}'" for flag in TYPED_ENGINE_FLAGS)
@@ -173,6 +189,24 @@ RULES: tuple[Rule, ...] = (
         message="spec.lora.adapters names must be unique",
         field="spec.lora.adapters",
         check=_adapter_names_unique,
+    ),
+    Rule(
+        where=("lora",),
+        cel=f"self.path.matches('{LORA_PATH_REGEX}')",
+        message="spec.lora.path must be an object-storage folder: s3://, gs://, abfss:// or azure:// "
+        "followed by the bucket. Ray Serve LLM loads LoRA adapters on demand from object storage only, "
+        "so pvc:// and file:// folders cannot be served; S3-compatible storage in the cluster (MinIO) "
+        "works through s3:// with spec.lora.endpointUrl",
+        field="spec.lora.path",
+        check=_lora_path_object_storage,
+    ),
+    Rule(
+        where=("lora",),
+        cel="!has(self.endpointUrl) || self.path.startsWith('s3://')",
+        message="spec.lora.endpointUrl applies to s3:// paths only (S3-compatible storage such as MinIO); "
+        "gs://, abfss:// and azure:// use their provider's own endpoint",
+        field="spec.lora.endpointUrl",
+        check=_endpoint_only_s3,
     ),
 )
 

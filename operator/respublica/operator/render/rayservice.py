@@ -28,7 +28,12 @@ from respublica.operator.render.common import (
     usage_stats_env,
 )
 from respublica.operator.render.options import RenderOptions
-from respublica.operator.render.storage import ModelStorage, model_storage
+from respublica.operator.render.storage import (
+    AdapterStorageAccess,
+    ModelStorage,
+    adapter_storage_access,
+    model_storage,
+)
 from respublica.serving.engine.args import build_serving_args
 
 COMPONENT = "ray"
@@ -89,11 +94,15 @@ def rayservice(md: ModelDeployment, options: RenderOptions) -> Obj:
     }
 
 
-def _env(storage: ModelStorage | None) -> list[Obj]:
+def _env(storage: ModelStorage | None, adapters: AdapterStorageAccess) -> list[Obj]:
     env = usage_stats_env()
     if storage is not None and storage.offline:
         env.append({"name": "HF_HUB_OFFLINE", "value": "1"})
-    return env
+    return env + adapters.env
+
+
+def _env_from(adapters: AdapterStorageAccess) -> Obj:
+    return {"envFrom": [dict(source) for source in adapters.env_from]} if adapters.env_from else {}
 
 
 def _autoscaler(options: RenderOptions) -> Obj:
@@ -138,12 +147,14 @@ def _pod_spec(options: RenderOptions, containers: list[Obj], volumes: list[Obj],
 
 def _head(md: ModelDeployment, options: RenderOptions, image: str) -> Obj:
     resources = {"cpu": options.head_cpu, "memory": options.head_memory}
+    adapters = adapter_storage_access(md)
     container: Obj = {
         "name": "ray-head",
         "image": image,
         "imagePullPolicy": options.image_pull_policy,
         "ports": _ports(options, head=True),
-        "env": _env(None),
+        "env": _env(None, adapters),
+        **_env_from(adapters),
         "resources": {"requests": dict(resources), "limits": dict(resources)},
         "securityContext": container_security_context(),
     }
@@ -169,12 +180,14 @@ def _worker_group(md: ModelDeployment, options: RenderOptions, image: str, stora
     mounts = [*storage.mounts, {"name": "dshm", "mountPath": "/dev/shm"}]
     # vLLM's workers exchange tensors through shared memory; the container default is 64 MiB.
     volumes = [*storage.volumes, {"name": "dshm", "emptyDir": {"medium": "Memory"}}]
+    adapters = adapter_storage_access(md)
     container: Obj = {
         "name": "ray-worker",
         "image": image,
         "imagePullPolicy": options.image_pull_policy,
         "ports": _ports(options, head=False),
-        "env": _env(storage) + _hf_token(options, storage),
+        "env": _env(storage, adapters) + _hf_token(options, storage),
+        **_env_from(adapters),
         "resources": {"requests": dict(resources), "limits": dict(resources)},
         "securityContext": container_security_context(),
         "volumeMounts": mounts,

@@ -1,4 +1,4 @@
-"""Where a model's weights (and LoRA adapters) live inside its pods, and how they get there."""
+"""Where a model's weights live inside its pods, and how its pods reach its LoRA adapters."""
 
 from __future__ import annotations
 
@@ -77,9 +77,37 @@ def model_storage(md: ModelDeployment, options: RenderOptions) -> ModelStorage:
         claim, path = _pvc_parts(source)
         root = mount_claim(claim)
         model_path = f"{root}/{path}" if path else root
-    if spec.lora is not None and spec.lora.path.startswith("pvc://"):
-        mount_claim(_pvc_parts(spec.lora.path)[0])
     offline = not source.startswith("hf://") or spec.cache is not None
     return ModelStorage(
         volumes=volumes, mounts=mounts, model_path=model_path, offline=offline, wait_for=wait_for
     )
+
+
+# Read by boto3 (which Ray Serve LLM's s3:// loader uses) and by Ray's pyarrow S3 filesystem; the
+# S3-specific name leaves any other AWS service the pods might call on its default endpoint.
+S3_ENDPOINT_ENV = "AWS_ENDPOINT_URL_S3"
+
+
+@dataclass(frozen=True)
+class AdapterStorageAccess:
+    """What a Ray pod needs to reach the LoRA adapters' object storage: env vars and Secrets as env."""
+
+    env: list[Obj] = field(default_factory=list)
+    env_from: list[Obj] = field(default_factory=list)
+
+
+def adapter_storage_access(md: ModelDeployment) -> AdapterStorageAccess:
+    """Both the head (its ingress lists the adapters for /v1/models) and the workers (their replicas
+    download an adapter when a request first names it) talk to the storage, so both get this."""
+    lora = md.spec.lora
+    if lora is None:
+        return AdapterStorageAccess()
+    env: list[Obj] = []
+    if lora.endpoint_url is not None:
+        env.append({"name": S3_ENDPOINT_ENV, "value": lora.endpoint_url})
+    env_from: list[Obj] = []
+    if lora.credentials_secret is not None:
+        # Not optional: a missing Secret stops the pod with a clear event instead of a replica that
+        # fails on its first adapter request.
+        env_from.append({"secretRef": {"name": lora.credentials_secret}})
+    return AdapterStorageAccess(env=env, env_from=env_from)

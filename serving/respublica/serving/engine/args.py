@@ -73,7 +73,12 @@ def build_serving_args(
             "strategy": "STRICT_PACK",
         }
     if spec.lora is not None:
-        llm_config["lora_config"] = {"max_num_adapters_per_replica": spec.lora.max_adapters_per_replica}
+        llm_config["lora_config"] = {
+            # Ray lists this folder's subfolders as `<model_id>:<adapter>` and downloads one when a
+            # request first names it; it keeps the path without a trailing slash, and so do we.
+            "dynamic_lora_loading_path": spec.lora.path.rstrip("/"),
+            "max_num_adapters_per_replica": spec.lora.max_adapters_per_replica,
+        }
     num_cpus = DEFAULT_INGRESS_NUM_CPUS[kind] if ingress_num_cpus is None else ingress_num_cpus
     return {
         "llm_configs": [llm_config],
