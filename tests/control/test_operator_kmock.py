@@ -182,3 +182,100 @@ async def test_hand_edit_and_deletion_are_put_back(k8s: kmock.KubernetesEmulator
             what="the policy back",
         )
         assert back["spec"] == policies[name]["spec"]
+
+
+async def test_api_errors_back_off_then_converge(k8s: kmock.KubernetesEmulator, h: Any) -> None:
+    """500, 429 and 409 on every call for a child or the status, for a while; then healthy."""
+    failing = {"on": True, "served": 0}
+    codes = [500, 429, 409]
+    targets = {kmock.resource(r) for r in h.CHILD_RESOURCES} | {kmock.resource(h.MD)}
+
+    def hit(request: kmock.Request) -> bool:
+        # Reads and writes of single children and writes of the status fail; kopf's lists and
+        # watches go on (a watcher that cannot list gives up, which is kopf's business, not ours).
+        if not failing["on"] or request.action in (kmock.action.LIST, kmock.action.WATCH):
+            return False
+        if request.resource == kmock.resource(h.MD):
+            return request.subresource == "status" and request.method == kmock.method.PATCH
+        return request.resource in targets
+
+    def fail() -> None:
+        failing["served"] += 1
+        code = codes[failing["served"] % len(codes)]
+        raise kmock.KubernetesError(status=code, reason="Injected", message=f"injected {code}")
+
+    # A criterion function is asked on every request (a payload that declines is used up).
+    k8s[hit] << fail
+    async with h.running_operator(k8s):
+        await h.api(k8s, "POST", h.path(h.MD), h.md_body())
+        await h.eventually(lambda: failing["served"] >= 6, what="several failed attempts")
+        await asyncio.sleep(2)
+        # Backing off, not spinning: a retry every 0.5 s or slower (a few requests per attempt).
+        assert failing["served"] < 80, failing
+        assert "phase" not in h.md_status(k8s)
+
+        failing["on"] = False
+        status = await h.eventually(
+            lambda: (s := h.md_status(k8s)).get("observedGeneration") == 1 and s, what="convergence"
+        )
+        assert status["phase"] == "Pending"
+        assert set(h.objects_of(k8s, h.RAYSERVICES)) == {"llama"}
+        assert len(h.objects_of(k8s, "networking.k8s.io/v1/networkpolicies")) == 2
+
+
+async def test_invalid_spec_is_failed_once_not_retried(k8s: kmock.KubernetesEmulator, h: Any) -> None:
+    body = h.md_body()
+    del body["spec"]["model"]["revision"]  # hf:// without a pinned revision: the CRD's CEL would refuse it
+    async with h.running_operator(k8s):
+        await h.api(k8s, "POST", h.path(h.MD), body)
+        status = await h.eventually(
+            lambda: (s := h.md_status(k8s)).get("phase") == "Failed" and s, what="Failed"
+        )
+        ready = _condition(status, "Ready")
+        assert ready["reason"] == "InvalidSpec"
+        assert "spec.model.revision is required" in ready["message"]
+        assert h.child_writes(k8s) == []
+
+        await h.quiet(k8s)
+        before = len(k8s._requests)
+        await asyncio.sleep(4)  # beyond a resync: reads at most, no new writes, no retry loop
+        writes = [
+            r
+            for r in list(k8s._requests)[before:]
+            if r.method in h.WRITE_METHODS and r.resource != kmock.resource("v1/events")
+        ]
+        assert writes == []
+
+        # Fixing the spec is what brings it back.
+        await h.api(
+            k8s,
+            "PATCH",
+            h.path(h.MD, "llama"),
+            {"metadata": {"generation": 2}, "spec": {"model": {"revision": "0e9e39f"}}},
+        )
+        await h.eventually(lambda: h.objects_of(k8s, h.RAYSERVICES).get("llama"), what="the RayService")
+        await h.eventually(lambda: h.md_status(k8s).get("phase") == "Pending", what="Pending")
+
+
+async def test_missing_kuberay_is_a_condition_then_picked_up(kmock: kmock.KubernetesEmulator, h: Any) -> None:
+    h.declare(kmock, kuberay=False)
+    async with h.running_operator(kmock) as runner:
+        await h.api(kmock, "POST", h.path(h.MD), h.md_body())
+        status = await h.eventually(
+            lambda: (s := h.md_status(kmock)).get("phase") == "Pending" and s, what="a Pending status"
+        )
+        ready = _condition(status, "Ready")
+        assert ready["reason"] == "KubeRayNotInstalled"
+        assert ready["message"].startswith("KubeRay is not installed: RayService CRD not found")
+        assert h.objects_of(kmock, "networking.k8s.io/v1/networkpolicies")  # the rest is in place
+        assert runner._thread.is_alive() is not False  # still running, not crashed
+
+        # KubeRay arrives: the next resync creates the RayService.
+        kmock.resources[h.RAYSERVICES] = kmock.ResourceInfo(
+            kind="RayService", namespaced=True, verbs=h.VERBS, subresources={"status"}
+        )
+        await h.eventually(lambda: h.objects_of(kmock, h.RAYSERVICES).get("llama"), what="the RayService")
+        await h.eventually(
+            lambda: _condition(h.md_status(kmock), "Ready")["reason"] != "KubeRayNotInstalled",
+            what="recovery",
+        )

@@ -1,0 +1,58 @@
+"""`kopf run` as a subprocess against kmock: SIGKILLed mid-reconcile, started again, it converges."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import kmock
+
+
+async def test_sigkill_mid_reconcile_then_restart_converges(
+    k8s: kmock.KubernetesEmulator, operator_process: Any, h: Any
+) -> None:
+    # The RayService create hangs: kmock has stored it, the operator never hears back, and dies.
+    hang = {"on": True}
+
+    def rayservice_create(request: kmock.Request) -> bool:
+        return (
+            hang["on"]
+            and request.method == kmock.method.POST
+            and request.resource == kmock.resource(h.RAYSERVICES)
+        )
+
+    async def never_answer() -> None:
+        await asyncio.sleep(60)
+
+    k8s[rayservice_create] << never_answer
+
+    await h.api(k8s, "POST", h.path(h.MD), h.md_body(cache={"size": "100Gi"}))
+    operator_process.start()
+    await h.eventually(
+        lambda: any(
+            r.method == kmock.method.POST and r.resource == kmock.resource(h.RAYSERVICES)
+            for r in list(k8s._requests)
+        ),
+        within=60,
+        what="the operator to create the RayService",
+    )
+    assert "phase" not in h.md_status(k8s)  # it died before writing any status
+    operator_process.kill()
+    hang["on"] = False
+
+    operator_process.start()
+    status = await h.eventually(
+        lambda: (s := h.md_status(k8s)).get("observedGeneration") == 1 and s,
+        within=60,
+        what=f"convergence after the restart; log:\n{operator_process.log()[-3000:]}",
+    )
+    assert status["phase"] in ("Pending", "Deploying")
+    # One of each child, and none created twice: the restarted operator found them and compared.
+    assert set(h.objects_of(k8s, h.RAYSERVICES)) == {"llama"}
+    assert len(h.objects_of(k8s, "batch/v1/jobs")) == 1
+    assert len(h.objects_of(k8s, "v1/persistentvolumeclaims")) == 1
+    assert len(h.objects_of(k8s, "networking.k8s.io/v1/networkpolicies")) == 2
+    creates = [w for w in h.child_writes(k8s) if w.startswith("POST")]
+    assert len(creates) == 5, creates
+    operator_process.stop()
+    assert operator_process.process.returncode is not None
