@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -91,9 +92,12 @@ def register(app: typer.Typer) -> None:
             os.environ[CONFIG_ENV] = str(config.resolve())
         metrics_dir = tempfile.mkdtemp(prefix="respublica-metrics-")
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", metrics_dir)
-        uvicorn.run(
-            "respublica.serving.gateway.wiring:app_from_environment",
-            factory=True,
-            workers=settings.workers,
-            **common,  # type: ignore[arg-type]
-        )
+        try:
+            uvicorn.run(
+                "respublica.serving.gateway.wiring:app_from_environment",
+                factory=True,
+                workers=settings.workers,
+                **common,  # type: ignore[arg-type]
+            )
+        finally:
+            shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -536,19 +536,20 @@ class OpenAIEndpoint:
                     call.request_id,
                     type(exc).__name__,
                 )
+        attributes: dict[str, Any] = {t.HTTP_STATUS: call.status}
         if call.finish_reasons:
-            span.set_attribute(t.FINISH_REASONS, call.finish_reasons)
-        span.set_attribute(t.HTTP_STATUS, call.status)
+            attributes[t.FINISH_REASONS] = call.finish_reasons
         if tenant:
-            span.set_attribute(t.TENANT, tenant)
+            attributes[t.TENANT] = tenant
         if call.stream:
-            span.set_attribute(t.STREAM, True)
+            attributes[t.STREAM] = True
         if call.input_tokens is not None:
-            span.set_attribute(t.INPUT_TOKENS, input_tokens)
-            span.set_attribute(t.OUTPUT_TOKENS, output_tokens)
+            attributes[t.INPUT_TOKENS] = input_tokens
+            attributes[t.OUTPUT_TOKENS] = output_tokens
         if call.error_type is not None:
-            span.set_attribute(t.ERROR_TYPE, call.error_type)
+            attributes[t.ERROR_TYPE] = call.error_type
             span.set_status(Status(StatusCode.ERROR, call.error_type))
+        span.set_attributes(attributes)
         span.end()
 
         metrics = ctx.metrics
