@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from respublica.operator.render import SPEC_HASH_ANNOTATION
+
 Obj = Mapping[str, Any]
 
 # Kinds whose whole spec respublica writes: a drifted spec is replaced as a whole, so keys that a
@@ -112,12 +114,24 @@ def compare(live: Obj, rendered: Obj) -> Drift:
     if meta_patch:
         patch["metadata"] = meta_patch
 
+    # A new render (the hash moved) may have dropped keys that covering cannot notice.
+    rerendered = (live_meta.get("annotations") or {}).get(SPEC_HASH_ANNOTATION) != (
+        want_meta.get("annotations") or {}
+    ).get(SPEC_HASH_ANNOTATION)
     recreate = False
     for section in ("spec", "data"):
         if section not in rendered:
             continue
         want_spec = rendered[section]
         have_spec = live.get(section)
+        if kind in _SPEC_OWNED:
+            if covers(have_spec, want_spec) and not rerendered:
+                continue
+            replaced = replacement(have_spec or {}, want_spec)
+            if replaced != {}:
+                patch[section] = replaced
+                fields.append(section)
+            continue
         if covers(have_spec, want_spec):
             continue
         fields.append(section)
@@ -129,8 +143,6 @@ def compare(live: Obj, rendered: Obj) -> Drift:
             size = _get(want_spec, "resources", "requests", "storage")
             if size is not None and _get(have_spec, "resources", "requests", "storage") != size:
                 patch["spec"] = {"resources": {"requests": {"storage": size}}}
-        elif kind in _SPEC_OWNED:
-            patch[section] = replacement(have_spec or {}, want_spec)
         else:
             patch[section] = want_spec
     return Drift(patch=patch or None, recreate=recreate, fields=fields)

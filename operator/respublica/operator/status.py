@@ -385,6 +385,16 @@ def _verdict(obs: Observation) -> _Verdict:
                 publish_endpoint=True,
                 replicas=replicas,
             )
+        if replicas["ready"] == 0:
+            # The application is up but no replica is: nothing answers until one is ready.
+            msg = "The Serve application is up; waiting for the first replica to become ready."
+            return _Verdict(
+                "Degraded" if problems else "Deploying",
+                ready=(False, "NoReadyReplica", msg),
+                progressing=(True, "ScalingUp", msg),
+                degraded=degraded,
+                replicas=replicas,
+            )
         msg = f"Serving: {replicas['ready']} of {replicas['desired']} replicas ready."
         if upgrading:
             progressing = (
