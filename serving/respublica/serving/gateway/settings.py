@@ -85,7 +85,8 @@ class GatewaySettings(_Section):
     routes_file: Path | None = Field(default=None, description="YAML routes file (local mode).")
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
     database_url: str = Field(
-        default="sqlite:///respublica-gateway.db", description="Tenants, keys and the usage ledger."
+        default_factory=lambda: default_database_url(),
+        description="Tenants, keys and the usage ledger; the same default as `respublica keys`.",
     )
     tenants_file: Path | None = Field(default=None, description="Tenants declared in YAML (GitOps).")
     quota: QuotaSettings = Field(default_factory=QuotaSettings)
@@ -114,6 +115,12 @@ class GatewaySettings(_Section):
                 "quota.redis_url (RESPUBLICA_QUOTA__STORE, RESPUBLICA_QUOTA__REDIS_URL), or run 1 worker"
             )
         return None
+
+
+def default_database_url() -> str:
+    """SQLite under $XDG_DATA_HOME (~/.local/share), where the admin CLI looks too."""
+    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return f"sqlite:///{data_home}/respublica/gateway.db"
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
