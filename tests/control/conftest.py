@@ -133,6 +133,45 @@ def child_writes(server: kmock.KubernetesEmulator) -> list[str]:
     return writes
 
 
+# Every (API group, resource, verb) the operator may use: what manifests/operator's RBAC grants.
+NEEDED = {
+    ("respublica.dev", "modeldeployments", "get"),
+    ("respublica.dev", "modeldeployments", "list"),
+    ("respublica.dev", "modeldeployments", "watch"),
+    ("respublica.dev", "modeldeployments", "patch"),
+    ("respublica.dev", "modeldeployments/status", "get"),
+    ("respublica.dev", "modeldeployments/status", "patch"),
+    *{("ray.io", "rayservices", v) for v in ("get", "list", "watch", "create", "patch")},
+    *{("networking.k8s.io", "networkpolicies", v) for v in ("get", "list", "watch", "create", "patch")},
+    *{("", "persistentvolumeclaims", v) for v in ("get", "list", "watch", "create", "patch")},
+    *{("batch", "jobs", v) for v in ("get", "list", "watch", "create", "patch", "delete")},
+    ("", "pods", "list"),
+    ("", "events", "create"),
+    ("events.k8s.io", "events", "create"),
+}
+_VERBS = {
+    kmock.action.LIST: "list",
+    kmock.action.WATCH: "watch",
+    kmock.action.FETCH: "get",
+    kmock.action.CREATE: "create",
+    kmock.action.UPDATE: "patch",
+    kmock.action.DELETE: "delete",
+}
+
+
+def used_grants(server: kmock.KubernetesEmulator) -> set[tuple[str, str, str]]:
+    """The (group, resource, verb) triples the operator (kopf and respublica) asked kmock for."""
+    used = set()
+    for request in list(server._requests):
+        agent = request.headers.get("User-Agent", "")
+        resource = request.resource
+        if agent.startswith("kmock") or resource is None or not resource.plural or request.action is None:
+            continue
+        plural = f"{resource.plural}/{request.subresource}" if request.subresource else resource.plural
+        used.add((resource.group or "", plural, _VERBS[request.action]))
+    return used
+
+
 def md_status(server: kmock.KubernetesEmulator, name: str = "llama") -> dict[str, Any]:
     status: dict[str, Any] = objects_of(server, MD).get(name, {}).get("status") or {}
     return status

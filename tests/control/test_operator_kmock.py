@@ -183,6 +183,11 @@ async def test_hand_edit_and_deletion_are_put_back(k8s: kmock.KubernetesEmulator
         )
         assert back["spec"] == policies[name]["spec"]
 
+    # Least privilege holds in practice: everything asked of the API is granted by the RBAC.
+    used = h.used_grants(k8s)
+    assert used <= h.NEEDED, used - h.NEEDED
+    assert ("ray.io", "rayservices", "create") in used
+
 
 async def test_api_errors_back_off_then_converge(k8s: kmock.KubernetesEmulator, h: Any) -> None:
     """500, 429 and 409 on every call for a child or the status, for a while; then healthy."""
