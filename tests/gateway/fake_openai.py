@@ -25,6 +25,7 @@ class Seen:
     path: str
     body: dict[str, Any]
     headers: dict[str, str]
+    peer: object = None  # the gateway's (host, port): the same port means a reused connection
 
 
 @dataclass
@@ -46,7 +47,8 @@ class FakeUpstream:
 
     async def _begin(self, request: web.Request) -> dict[str, Any]:
         body = await request.json()
-        self.seen.append(Seen(request.path, body, dict(request.headers)))
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        self.seen.append(Seen(request.path, body, dict(request.headers), peer))
         return body  # type: ignore[no-any-return]
 
     async def _misbehave(self, body: dict[str, Any]) -> web.StreamResponse | None:

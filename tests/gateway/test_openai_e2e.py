@@ -138,3 +138,11 @@ def test_ledger_rows_match_the_upstreams_usage(stack: Stack, loop_thread: LoopTh
     rows = loop_thread.run(stack.db.fetch("SELECT * FROM usage ORDER BY started_at"))
     assert [(r["input_tokens"], r["output_tokens"], r["status"]) for r in rows] == [(3, 2, 200), (4, 3, 200)]
     assert {r["subject"] for r in rows} == {ALPHA_KEY_ID} and "prompt" not in str(rows)
+
+
+def test_upstream_connections_are_pooled(stack: Stack) -> None:
+    api = client(stack)
+    for _ in range(5):
+        api.chat.completions.create(model="m", messages=HELLO, max_tokens=1)
+        list(api.chat.completions.create(model="m", messages=HELLO, max_tokens=1, stream=True))
+    assert len({s.peer for s in stack.upstream.seen}) == 1  # one keep-alive connection, reused

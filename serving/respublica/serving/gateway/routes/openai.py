@@ -365,6 +365,7 @@ class OpenAIEndpoint:
         )
         if in_flight is not None:
             in_flight.inc()
+        complete = False  # the upstream response was read to its end: its connection can be reused
         try:
             call.active = True
             response = await self._connect(call, span, resolved, body)
@@ -372,8 +373,10 @@ class OpenAIEndpoint:
                 await self._upstream_error(call, response)
             elif call.stream:
                 await self._stream(call, span, response, send, strip_usage)
+                complete = True
             else:
                 await self._unary(call, span, response, send)
+                complete = True
         except asyncio.CancelledError:
             if not call.client_gone:
                 raise
@@ -391,8 +394,10 @@ class OpenAIEndpoint:
             if in_flight is not None:
                 in_flight.dec()
             if response is not None:
-                # close, not release: an unfinished upstream request must be aborted, not pooled.
-                response.close()
+                if complete:
+                    response.release()
+                else:
+                    response.close()  # abort what the model is still doing; never pool a half-read connection
             if call.endpoint:
                 self.ctx.balancer.release(call.endpoint)
 
