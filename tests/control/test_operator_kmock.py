@@ -38,6 +38,15 @@ async def test_apply_creates_children_with_owner_refs_and_hash(k8s: kmock.Kubern
         status = await h.eventually(lambda: h.md_status(k8s).get("phase"), what="a phase")
         assert status in ("Pending", "Deploying")
 
+        # kopf keeps its bookkeeping in annotations (a structural CRD prunes unknown status fields),
+        # returns no results into status, and adds no finalizer.
+        await h.quiet(k8s)
+        md = h.objects_of(k8s, h.MD)["llama"]
+        assert set(md["status"]) <= {"phase", "conditions", "observedGeneration", "replicas", "endpoint"}
+        assert "respublica.dev/last-handled-configuration" in md["metadata"]["annotations"]
+        assert not any(k.startswith("kopf.zalando.org") for k in md["metadata"]["annotations"])
+        assert not md["metadata"].get("finalizers")
+
 
 def _rayservice_status(
     app: str = "RUNNING", ready: int = 1, desired: int = 1, cluster: str = "llama-abcde"
@@ -284,3 +293,42 @@ async def test_missing_kuberay_is_a_condition_then_picked_up(kmock: kmock.Kubern
             lambda: _condition(h.md_status(kmock), "Ready")["reason"] != "KubeRayNotInstalled",
             what="recovery",
         )
+
+
+async def test_pod_problems_reach_the_conditions(k8s: kmock.KubernetesEmulator, h: Any) -> None:
+    async with h.running_operator(k8s):
+        await h.api(k8s, "POST", h.path(h.MD), h.md_body())
+        await h.eventually(lambda: h.objects_of(k8s, h.RAYSERVICES).get("llama"), what="the RayService")
+        unschedulable = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": "llama-abcde-gpu-worker-x1",
+                "namespace": h.NS,
+                "labels": {"ray.io/cluster": "llama-abcde", "ray.io/node-type": "worker"},
+            },
+            "status": {
+                "phase": "Pending",
+                "conditions": [
+                    {
+                        "type": "PodScheduled",
+                        "status": "False",
+                        "reason": "Unschedulable",
+                        "message": "0/4 nodes are available: 4 node(s) didn't match node affinity.",
+                    }
+                ],
+            },
+        }
+        await h.api(k8s, "POST", h.path("v1/pods"), unschedulable)
+        await h.api(
+            k8s,
+            "PATCH",
+            h.path(h.RAYSERVICES, "llama", "status"),
+            _rayservice_status(app="DEPLOYING", ready=0),
+        )
+        status = await h.eventually(
+            lambda: (s := h.md_status(k8s)).get("phase") == "Degraded" and s, what="Degraded"
+        )
+        reason, message = _condition(status, "Degraded")["reason"], _condition(status, "Degraded")["message"]
+        assert reason == "Unschedulable"
+        assert "no node has nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3" in message

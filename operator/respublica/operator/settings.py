@@ -17,6 +17,7 @@ or `kopf run -m respublica.operator.entry`):
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -98,6 +99,9 @@ class OperatorConfig:
         settings.peering.mandatory = False
         settings.scanning.disabled = True
         settings.posting.reporting_component = FIELD_MANAGER
+        # respublica posts its own Events on phase transitions; kopf adds only its warnings/errors
+        # (a "handler succeeded" Event on every reconcile would bury them).
+        settings.posting.level = logging.WARNING
         settings.posting.event_name_prefix = "respublica-"
         settings.execution.default_backoff = self.retry_seconds
         if self.api_backoff_seconds is not None:
