@@ -53,6 +53,11 @@ class LoopThread:
     def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
+    async def arun(self, coro: Coroutine[Any, Any, T], within_s: float = 30.0) -> T:
+        """`run` for async tests: the caller's own loop keeps serving (e.g. kmock) while it waits."""
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return await asyncio.wait_for(asyncio.wrap_future(future), within_s)
+
     def stop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
@@ -92,15 +97,20 @@ async def start_gateway(
         quota_store=quota_store,
         ledger=ledger,
         route_table=routes,
-        tracer_provider=provider,
+        # With an OTLP endpoint configured the app builds its own exporting provider.
+        tracer_provider=None if settings.telemetry.otlp_endpoint else provider,
     )
+    return await serve_app(app, exporter, routes)
+
+
+async def serve_app(app: FastAPI, exporter: InMemorySpanExporter, routes: RouteHolder) -> Running:
     sock = free_socket()
     config = uvicorn.Config(
         app, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=2
     )
     server = uvicorn.Server(config)
     task = asyncio.ensure_future(server.serve(sockets=[sock]))
-    for _ in range(500):
+    for _ in range(1000):
         if server.started or task.done():
             break
         await asyncio.sleep(0.01)
@@ -112,6 +122,8 @@ async def start_gateway(
 
 
 async def stop_gateway(running: Running) -> None:
+    if running.task.done():
+        return
     running.server.should_exit = True
     await asyncio.wait_for(running.task, 15)
 

@@ -6,6 +6,7 @@ arguments, so tests and embedders choose them; `build_from_settings` wires the r
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -95,7 +96,8 @@ def create_app(
             for hook in after_shutdown:  # what the ledger and the store still needed, e.g. the database
                 await _quietly(hook(), "shutdown hook")
             if own_provider is not None:
-                own_provider.shutdown()
+                # The exporter's last flush is a blocking HTTP call: keep it off the event loop.
+                await asyncio.to_thread(own_provider.shutdown)
 
     app = FastAPI(
         title="respublica gateway",
