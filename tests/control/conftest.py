@@ -141,10 +141,16 @@ NEEDED = {
     ("respublica.dev", "modeldeployments", "patch"),
     ("respublica.dev", "modeldeployments/status", "get"),
     ("respublica.dev", "modeldeployments/status", "patch"),
-    *{("ray.io", "rayservices", v) for v in ("get", "list", "watch", "create", "patch")},
-    *{("networking.k8s.io", "networkpolicies", v) for v in ("get", "list", "watch", "create", "patch")},
-    *{("", "persistentvolumeclaims", v) for v in ("get", "list", "watch", "create", "patch")},
-    *{("batch", "jobs", v) for v in ("get", "list", "watch", "create", "patch", "delete")},
+    *{
+        (group, plural, verb)
+        for group, plural in (
+            ("ray.io", "rayservices"),
+            ("networking.k8s.io", "networkpolicies"),
+            ("", "persistentvolumeclaims"),
+            ("batch", "jobs"),
+        )
+        for verb in ("get", "list", "watch", "create", "patch", "delete")
+    },
     ("", "pods", "list"),
     ("", "events", "create"),
     ("events.k8s.io", "events", "create"),

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from respublica.operator.api.models import ModelDeployment
-from respublica.operator.drift import compare, covers, replacement
+from respublica.operator.drift import compare, covers, replacement, stale
 from respublica.operator.render import SPEC_HASH_ANNOTATION, render
 
 
@@ -170,3 +170,12 @@ def test_every_child_is_owned_by_the_model_deployment() -> None:
             }
         ], obj["kind"]
         assert obj["metadata"]["namespace"] == "ai"  # owner references cannot cross namespaces
+
+
+def test_stale_children_are_only_our_own_leftovers() -> None:
+    old = [as_served(o) for o in render(model())]
+    new = render(model(cache=None))
+    foreign = {"kind": "Job", "metadata": {"name": "x", "ownerReferences": [{"uid": "someone-else"}]}}
+    gone = stale([*old, foreign], new, "uid-1")
+    assert sorted(o["kind"] for o in gone) == ["Job", "PersistentVolumeClaim"]
+    assert stale(old, render(model()), "uid-1") == []

@@ -332,3 +332,52 @@ async def test_pod_problems_reach_the_conditions(k8s: kmock.KubernetesEmulator, 
         reason, message = _condition(status, "Degraded")["reason"], _condition(status, "Degraded")["message"]
         assert reason == "Unschedulable"
         assert "no node has nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3" in message
+
+
+async def test_children_the_spec_no_longer_needs_are_removed(k8s: kmock.KubernetesEmulator, h: Any) -> None:
+    async with h.running_operator(k8s):
+        await h.api(k8s, "POST", h.path(h.MD), h.md_body(cache={"size": "100Gi"}))
+        first_job = await h.eventually(
+            lambda: set(h.objects_of(k8s, "batch/v1/jobs")), what="the download Job"
+        )
+        # Someone else's Job in the same namespace, carrying our label but not owned by this model.
+        await h.api(
+            k8s,
+            "POST",
+            h.path("batch/v1/jobs"),
+            {
+                "metadata": {
+                    "name": "other",
+                    "namespace": h.NS,
+                    "labels": {"respublica.dev/model-deployment": "llama"},
+                }
+            },
+        )
+
+        # A new revision: a new download Job; the old one goes.
+        await h.api(
+            k8s,
+            "PATCH",
+            h.path(h.MD, "llama"),
+            {"metadata": {"generation": 2}, "spec": {"model": {"revision": "1f2e3d4"}}},
+        )
+        jobs = await h.eventually(
+            lambda: (
+                (j := set(h.objects_of(k8s, "batch/v1/jobs"))) != first_job | {"other"} and len(j) == 2 and j
+            ),
+            what="the new Job replacing the old",
+        )
+        assert "other" in jobs and not (jobs & first_job)
+
+        # No cache any more: claim and Job go; the RayService stays.
+        await h.api(
+            k8s, "PATCH", h.path(h.MD, "llama"), {"metadata": {"generation": 3}, "spec": {"cache": None}}
+        )
+        await h.eventually(
+            lambda: (
+                not h.objects_of(k8s, "v1/persistentvolumeclaims")
+                and set(h.objects_of(k8s, "batch/v1/jobs")) == {"other"}
+            ),
+            what="the cache to be removed",
+        )
+        assert set(h.objects_of(k8s, h.RAYSERVICES)) == {"llama"}

@@ -22,12 +22,15 @@ from pydantic import ValidationError
 from respublica.operator import drift, events
 from respublica.operator.api.models import ModelDeployment
 from respublica.operator.kube import ApiError, Kube
+from respublica.operator.render import MODEL_LABEL
 from respublica.operator.status import Observation, compute_status, status_changed
 
 Obj = dict[str, Any]
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 
 _KUBERAY_GROUP_VERSION = "ray.io/v1"
+# The kinds render makes; the ones a spec change can make unnecessary are pruned.
+CHILD_KINDS = ("Job", "PersistentVolumeClaim", "NetworkPolicy", "RayService")
 _KUBERAY_PLURAL = "rayservices"
 
 
@@ -150,6 +153,18 @@ class Reconciler:
             return ChildResult(live, "refused", f"the API refused {kind} {name}: {exc.message}")
         return ChildResult(patched if patched is not None else live, "patched")
 
+    async def _prune(
+        self, body: Mapping[str, Any], children: list[dict[str, Any]], kuberay: bool, logger: Logger
+    ) -> None:
+        meta = body.get("metadata") or {}
+        ns, name, uid = str(meta.get("namespace")), str(meta.get("name")), str(meta.get("uid"))
+        kinds = [kind for kind in CHILD_KINDS if kuberay or kind != "RayService"]
+        for kind in kinds:
+            live = await self.kube.list(kind, ns, f"{MODEL_LABEL}={name}")
+            for obj in drift.stale([{**o, "kind": kind} for o in live], children, uid):
+                logger.info(f"Deleting {kind} {ns}/{obj['metadata']['name']}: the spec no longer needs it.")
+                await self.kube.delete(kind, ns, obj["metadata"]["name"])
+
     async def _pods(self, namespace: str, rayservice: Obj | None, job: Obj | None) -> list[Obj]:
         selectors: list[str] = []
         for key in ("activeServiceStatus", "pendingServiceStatus"):
@@ -187,7 +202,8 @@ class Reconciler:
         rayservice: Obj | None = None
         job: Obj | None = None
         refused: list[str] = []
-        for want in self.render(md):
+        children = self.render(md)
+        for want in children:
             if want["kind"] == "RayService" and not kuberay:
                 continue
             result = await self.apply_child(want, logger)
@@ -198,6 +214,7 @@ class Reconciler:
             elif want["kind"] == "Job":
                 job = result.live
 
+        await self._prune(body, children, kuberay, logger)
         pods = await self._pods(ns, rayservice, job)
         obs = Observation(
             generation=generation,

@@ -148,6 +148,23 @@ def compare(live: Obj, rendered: Obj) -> Drift:
     return Drift(patch=patch or None, recreate=recreate, fields=fields)
 
 
+def stale(live: Sequence[Obj], rendered: Sequence[Obj], owner_uid: str) -> list[Obj]:
+    """Children the owner still has but the render no longer makes (an old download Job, a cache
+    that was removed). Only objects whose owner reference names `owner_uid` are ever returned."""
+    wanted = {(str(o.get("kind")), str((o.get("metadata") or {}).get("name"))) for o in rendered}
+    out = []
+    for obj in live:
+        meta = obj.get("metadata") or {}
+        owned = any(ref.get("uid") == owner_uid for ref in meta.get("ownerReferences") or ())
+        if (
+            owned
+            and not meta.get("deletionTimestamp")
+            and (str(obj.get("kind")), str(meta.get("name"))) not in wanted
+        ):
+            out.append(obj)
+    return out
+
+
 def _get(obj: Any, *path: str) -> Any:
     for key in path:
         if not isinstance(obj, Mapping):
