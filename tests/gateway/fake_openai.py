@@ -48,10 +48,10 @@ class FakeUpstream:
     async def _begin(self, request: web.Request) -> dict[str, Any]:
         body = await request.json()
         peer = request.transport.get_extra_info("peername") if request.transport else None
-        self.seen.append(Seen(request.path, body, dict(request.headers), peer))
+        self.seen.append(Seen(request.path, body, {k.lower(): v for k, v in request.headers.items()}, peer))
         return body  # type: ignore[no-any-return]
 
-    async def _misbehave(self, body: dict[str, Any]) -> web.StreamResponse | None:
+    async def _misbehave(self, body: dict[str, Any], rid: str = "") -> web.StreamResponse | None:
         behavior = body.get("test_behavior")
         if behavior == "fail":
             return web.json_response({"error": {"message": "engine exploded", "type": "x"}}, status=500)
@@ -62,7 +62,11 @@ class FakeUpstream:
                 {"error": {"message": "context too long", "type": "BadRequestError", "code": 400}}, status=400
             )
         if behavior == "hang":
-            await asyncio.sleep(3600)
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:  # the gateway closed the connection
+                self.aborted.append(rid)
+                raise
         return None
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
@@ -73,7 +77,7 @@ class FakeUpstream:
 
     async def _generate(self, request: web.Request, chat: bool) -> web.StreamResponse:
         body = await self._begin(request)
-        failed = await self._misbehave(body)
+        failed = await self._misbehave(body, request.headers.get("X-Request-Id", ""))
         if failed is not None:
             return failed
         if chat:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
 import openai
 import pytest
 from gateway_harness import ALPHA_DEFAULT_CAP, ALPHA_KEY, ALPHA_KEY_ID, LoopThread, Stack, eventually
@@ -146,3 +147,19 @@ def test_upstream_connections_are_pooled(stack: Stack) -> None:
         api.chat.completions.create(model="m", messages=HELLO, max_tokens=1)
         list(api.chat.completions.create(model="m", messages=HELLO, max_tokens=1, stream=True))
     assert len({s.peer for s in stack.upstream.seen}) == 1  # one keep-alive connection, reused
+
+
+def test_client_leaving_a_unary_request_cancels_upstream(stack: Stack) -> None:
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            stack.base_url + "/chat/completions",
+            json={"model": "m", "messages": HELLO, "max_tokens": 9, "test_behavior": "hang"},
+            headers={"Authorization": f"Bearer {ALPHA_KEY}"},
+            timeout=httpx.Timeout(5, read=0.5),
+        )
+    eventually(lambda: stack.upstream.aborted and stack.ledger.records)
+    record = stack.ledger.records[-1]
+    assert record.status == 499
+    assert stack.upstream.aborted == [stack.upstream.seen[-1].headers["x-request-id"]]
+    rid, used = stack.quota.settled[-1]
+    assert used == stack.quota.reserved[rid]  # left before any answer: what was held may have run

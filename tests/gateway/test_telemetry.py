@@ -67,7 +67,7 @@ def test_trace_context_comes_in_and_goes_upstream(stack: Stack) -> None:
     assert span.parent is not None and f"{span.parent.span_id:016x}" == "00f067aa0ba902b7"
     sent = stack.upstream.seen[-1].headers["traceparent"]
     assert sent.split("-")[1] == trace_id and sent.split("-")[2] == f"{span.context.span_id:016x}"
-    assert "Authorization" not in stack.upstream.seen[-1].headers  # the caller's key never goes upstream
+    assert "authorization" not in stack.upstream.seen[-1].headers  # the caller's key never goes upstream
 
 
 def test_content_is_recorded_only_when_opted_in(make_stack: Any) -> None:

@@ -37,6 +37,7 @@ GROUP = "respublica.dev"
 VERSION = "v1alpha1"
 PLURAL = "modeldeployments"
 ROUTABLE_PHASES = frozenset({"Ready", "ScaledToZero"})
+MAX_RETRY_DELAY_S = 30.0
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
@@ -209,18 +210,24 @@ class KubernetesRouteSource:
         async with aiohttp.ClientSession(
             self.access.server, timeout=timeout, connector=connector, read_bufsize=2**20
         ) as session:
+            delay = self.retry_delay_s
             while True:
                 try:
                     version = await self._list(session)
+                    delay = self.retry_delay_s
                     async for event in self._watch(session, version):
                         self._apply(event)
                 except asyncio.CancelledError:
                     raise
-                except Exception as exc:  # the watch must outlive any API hiccup
+                except Exception as exc:  # the watch must outlive any API hiccup; the last table stays
                     log.warning(
-                        "ModelDeployment watch interrupted (%s: %s); retrying", type(exc).__name__, exc
+                        "ModelDeployment watch interrupted (%s: %s); retrying in %.0fs",
+                        type(exc).__name__,
+                        exc,
+                        delay,
                     )
-                    await asyncio.sleep(self.retry_delay_s)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, MAX_RETRY_DELAY_S)
 
     async def _list(self, session: aiohttp.ClientSession) -> str:
         async with session.get(self._path, headers=self.access.headers()) as resp:
