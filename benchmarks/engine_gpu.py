@@ -161,10 +161,9 @@ def bench_vllm(args: argparse.Namespace, model: str) -> Result:
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(args.model_dir), "--served-model-name", model,
         "--host", "127.0.0.1", "--port", str(port), "--max-model-len", str(args.max_model_len),
-        "--disable-log-requests",
     ]  # fmt: skip
     if args.accelerator == "cpu":
-        command += ["--dtype", "float32", "--enforce-eager"]
+        command += ["--dtype", "float32", "--enforce-eager", "--kv-cache-memory-bytes", str(1 << 30)]
     env = {**os.environ, "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1"}
     log = open(Path(args.work) / "vllm.log", "wb")  # noqa: SIM115  # closed below
     proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

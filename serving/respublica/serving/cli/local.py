@@ -1,7 +1,9 @@
 """`respublica up`, `respublica status`, `respublica digest`, `respublica version`: one machine.
 
-Exit codes of `up`: 0 stopped cleanly (Ctrl-C, SIGTERM); 1 could not start or the first request
-failed; 2 bad input (no such file, an invalid ModelDeployment, a busy port).
+Exit codes of `up`: 0 stopped cleanly (Ctrl-C, SIGTERM); 1 could not start (an invalid
+ModelDeployment, weights not found or not matching their digest, a busy port, an engine failure) or
+the first request failed; 2 bad command line (no such file, an unknown accelerator). `status`: 0
+running and answering, 1 running but not answering, 3 not running.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from rich.console import Console
@@ -30,6 +30,9 @@ from respublica.operator.api.models import ModelDeployment
 from respublica.serving.engine import sizing, sources, state, tiny_model
 from respublica.serving.engine.local import LOOPBACK, EngineError, LocalEngine, LocalModel, detect_gpus
 from respublica.serving.engine.progress import Waiting
+
+if TYPE_CHECKING:
+    from respublica.serving.engine.gateway_local import LocalGateway
 
 SMOKE_PROMPT = "Say hello in five words."
 
@@ -172,7 +175,7 @@ class Up:
         self.err = err
         self.run_id = uuid.uuid4().hex
         self.engine: LocalEngine | None = None
-        self.gateway: Any = None
+        self.gateway: LocalGateway | None = None
         self.state: state.UpState | None = None
 
     def run(self) -> int:
