@@ -11,14 +11,17 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
 import yaml
+from fake_openai import FakeUpstream
 from gateway_harness import LoopThread, free_socket, start_fake_upstream
+from prometheus_client.parser import text_string_to_metric_families
 
 from respublica.serving.gateway.auth.keys import generate_key
 from respublica.serving.gateway.db import Repository, open_database
@@ -61,28 +64,39 @@ def wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path, within_s
     raise AssertionError(f"gateway not healthy in {within_s}s: {log.read_text()[-2000:]}")
 
 
+@dataclass
+class Gateways:
+    urls: list[str]
+    key: str
+    tenant: str
+    db_url: str
+    budget: int
+    upstream: FakeUpstream
+    processes: list[subprocess.Popen[bytes]]
+    logs: list[Path]
+
+
 @pytest.fixture
-def gateways(
-    tmp_path: Path, redis_url: str, loop_thread: LoopThread
-) -> Iterator[tuple[list[str], str, str, str, object]]:
-    upstream, runner, upstream_url = loop_thread.run(start_fake_upstream())
-    tenant = f"procs-{secrets.token_hex(4)}"
-    body = {"model": "m", "messages": PROMPT, "max_tokens": CAP, "stream": True}
-    budget = 10 * reservation_tokens(body, "chat", CAP)
-    (tmp_path / "routes.yaml").write_text(
-        yaml.safe_dump({"models": [{"name": "m", "endpoints": [upstream_url]}]})
-    )
-    (tmp_path / "tenants.yaml").write_text(
-        yaml.safe_dump({"tenants": [{"name": tenant, "limits": {"tokensPerDay": budget}}]})
-    )
-    db_url = f"sqlite:///{tmp_path / 'gateway.db'}"
-    key = asyncio.run(create_key(db_url, tenant))
-    urls, processes, logs = [], [], []
-    for i in range(3):
-        sock = free_socket()
-        port = sock.getsockname()[1]
-        sock.close()
-        config = tmp_path / f"gateway-{i}.yaml"
+def launch(tmp_path: Path, redis_url: str, loop_thread: LoopThread) -> Iterator[Callable[..., Gateways]]:
+    """Start `count` real `respublica gateway` processes (each with `workers` workers) on one Redis."""
+    started: list[subprocess.Popen[bytes]] = []
+    runners: list[object] = []
+
+    def start(count: int, workers: int = 1) -> Gateways:
+        upstream, runner, upstream_url = loop_thread.run(start_fake_upstream())
+        runners.append(runner)
+        tenant = f"procs-{secrets.token_hex(4)}"
+        body = {"model": "m", "messages": PROMPT, "max_tokens": CAP, "stream": True}
+        budget = 10 * reservation_tokens(body, "chat", CAP)
+        (tmp_path / "routes.yaml").write_text(
+            yaml.safe_dump({"models": [{"name": "m", "endpoints": [upstream_url]}]})
+        )
+        (tmp_path / "tenants.yaml").write_text(
+            yaml.safe_dump({"tenants": [{"name": tenant, "limits": {"tokensPerDay": budget}}]})
+        )
+        db_url = f"sqlite:///{tmp_path / 'gateway.db'}"
+        key = asyncio.run(create_key(db_url, tenant))
+        config = tmp_path / "gateway.yaml"
         config.write_text(
             yaml.safe_dump(
                 {
@@ -92,29 +106,46 @@ def gateways(
                 }
             )
         )
-        log = tmp_path / f"gateway-{i}.log"
-        args = [sys.executable, "-c", CLI, "gateway", "--config", str(config), "--port", str(port)]
-        args += ["--routes", str(tmp_path / "routes.yaml"), "--log-level", "debug"]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RESPUBLICA_")}
-        with log.open("wb") as out:
-            processes.append(subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env))
-        urls.append(f"http://127.0.0.1:{port}")
-        logs.append(log)
-    try:
+        urls, processes, logs = [], [], []
+        for i in range(count):
+            sock = free_socket()
+            port = sock.getsockname()[1]
+            sock.close()
+            log = tmp_path / f"gateway-{i}.log"
+            args = [sys.executable, "-c", CLI, "gateway", "--config", str(config), "--port", str(port)]
+            args += [
+                "--routes",
+                str(tmp_path / "routes.yaml"),
+                "--log-level",
+                "debug",
+                "--workers",
+                str(workers),
+            ]
+            env = {k: v for k, v in os.environ.items() if not k.startswith(("RESPUBLICA_", "PROMETHEUS_"))}
+            with log.open("wb") as out:
+                process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
+            started.append(process)
+            processes.append(process)
+            urls.append(f"http://127.0.0.1:{port}")
+            logs.append(log)
         for url, process, log in zip(urls, processes, logs, strict=True):
             wait_healthy(url, process, log)
-        yield urls, key, tenant, db_url, (upstream, budget, processes, logs)
+        return Gateways(urls, key, tenant, db_url, budget, upstream, processes, logs)
+
+    try:
+        yield start
     finally:
-        for process in processes:
+        for process in started:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
-        for process in processes:
+        for process in started:
             try:
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=10)
-        loop_thread.run(runner.cleanup())
+        for runner in runners:
+            loop_thread.run(runner.cleanup())  # type: ignore[attr-defined]
 
 
 async def one_stream(api: openai.AsyncOpenAI) -> str:
@@ -133,14 +164,13 @@ async def one_stream(api: openai.AsyncOpenAI) -> str:
         return "limited"
 
 
-def test_three_gateways_on_one_redis_never_overspend(
-    gateways: tuple[list[str], str, str, str, object],
-) -> None:
-    urls, key, tenant, db_url, extra = gateways
-    upstream, budget, processes, logs = extra  # type: ignore[misc]
+def test_three_gateways_on_one_redis_never_overspend(launch: Callable[..., Gateways]) -> None:
+    gw = launch(3)
 
     async def run_all() -> list[str]:
-        apis = [openai.AsyncOpenAI(base_url=u + "/v1", api_key=key, max_retries=0, timeout=60) for u in urls]
+        apis = [
+            openai.AsyncOpenAI(base_url=u + "/v1", api_key=gw.key, max_retries=0, timeout=60) for u in gw.urls
+        ]
         return await asyncio.gather(*(one_stream(apis[i % 3]) for i in range(100)))
 
     outcomes = asyncio.run(run_all())
@@ -148,21 +178,42 @@ def test_three_gateways_on_one_redis_never_overspend(
     assert ok + outcomes.count("limited") == 100
     assert 10 <= ok < 100
     spent = ok * (1 + CAP)  # the upstream's usage for each finished stream: 1 prompt word + CAP tokens
-    assert len(upstream.finished) == ok and spent <= budget
+    assert len(gw.upstream.finished) == ok and spent <= gw.budget
 
-    for process in processes:  # a clean stop flushes each gateway's ledger
+    for process in gw.processes:  # a clean stop flushes each gateway's ledger
         process.send_signal(signal.SIGTERM)
-    for process in processes:
+    for process in gw.processes:
         assert process.wait(timeout=30) in (
             0,
             -signal.SIGTERM,
         )  # uvicorn re-raises the signal after a clean stop
-    rows = asyncio.run(usage_rows(db_url, tenant))
+    rows = asyncio.run(usage_rows(gw.db_url, gw.tenant))
     served = [r for r in rows if r["status"] == 200]
     assert (
         len(served) == ok and sum(int(r["input_tokens"]) + int(r["output_tokens"]) for r in served) == spent
     )
     assert sum(1 for r in rows if r["status"] == 429) == 100 - ok
-    for log in logs:
+    for log in gw.logs:
         text = log.read_text()
-        assert key not in text and key.split("_")[-1] not in text
+        assert gw.key not in text and gw.key.split("_")[-1] not in text
+
+
+def test_workers_share_quota_and_metrics(launch: Callable[..., Gateways]) -> None:
+    gw = launch(1, workers=2)
+    api = openai.OpenAI(base_url=gw.urls[0] + "/v1", api_key=gw.key, max_retries=0, timeout=30)
+    for _ in range(12):
+        api.chat.completions.create(model="m", messages=PROMPT, max_tokens=2)  # type: ignore[arg-type]
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(httpx.get(gw.urls[0] + "/metrics", timeout=10).text)
+        for s in family.samples
+    }
+    # Whichever worker answers the scrape, it counts every worker's requests.
+    labels = (("model", "m"), ("status", "200"), ("tenant", gw.tenant))
+    assert samples[("respublica_gateway_requests_total", labels)] == 12
+    assert (
+        samples[
+            ("respublica_gateway_tokens_total", (("kind", "output"), ("model", "m"), ("tenant", gw.tenant)))
+        ]
+        == 24
+    )
