@@ -17,6 +17,8 @@ from typer.testing import CliRunner
 
 from respublica.serving.cli import app
 
+pytestmark = pytest.mark.timeout(120)
+
 
 def _free_port() -> int:
     with socket.socket() as sock:

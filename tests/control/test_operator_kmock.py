@@ -6,8 +6,11 @@ import asyncio
 from typing import Any
 
 import kmock
+import pytest
 
 from respublica.operator.render import SPEC_HASH_ANNOTATION
+
+pytestmark = pytest.mark.timeout(120)
 
 
 async def test_apply_creates_children_with_owner_refs_and_hash(k8s: kmock.KubernetesEmulator, h: Any) -> None:

@@ -6,6 +6,9 @@ import asyncio
 from typing import Any
 
 import kmock
+import pytest
+
+pytestmark = pytest.mark.timeout(120)
 
 
 async def test_sigkill_mid_reconcile_then_restart_converges(

@@ -128,8 +128,9 @@ class Runtime:
             try:
                 await self.reconciler.reconcile(body, logger)
             except ApiError as exc:
-                delay = exc.retry_after or self.config.retry_seconds
-                logger.warning(f"Reconcile hit a temporary API error ({exc}); retrying in {delay:g}s.")
+                # Refusals (403, 422) wait longer than trouble that passes (409, 429, 5xx).
+                delay = exc.retry_after or self.config.retry_seconds * (1 if exc.temporary else 6)
+                logger.warning(f"Reconcile hit an API error ({exc}); retrying in {delay:g}s.")
                 await asyncio.sleep(delay)
                 self._dirty.add(uid)
             except Exception:  # a bug must not kill the worker loop; the resync retries
