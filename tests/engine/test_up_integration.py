@@ -212,7 +212,9 @@ def test_status_reports_it(up: Running) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"pid {up.proc.pid}, ready" in result.stdout
-    assert MODEL in result.stdout and "answers" in result.stdout
+    assert MODEL in result.stdout
+    assert "engine:    http://127.0.0.1:" in result.stdout and result.stdout.count(": answers") == 2
+    assert f"gateway:   {up.base_url}/v1: answers" in result.stdout
 
 
 def test_sigint_stops_everything(up: Running) -> None:

@@ -170,3 +170,25 @@ def test_root_cause_is_the_engines_own_error(tmp_path: Path) -> None:
     )
     assert root_cause(tmp_path) == "ValueError: Available memory is less than desired"
     assert root_cause(tmp_path / "absent") is None
+
+
+def test_a_second_up_is_refused_while_one_runs(private_cache: Path) -> None:
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        state.write(
+            state.UpState(
+                pid=other.pid,
+                run_id="r",
+                started_at=time.time(),
+                phase="ready",
+                engine_url="http://127.0.0.1:1",
+                gateway_url="http://127.0.0.1:8080",
+            )
+        )
+        result = CliRunner().invoke(app, ["up", "--port", str(free_port())])
+        assert result.exit_code == 1
+        assert f"respublica up is already running (pid {other.pid}, http://127.0.0.1:8080)" in result.stderr
+        assert state.read() is not None  # the running one's state is left alone
+    finally:
+        other.kill()
+        other.wait()

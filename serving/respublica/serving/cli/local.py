@@ -106,7 +106,7 @@ def status_command() -> None:
     import time
 
     from respublica.serving.engine import state
-    from respublica.serving.engine.local import served_models
+    from respublica.serving.engine.local import get_json, served_models
 
     current = state.read()
     if current is None:
@@ -126,7 +126,12 @@ def status_command() -> None:
         f"{'answers' if healthy else 'not answering'}"
     )
     if current.gateway_url:
-        typer.echo(f"  gateway:   {current.gateway_url}/v1")
+        try:
+            gateway_ok = get_json(f"{current.gateway_url}/healthz", timeout=3.0).get("status") == "ok"
+        except (OSError, ValueError, AttributeError):
+            gateway_ok = False
+        healthy = healthy and gateway_ok
+        typer.echo(f"  gateway:   {current.gateway_url}/v1: {'answers' if gateway_ok else 'not answering'}")
     if current.logs_dir:
         typer.echo(f"  Ray logs:  {current.logs_dir}")
     if not healthy:
