@@ -38,6 +38,8 @@ def _spawn(command: list[str], env: dict[str, str], log_path: Any) -> subprocess
         (["operator", "--liveness", "8080"], {}, "--liveness must be a URL"),
         (["operator"], {"RESPUBLICA_RESYNC_SECONDS": "soon"}, "RESPUBLICA_RESYNC_SECONDS must be a number"),
         (["operator"], {"RESPUBLICA_RETRY_SECONDS": "-1"}, "RESPUBLICA_RETRY_SECONDS must be greater than 0"),
+        (["operator", "-n", "ai,team-*"], {}, "'team-*' is not a namespace name"),
+        (["operator"], {"RESPUBLICA_NAMESPACES": "Bad_Name"}, "'Bad_Name' is not a namespace name"),
     ],
 )
 def test_bad_input_is_one_clear_line(args: list[str], env: dict[str, str], needle: str) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -53,9 +54,23 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
 def parse_namespaces(raw: str) -> tuple[str, ...]:
-    """A comma- or space-separated namespace list (kopf globs such as `team-*` allowed)."""
-    return tuple(ns for part in raw.replace(",", " ").split() if (ns := part.strip()))
+    """A comma- or space-separated list of namespace names.
+
+    Exact names only: with resource scanning off, kopf does not expand patterns (and expanding
+    them would need permission to list every namespace).
+    """
+    names = tuple(ns for part in raw.replace(",", " ").split() if (ns := part.strip()))
+    for name in names:
+        if not _NAMESPACE.match(name):
+            raise ConfigError(
+                f"{name!r} is not a namespace name: list exact names (lowercase letters, digits, '-'), "
+                "or none for every namespace"
+            )
+    return names
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ def operator_command(
         typer.Option(
             "--namespace",
             "-n",
-            help="Namespace to watch (repeat, or comma-separated; kopf globs like team-* work). "
+            help="Namespace to watch (repeat, or comma-separated; exact names). "
             "Default: $RESPUBLICA_NAMESPACES, else all namespaces.",
         ),
     ] = None,
@@ -61,7 +61,10 @@ def operator_command(
     if all_namespaces:
         config = dataclasses.replace(config, namespaces=())
     elif namespace:
-        names = tuple(ns for raw in namespace for ns in parse_namespaces(raw))
+        try:
+            names = tuple(ns for raw in namespace for ns in parse_namespaces(raw))
+        except ConfigError as exc:
+            _fail(f"--namespace: {exc}")
         config = dataclasses.replace(config, namespaces=names)
     if liveness is not None:
         if not liveness.startswith(("http://", "https://")):

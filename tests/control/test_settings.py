@@ -1,0 +1,57 @@
+"""The operator's configuration and the kopf settings it chooses."""
+
+from __future__ import annotations
+
+import kopf
+import pytest
+
+from respublica.operator.settings import ConfigError, OperatorConfig, parse_namespaces
+
+
+def test_defaults_watch_every_namespace() -> None:
+    config = OperatorConfig.from_env({})
+    assert config.clusterwide and config.namespaces == ()
+    assert config.resync_seconds == 300 and config.retry_seconds == 10
+    assert config.api_server is None and config.api_backoff_seconds is None
+
+
+def test_environment_is_read() -> None:
+    config = OperatorConfig.from_env(
+        {
+            "RESPUBLICA_NAMESPACES": "ai, research team-a",
+            "RESPUBLICA_KUBE_API": "http://127.0.0.1:8001",
+            "RESPUBLICA_RESYNC_SECONDS": "30",
+            "RESPUBLICA_RETRY_SECONDS": "2.5",
+            "RESPUBLICA_SERVING_IMAGE": "registry.example/ray-llm:1",
+        }
+    )
+    assert config.namespaces == ("ai", "research", "team-a") and not config.clusterwide
+    assert config.api_server == "http://127.0.0.1:8001"
+    assert (config.resync_seconds, config.retry_seconds) == (30, 2.5)
+    assert config.serving_image == "registry.example/ray-llm:1"
+
+
+@pytest.mark.parametrize("raw", ["team-*", "UPPER", "a_b", "-x"])
+def test_namespace_patterns_and_bad_names_are_refused(raw: str) -> None:
+    with pytest.raises(ConfigError, match="is not a namespace name"):
+        parse_namespaces(raw)
+
+
+def test_kopf_settings_keep_bookkeeping_out_of_status_and_run_standalone() -> None:
+    settings = kopf.OperatorSettings()
+    OperatorConfig(retry_seconds=7).apply(settings)
+    assert isinstance(settings.persistence.progress_storage, kopf.AnnotationsProgressStorage)
+    assert isinstance(settings.persistence.diffbase_storage, kopf.AnnotationsDiffBaseStorage)
+    assert settings.persistence.finalizer.startswith("respublica.dev/")
+    assert settings.peering.standalone is True
+    assert settings.scanning.disabled is True
+    assert settings.execution.default_backoff == 7
+
+
+def test_registry_has_no_handler_that_needs_a_finalizer() -> None:
+    from respublica.operator.handlers import build_registry
+
+    registry = build_registry(OperatorConfig())
+    # Timers, daemons and deletion handlers are what make kopf add a finalizer.
+    assert not registry._spawning._handlers
+    assert not any(h.requires_finalizer for h in registry._changing._handlers)
