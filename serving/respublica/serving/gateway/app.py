@@ -22,7 +22,8 @@ from starlette.routing import Route
 
 from respublica.serving.gateway.contracts import Authenticator, Ledger, QuotaStore
 from respublica.serving.gateway.errors import error_body
-from respublica.serving.gateway.routes.openai import GatewayContext, ModelsEndpoint, OpenAIEndpoint
+from respublica.serving.gateway.routes.call import GatewayContext
+from respublica.serving.gateway.routes.openai import ModelsEndpoint, OpenAIEndpoint
 from respublica.serving.gateway.routing.table import RouteHolder, RouteTable
 from respublica.serving.gateway.settings import GatewaySettings
 from respublica.serving.gateway.telemetry.metrics import GatewayMetrics

@@ -1,0 +1,65 @@
+"""The ASGI edges of the request path: headers, the body, JSON answers, the client leaving."""
+
+from __future__ import annotations
+
+from opentelemetry import propagate
+from opentelemetry.context import Context
+from starlette.types import Receive, Scope, Send
+
+from respublica.serving.gateway.errors import GatewayError
+
+JSON = b"application/json"
+_TRACE_HEADERS = (b"traceparent", b"tracestate", b"baggage")  # W3C trace context and baggage
+
+
+class ClientGone(Exception):
+    """The client went away before the gateway answered."""
+
+
+def header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def trace_parent(scope: Scope) -> Context | None:
+    carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in _TRACE_HEADERS}
+    return propagate.extract(carrier) if carrier else None
+
+
+async def send_json(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", JSON), (b"content-length", str(len(body)).encode()), *headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    declared = header(scope, b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise GatewayError(413, "body_too_large", f"request body is larger than {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise GatewayError(413, "body_too_large", f"request body is larger than {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def until_disconnect(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return

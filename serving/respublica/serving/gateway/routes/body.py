@@ -1,0 +1,36 @@
+"""The few fields of an OpenAI request body the gateway reads, checked (400 names the field)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from respublica.serving.gateway import jsoncodec
+from respublica.serving.gateway.errors import GatewayError
+
+
+def positive_int(doc: dict[str, Any], name: str, upper: int | None = None) -> int | None:
+    value = doc.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (upper and value > upper):
+        bound = f" and at most {upper}" if upper else ""
+        raise GatewayError(
+            400, "invalid_value", f"'{name}' must be an integer of at least 1{bound}", param=name
+        )
+    return value
+
+
+def parse_body(body: bytes) -> dict[str, Any]:
+    try:
+        doc = jsoncodec.loads(body)
+    except ValueError:
+        raise GatewayError(400, "invalid_json", "request body is not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise GatewayError(400, "invalid_body", "request body must be a JSON object")
+    model = doc.get("model")
+    if not isinstance(model, str) or not model:
+        raise GatewayError(400, "missing_model", "'model' is required and must be a string", param="model")
+    stream = doc.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise GatewayError(400, "invalid_value", "'stream' must be true or false", param="stream")
+    return doc
