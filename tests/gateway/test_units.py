@@ -112,6 +112,9 @@ def test_routes_file(tmp_path: Path) -> None:
     resolved = table.resolve("llama:sql")
     assert resolved is not None and resolved.adapter == "sql" and resolved.route.name == "llama"
     assert table.resolve("llama:other") is None and table.resolve("nope") is None
+    assert parse_routes({"models": [{"name": "x", "endpoints": ["http://h:8000/v1/"]}]}).routes[
+        "x"
+    ].endpoints == ("http://h:8000",)
     with pytest.raises(RoutesFileError, match="must start with http"):
         parse_routes({"models": [{"name": "x", "endpoints": ["ftp://x"]}]})
     with pytest.raises(RoutesFileError, match="repeated: x"):

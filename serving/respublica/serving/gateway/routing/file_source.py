@@ -3,7 +3,7 @@
 ```yaml
 models:
   - name: llama-3-8b                      # what clients put in "model"
-    endpoints: [http://127.0.0.1:8000]    # OpenAI-compatible base URLs (no /v1)
+    endpoints: [http://127.0.0.1:8000]    # OpenAI-compatible servers (a trailing /v1 is dropped)
     tenants: ["*"]                        # optional, default every tenant
     adapters: [sql-helper]                # optional LoRA adapters: "llama-3-8b:sql-helper"
 ```
@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from respublica.serving.gateway.routing.table import Route, RouteTable
+from respublica.serving.gateway.routing.table import Route, RouteTable, normalize_endpoint
 
 
 class RoutesFileError(ValueError):
@@ -38,7 +38,7 @@ class _Entry(BaseModel):
         for url in endpoints:
             if not url.startswith(("http://", "https://")):
                 raise ValueError(f"endpoint {url!r} must start with http:// or https://")
-        return [url.rstrip("/") for url in endpoints]
+        return [normalize_endpoint(url) for url in endpoints]
 
 
 class _File(BaseModel):

@@ -29,7 +29,13 @@ import aiohttp
 import yaml
 
 from respublica.serving.gateway import jsoncodec
-from respublica.serving.gateway.routing.table import Conflict, Route, RouteHolder, RouteTable
+from respublica.serving.gateway.routing.table import (
+    Conflict,
+    Route,
+    RouteHolder,
+    RouteTable,
+    normalize_endpoint,
+)
 
 log = logging.getLogger("respublica.gateway.routing")
 
@@ -74,7 +80,7 @@ def table_from_deployments(objects: Iterable[Mapping[str, Any]]) -> RouteTable:
         routes.append(
             Route(
                 name=name,
-                endpoints=(str(endpoint).rstrip("/"),) if routable else (),
+                endpoints=(normalize_endpoint(str(endpoint)),) if routable else (),
                 tenants=tuple((spec.get("access") or {}).get("tenants") or ("*",)),
                 adapters=tuple(a["name"] for a in lora.get("adapters") or () if a.get("name")),
                 source=f"ModelDeployment {_ident(owner)} ({status.get('phase') or 'Pending'})",

@@ -12,6 +12,12 @@ from dataclasses import dataclass, field
 ADAPTER_SEPARATOR = ":"
 
 
+def normalize_endpoint(url: str) -> str:
+    """An endpoint is the server's root: the request's own path (`/v1/...`) is appended to it."""
+    url = url.rstrip("/")
+    return url.removesuffix("/v1")
+
+
 @dataclass(frozen=True)
 class Route:
     """One served model: its endpoints (base URLs of OpenAI-compatible servers) and who may call it."""
