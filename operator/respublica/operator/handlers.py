@@ -46,7 +46,15 @@ def connection(config: OperatorConfig, settings: kopf.OperatorSettings) -> kopf.
     """Who to talk to: RESPUBLICA_KUBE_API (e.g. `kubectl proxy`), the service account, or kubeconfig."""
     if config.api_server:
         return kopf.ConnectionInfo(server=config.api_server)
-    info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(settings=settings)
+    info = kopf.login_with_service_account(settings=settings)
+    if info is None:
+        # The kubernetes client understands every kubeconfig (exec plugins, auth providers).
+        try:
+            info = kopf.login_via_client(logger=_log, settings=settings)
+        except kopf.LoginError:
+            info = None
+    if info is None:
+        info = kopf.login_with_kubeconfig(settings=settings)
     if info is None:
         raise kopf.LoginError(
             "no Kubernetes credentials: run in a pod with a service account, set KUBECONFIG, or set "
