@@ -28,7 +28,8 @@ from respublica.serving.gateway.db import Repository, open_database
 from respublica.serving.gateway.quota.estimate import reservation_tokens
 
 CAP = 20
-PROMPT = [{"role": "user", "content": "hi"}]
+SECRET = "zebra-cobalt-4471"
+PROMPT = [{"role": "user", "content": f"hi {SECRET}"}]
 CLI = "from respublica.serving.cli import main; main()"
 
 
@@ -177,7 +178,7 @@ def test_three_gateways_on_one_redis_never_overspend(launch: Callable[..., Gatew
     ok = outcomes.count("ok")
     assert ok + outcomes.count("limited") == 100
     assert 10 <= ok < 100
-    spent = ok * (1 + CAP)  # the upstream's usage for each finished stream: 1 prompt word + CAP tokens
+    spent = ok * (2 + CAP)  # the upstream's usage for each finished stream: 2 prompt words + CAP tokens
     assert len(gw.upstream.finished) == ok and spent <= gw.budget
 
     for process in gw.processes:  # a clean stop flushes each gateway's ledger
@@ -195,7 +196,7 @@ def test_three_gateways_on_one_redis_never_overspend(launch: Callable[..., Gatew
     assert sum(1 for r in rows if r["status"] == 429) == 100 - ok
     for log in gw.logs:
         text = log.read_text()
-        assert gw.key not in text and gw.key.split("_")[-1] not in text
+        assert gw.key not in text and gw.key.split("_")[-1] not in text and SECRET not in text
 
 
 def test_workers_share_quota_and_metrics(launch: Callable[..., Gateways]) -> None:

@@ -152,6 +152,13 @@ def create_app(
     return app
 
 
+def build_from_settings(settings: GatewaySettings) -> FastAPI:
+    """The gateway with the real policy parts; see `respublica.serving.gateway.wiring`."""
+    from respublica.serving.gateway.wiring import build_from_settings as build
+
+    return build(settings)
+
+
 async def _quietly(awaitable: Awaitable[Any], what: str) -> None:
     try:
         await awaitable
