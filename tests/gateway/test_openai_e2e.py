@@ -89,7 +89,11 @@ def test_stream_keeps_usage_chunk_when_the_client_asks(stack: Stack) -> None:
 async def test_async_stream_arrives_chunk_by_chunk(stack: Stack) -> None:
     api = aclient(stack)
     stream = await api.chat.completions.create(
-        model="m", messages=HELLO, stream=True, max_tokens=8, extra_body={"test_tokens": 8, "test_delay": 0.25}
+        model="m",
+        messages=HELLO,
+        stream=True,
+        max_tokens=8,
+        extra_body={"test_tokens": 8, "test_delay": 0.25},
     )
     got_first_before_upstream_finished = None
     async for chunk in stream:
