@@ -145,6 +145,16 @@ def test_pvc_only_grows_in_place() -> None:
     assert found.patch["spec"] == {"resources": {"requests": {"storage": "200Gi"}}}
 
 
+def test_canonicalised_quantities_are_not_drift() -> None:
+    want = by_kind(render(model(cache={"size": "1.5Gi"})), "PersistentVolumeClaim")
+    live = as_served(want)
+    live["spec"]["resources"]["requests"]["storage"] = "1536Mi"  # what the API server returns
+    assert compare(live, want).in_sync
+    assert covers("500m", "0.5") and covers("1", "1000m") and covers("2Gi", "2048Mi")
+    assert covers("2", 2) and not covers("3", 2)
+    assert not covers("1Gi", "1G") and not covers("2.60.0", "2.6.0") and not covers("abc", "1")
+
+
 def test_covers_and_replacement_basics() -> None:
     assert covers({"a": 1, "b": 2}, {"a": 1})
     assert not covers({"a": 1}, {"a": 1, "b": 2})

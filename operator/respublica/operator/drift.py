@@ -13,8 +13,10 @@ drifted cannot be changed in place (a Job's pod template).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from respublica.operator.render import SPEC_HASH_ANNOTATION
@@ -62,7 +64,31 @@ def covers(live: Any, rendered: Any) -> bool:
         return live is rendered
     if isinstance(rendered, int | float) and isinstance(live, int | float):
         return float(live) == float(rendered)
+    if isinstance(rendered, int | float) and isinstance(live, str):
+        return _quantity(live) == Decimal(str(rendered))  # an int-or-string quantity sent as a number
+    if isinstance(rendered, str) and isinstance(live, str) and live != rendered:
+        # The API server canonicalises resource quantities of built-in kinds ("1.5Gi" comes back
+        # as "1536Mi", "0.5" CPU as "500m"): equal amounts are not drift.
+        want, have = _quantity(rendered), _quantity(live)
+        return want is not None and want == have
     return bool(live == rendered)
+
+
+_QUANTITY = re.compile(r"^([+-]?[0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E)?$")
+_SUFFIXES = {
+    "": Decimal(1),
+    "m": Decimal("0.001"),
+    **{s: Decimal(1000) ** (i + 1) for i, s in enumerate(("k", "M", "G", "T", "P", "E"))},
+    **{s: Decimal(1024) ** (i + 1) for i, s in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))},
+}
+
+
+def _quantity(text: str) -> Decimal | None:
+    """A Kubernetes quantity's amount ("1536Mi" -> 1610612736), or None if it is not one."""
+    match = _QUANTITY.match(text)
+    if match is None:
+        return None
+    return Decimal(match.group(1)) * _SUFFIXES[match.group(2) or ""]
 
 
 def replacement(live: Any, rendered: Any) -> Any:
