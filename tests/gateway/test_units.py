@@ -14,7 +14,7 @@ from respublica.serving.gateway.contracts import RateHeaders
 from respublica.serving.gateway.errors import rate_limit_headers, retry_after
 from respublica.serving.gateway.routing.balancer import LeastOutstanding
 from respublica.serving.gateway.routing.file_source import RoutesFileError, load_routes_file, parse_routes
-from respublica.serving.gateway.routing.k8s_source import kubeconfig_access
+from respublica.serving.gateway.routing.k8s_source import KubeConfigError, kubeconfig_access
 from respublica.serving.gateway.settings import load_settings
 from respublica.serving.gateway.streaming import SSETap
 
@@ -135,6 +135,13 @@ def test_kubeconfig_token_context(tmp_path: Path) -> None:
     )
     access = kubeconfig_access(config)
     assert access.server == "http://127.0.0.1:6443" and access.headers() == {"Authorization": "Bearer abc"}
+    with pytest.raises(KubeConfigError, match="no context 'other'"):
+        kubeconfig_access(config, "other")
+    with pytest.raises(KubeConfigError, match="No such file"):
+        kubeconfig_access(tmp_path / "missing")
+    config.write_text(config.read_text().replace("{token: abc}", "{exec: {command: aws}}"))
+    with pytest.raises(KubeConfigError, match="exec and auth-provider credentials are not supported"):
+        kubeconfig_access(config)
 
 
 def test_rate_limit_headers_in_openai_format() -> None:
@@ -154,23 +161,28 @@ def test_rate_limit_headers_in_openai_format() -> None:
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("args", "env", "message"),
     [
-        (["--workers", "3", "--routes", "r.yaml"], "needs a shared quota store"),
-        ([], "no routes"),
-        (["--routes", "/nonexistent/routes.yaml"], "routes file /nonexistent/routes.yaml"),
-        (["--config", "/nonexistent.yaml"], "config file /nonexistent.yaml does not exist"),
+        (["--workers", "3", "--routes", "r.yaml"], {}, "needs a shared quota store"),
+        ([], {}, "no routes"),
+        (["--routes", "/nonexistent/routes.yaml"], {}, "routes file /nonexistent/routes.yaml"),
+        (["--config", "/nonexistent.yaml"], {}, "config file /nonexistent.yaml does not exist"),
+        (["--port", "70000", "--routes", "r.yaml"], {}, "port"),
+        ([], {"RESPUBLICA_CLUSTER__ENABLED": "true"}, "not inside a cluster"),
+        ([], {"RESPUBLICA_QUOTA__STORE": "redis"}, "redis_url"),
     ],
 )
-def test_cli_refuses_with_one_clear_line(args: list[str], message: str, tmp_path: Path) -> None:
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+def test_cli_refuses_with_one_clear_line(
+    args: list[str], env: dict[str, str], message: str, tmp_path: Path
+) -> None:
+    environ = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **env}
     result = subprocess.run(
         [sys.executable, "-c", "from respublica.serving.cli import main; main()", "gateway", *args],
         capture_output=True,
         text=True,
         timeout=60,
         cwd=tmp_path,
-        env=env,
+        env=environ,
     )
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()

@@ -89,6 +89,10 @@ def table_from_deployments(objects: Iterable[Mapping[str, Any]]) -> RouteTable:
     return RouteTable.of(routes, conflicts)
 
 
+class KubeConfigError(ValueError):
+    """No usable way to reach the API server; the message says what to set."""
+
+
 @dataclass(frozen=True)
 class KubeAccess:
     """Where the API server is and how to authenticate to it."""
@@ -108,7 +112,7 @@ class KubeAccess:
 def in_cluster_access() -> KubeAccess:
     host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT", "443")
     if not host:
-        raise RuntimeError("not inside a cluster (KUBERNETES_SERVICE_HOST unset): set cluster.kubeconfig")
+        raise KubeConfigError("not inside a cluster (KUBERNETES_SERVICE_HOST unset): set cluster.kubeconfig")
     context = ssl.create_default_context(cafile=str(SERVICE_ACCOUNT / "ca.crt"))
     host = f"[{host}]" if ":" in host else host
     return KubeAccess(f"https://{host}:{port}", token_file=SERVICE_ACCOUNT / "token", ssl_context=context)
@@ -125,15 +129,31 @@ def _data_file(data: str, suffix: str) -> str:
 
 def kubeconfig_access(path: Path, context_name: str | None = None) -> KubeAccess:
     """The current (or named) context of a kubeconfig: server, CA, token or client certificate."""
-    config = yaml.safe_load(path.read_text()) or {}
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise KubeConfigError(f"kubeconfig {path} is not valid YAML: {exc}") from None
+    except OSError as exc:
+        raise KubeConfigError(f"kubeconfig {path}: {exc.strerror or exc}") from None
     context_name = context_name or config.get("current-context")
-    context = next((c["context"] for c in config.get("contexts", []) if c.get("name") == context_name), None)
-    if context is None:
-        raise RuntimeError(f"kubeconfig {path}: no context {context_name!r}")
-    cluster = next(c["cluster"] for c in config.get("clusters", []) if c.get("name") == context["cluster"])
-    user: dict[str, Any] = next(
-        (u["user"] for u in config.get("users", []) if u.get("name") == context.get("user")), {}
+    context = next(
+        (c["context"] for c in config.get("contexts") or [] if c.get("name") == context_name), None
     )
+    if context is None:
+        raise KubeConfigError(f"kubeconfig {path}: no context {context_name!r}")
+    cluster = next(
+        (c["cluster"] for c in config.get("clusters") or [] if c.get("name") == context.get("cluster")), None
+    )
+    if cluster is None or not cluster.get("server"):
+        raise KubeConfigError(f"kubeconfig {path}: context {context_name!r} names no cluster with a server")
+    user: dict[str, Any] = next(
+        (u["user"] for u in config.get("users") or [] if u.get("name") == context.get("user")), {}
+    )
+    if user.get("exec") or user.get("auth-provider"):
+        raise KubeConfigError(
+            f"kubeconfig {path}: exec and auth-provider credentials are not supported; use a token, "
+            "a tokenFile or a client certificate"
+        )
     server = str(cluster["server"]).rstrip("/")
     ssl_context: ssl.SSLContext | bool = True
     if server.startswith("https://"):
