@@ -98,6 +98,8 @@ async def test_cluster_mode_from_settings(
         assert len(kmock["post"]) == 1  # the test's own create: the gateway only reads
         assert len(kmock["patch"]) == len(kmock["put"]) == len(kmock["delete"]) == 0
         async with aiohttp.ClientSession(running.url) as http:
+            async with http.get("/readyz") as resp:
+                assert resp.status == 200 and (await resp.json())["routable"] == 1
             async with http.get("/admin/tenants") as resp:
                 assert resp.status == 401
             async with http.get("/admin/tenants", headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as resp:

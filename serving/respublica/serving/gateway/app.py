@@ -124,7 +124,13 @@ def create_app(
         conflicts = [
             {"model": c.name, "serves": c.winner, "ignored": list(c.losers)} for c in table.conflicts
         ]
-        return JSONResponse({"models": len(table.routes), "routable": routable, "conflicts": conflicts})
+        body = {
+            "ready": holder.ready,
+            "models": len(table.routes),
+            "routable": routable,
+            "conflicts": conflicts,
+        }
+        return JSONResponse(body, status_code=200 if holder.ready else 503)
 
     app.router.routes.append(Route("/healthz", healthz, methods=["GET"]))
     app.router.routes.append(Route("/readyz", readyz, methods=["GET"]))

@@ -97,6 +97,7 @@ def build_from_settings(settings: GatewaySettings) -> FastAPI:
     if settings.routes_file is not None:
         holder.replace(load_routes_file(settings.routes_file))
     elif settings.cluster.enabled:
+        holder.ready = False  # until the first listing of ModelDeployments
         from respublica.serving.gateway.routing.k8s_source import (
             KubeAccess,
             KubernetesRouteSource,

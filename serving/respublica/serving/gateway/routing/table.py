@@ -81,10 +81,12 @@ class RouteTable:
 
 
 class RouteHolder:
-    """The current table; sources replace it whole."""
+    """The current table; sources replace it whole. `ready` once a source has delivered one."""
 
-    def __init__(self, table: RouteTable | None = None) -> None:
+    def __init__(self, table: RouteTable | None = None, *, ready: bool = True) -> None:
         self.table = table or RouteTable()
+        self.ready = ready
 
     def replace(self, table: RouteTable) -> None:
         self.table = table
+        self.ready = True
