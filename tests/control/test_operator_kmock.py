@@ -163,9 +163,16 @@ async def test_rayservice_status_flows_into_phase_conditions_replicas(
         )
         assert _condition(status, "Degraded")["reason"] == "ServeDeployFailed"
 
-        events = h.objects_of(k8s, "v1/events")
-        reasons = {e["reason"] for e in events.values()}
-        assert {"Deploying", "Ready", "ScaledToZero", "Failed"} <= reasons, reasons
+        # The Event follows the status write.
+        await h.eventually(
+            lambda: (
+                {"Deploying", "Ready", "ScaledToZero", "Failed"}
+                <= {e["reason"] for e in h.objects_of(k8s, "v1/events").values()}
+            ),
+            what="an Event for every phase transition",
+        )
+        warnings = {e["reason"] for e in h.objects_of(k8s, "v1/events").values() if e["type"] == "Warning"}
+        assert warnings == {"Failed"}
 
 
 async def test_hand_edit_and_deletion_are_put_back(k8s: kmock.KubernetesEmulator, h: Any) -> None:
