@@ -202,6 +202,29 @@ def test_completion(client: object) -> None:
     assert reply.usage is not None and 0 < reply.usage.completion_tokens <= 6
 
 
+def test_the_gateway_accounted_the_requests(up: Running) -> None:
+    """The smoke request, the chat, the stream and the completion above, in the gateway's ledger."""
+    import json
+
+    deadline = time.monotonic() + 30
+    while True:
+        result = subprocess.run(
+            [str(Path(sys.executable).parent / "respublica"), "usage", "--json"],
+            env=up.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        rows = [r for r in json.loads(result.stdout) if r["tenant"] == "local" and r["model"] == MODEL]
+        if sum(r["requests"] for r in rows) >= 4 or time.monotonic() > deadline:
+            break
+        time.sleep(1)  # the ledger writes in batches
+    assert sum(r["requests"] for r in rows) >= 4, rows
+    assert sum(r["output_tokens"] for r in rows) >= 24 + 3, rows  # smoke: 24; each test at least 1
+    assert sum(r["input_tokens"] for r in rows) > 0
+
+
 def test_status_reports_it(up: Running) -> None:
     result = subprocess.run(
         [str(Path(sys.executable).parent / "respublica"), "status"],
