@@ -192,3 +192,17 @@ def test_a_second_up_is_refused_while_one_runs(private_cache: Path) -> None:
     finally:
         other.kill()
         other.wait()
+
+
+def test_weights_that_do_not_match_their_digest_are_not_served(
+    tiny_model_dir: Path, tmp_path: Path, private_cache: Path
+) -> None:
+    document = sample_deployment(tiny_model_dir).to_dict()
+    document["spec"]["model"]["digest"] = "sha256:" + "0" * 64
+    spec = tmp_path / "model.yaml"
+    spec.write_text(yaml.safe_dump(document))
+    result = CliRunner().invoke(app, ["up", "-f", str(spec), "--port", str(free_port())])
+    assert result.exit_code == 1
+    assert "tiny-llama: the model files in" in result.stderr
+    assert "do not match spec.model.digest" in result.stderr and "Traceback" not in result.stderr
+    assert not state.state_file().exists()  # refused before anything started

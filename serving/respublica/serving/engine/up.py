@@ -27,6 +27,7 @@ import yaml
 from rich.console import Console
 
 from respublica.operator.api.models import ModelDeployment
+from respublica.serving.engine import digest as digests
 from respublica.serving.engine import sizing, sources, state, tiny_model
 from respublica.serving.engine.local import LOOPBACK, EngineError, LocalEngine, LocalModel, detect_gpus
 from respublica.serving.engine.progress import Waiting
@@ -281,21 +282,28 @@ class Up:
 
     def _resolve(self, deployment: ModelDeployment, spec_path: Path) -> LocalModel:
         model = deployment.spec.model
-        what = f"finding the weights of {model.served_name}"
+        with Waiting(self.err, f"finding the weights of {model.served_name}"):
+            try:
+                resolved = sources.resolve(model, base_dir=spec_path.parent, verify_digest=False)
+            except sources.SourceError as err:
+                raise UpError(f"{deployment.metadata.name}: {err}") from None
         if model.digest is not None:
-            what += " and checking their digest"
-        with Waiting(self.err, what) as wait:
+            self._verify(deployment, resolved.path, model.digest)
+        return LocalModel(deployment=deployment, path=resolved.path)
+
+    def _verify(self, deployment: ModelDeployment, path: Path, expected: str) -> None:
+        total = max(1, digests.total_bytes(path))
+        with Waiting(self.err, f"checking the digest of {path} ({total / 1e9:.2f} GB)") as wait:
             hashed = [0]
 
             def progress(count: int) -> None:
                 hashed[0] += count
-                wait.update(f"{hashed[0] / 1e6:.0f} MB hashed")
+                wait.update(f"{100 * hashed[0] // total}%")  # at most 101 distinct lines off a terminal
 
             try:
-                resolved = sources.resolve(model, base_dir=spec_path.parent, progress=progress)
-            except sources.SourceError as err:
+                digests.verify(path, expected, progress)
+            except digests.DigestMismatch as err:
                 raise UpError(f"{deployment.metadata.name}: {err}") from None
-        return LocalModel(deployment=deployment, path=resolved.path)
 
     def _start_gateway(self, models: list[LocalModel]) -> Endpoint:
         from respublica.serving.engine import gateway_local
