@@ -229,10 +229,17 @@ class OpenAIEndpoint:
             task.uncancel()
             call.status, call.error_type = 499, "client_disconnected"
         except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            log.warning(
+                "request %s: %s broke off the response (%s)",
+                call.request_id,
+                call.endpoint,
+                type(exc).__name__,
+            )
             raise GatewayError(
                 502, "upstream_broken", f"the model's server broke off the response ({type(exc).__name__})"
             ) from None
         except (TimeoutError, aiohttp.ServerTimeoutError):
+            log.warning("request %s: %s did not answer in time", call.request_id, call.endpoint)
             raise GatewayError(504, "upstream_timeout", "the model did not answer in time") from None
         finally:
             call.active = False
@@ -273,6 +280,12 @@ class OpenAIEndpoint:
             except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
                 # Nothing reached the model: the next endpoint may take it.
                 timed_out = timed_out or isinstance(exc, aiohttp.ConnectionTimeoutError)
+                log.warning(
+                    "request %s: no connection to %s (%s); trying the next endpoint if any",
+                    call.request_id,
+                    url,
+                    type(exc).__name__,
+                )
                 ctx.balancer.release(url)
                 ctx.balancer.mark_down(url)
                 call.endpoint = ""
@@ -295,6 +308,9 @@ class OpenAIEndpoint:
         except ValueError:
             pass
         status = response.status
+        if status >= 500:
+            # The model's message is the client's to read, not the log's: it may quote the request.
+            log.warning("request %s: %s answered %d", call.request_id, call.endpoint, status)
         if status >= 500 and status not in (503, 504):
             status = 502
         call.input_tokens = call.output_tokens = 0  # refused: nothing generated
