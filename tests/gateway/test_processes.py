@@ -181,19 +181,31 @@ def test_three_gateways_on_one_redis_never_overspend(launch: Callable[..., Gatew
     spent = ok * (2 + CAP)  # the upstream's usage for each finished stream: 2 prompt words + CAP tokens
     assert len(gw.upstream.finished) == ok and spent <= gw.budget
 
+    # Exactly settled, no reservation left behind: what is left of the day's budget is admitted to
+    # the token, one token more is not.
+    left = gw.budget - spent
+    prompt_bound = reservation_tokens({"messages": PROMPT}, "chat", 1) - 1
+    probe = openai.OpenAI(base_url=gw.urls[1] + "/v1", api_key=gw.key, max_retries=0, timeout=30)
+    with pytest.raises(openai.RateLimitError):
+        probe.chat.completions.create(model="m", messages=PROMPT, max_tokens=left - prompt_bound + 1)  # type: ignore[arg-type]
+    reply = probe.chat.completions.create(
+        model="m",
+        messages=PROMPT,
+        max_tokens=left - prompt_bound,
+        extra_body={"test_tokens": 1},  # type: ignore[arg-type]
+    )
+    assert reply.usage is not None and reply.usage.total_tokens == 3
+
     for process in gw.processes:  # a clean stop flushes each gateway's ledger
         process.send_signal(signal.SIGTERM)
     for process in gw.processes:
-        assert process.wait(timeout=30) in (
-            0,
-            -signal.SIGTERM,
-        )  # uvicorn re-raises the signal after a clean stop
+        # uvicorn re-raises the signal after a clean stop
+        assert process.wait(timeout=30) in (0, -signal.SIGTERM)
     rows = asyncio.run(usage_rows(gw.db_url, gw.tenant))
     served = [r for r in rows if r["status"] == 200]
-    assert (
-        len(served) == ok and sum(int(r["input_tokens"]) + int(r["output_tokens"]) for r in served) == spent
-    )
-    assert sum(1 for r in rows if r["status"] == 429) == 100 - ok
+    assert len(served) == ok + 1
+    assert sum(int(r["input_tokens"]) + int(r["output_tokens"]) for r in served) == spent + 3
+    assert sum(1 for r in rows if r["status"] == 429) == 100 - ok + 1
     for log in gw.logs:
         text = log.read_text()
         assert gw.key not in text and gw.key.split("_")[-1] not in text and SECRET not in text
