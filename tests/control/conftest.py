@@ -53,6 +53,7 @@ FAST_ENV = {
 
 
 def fast_config(server: str, **changes: Any) -> OperatorConfig:
+    """Short timings, kmock's URL, the test namespace (changes override, e.g. namespaces=())."""
     config = OperatorConfig.from_env({**FAST_ENV, "RESPUBLICA_KUBE_API": server, "RESPUBLICA_NAMESPACES": NS})
     return OperatorConfig(**{**config.__dict__, **changes})
 
@@ -71,7 +72,9 @@ def declare(server: kmock.KubernetesEmulator, kuberay: bool = True) -> None:
         server.resources[resource] = kmock.ResourceInfo(kind=kind, namespaced=False, verbs=VERBS)
 
 
-def md_body(name: str = "llama", uid: str = "uid-llama", generation: int = 1, **spec: Any) -> dict[str, Any]:
+def md_body(
+    name: str = "llama", uid: str = "uid-llama", generation: int = 1, ns: str = NS, **spec: Any
+) -> dict[str, Any]:
     base: dict[str, Any] = {
         "model": {
             "source": "hf://meta-llama/Llama-3.1-8B-Instruct",
@@ -85,15 +88,15 @@ def md_body(name: str = "llama", uid: str = "uid-llama", generation: int = 1, **
     return {
         "apiVersion": "respublica.dev/v1alpha1",
         "kind": "ModelDeployment",
-        "metadata": {"name": name, "namespace": NS, "uid": uid, "generation": generation},
+        "metadata": {"name": name, "namespace": ns, "uid": uid, "generation": generation},
         "spec": base,
     }
 
 
-def path(resource: str, name: str | None = None, subresource: str | None = None) -> str:
+def path(resource: str, name: str | None = None, subresource: str | None = None, ns: str = NS) -> str:
     group_version, plural = resource.rsplit("/", 1)
     prefix = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
-    out = f"{prefix}/namespaces/{NS}/{plural}"
+    out = f"{prefix}/namespaces/{ns}/{plural}"
     if name:
         out += f"/{name}"
     if subresource:
@@ -110,11 +113,11 @@ async def api(server: kmock.KubernetesEmulator, method: str, url: str, body: Any
         return data
 
 
-def objects_of(server: kmock.KubernetesEmulator, resource: str) -> dict[str, dict[str, Any]]:
+def objects_of(server: kmock.KubernetesEmulator, resource: str, ns: str = NS) -> dict[str, dict[str, Any]]:
     """The live (not deleted) objects of a resource in the test namespace, by name."""
     out = {}
-    for (res, ns, name), obj in list(server.objects.items()):
-        if res == kmock.resource(resource) and ns == NS and not obj.deleted:
+    for (res, namespace, name), obj in list(server.objects.items()):
+        if res == kmock.resource(resource) and namespace == ns and not obj.deleted:
             out[name] = copy.deepcopy(obj.raw)
     return out
 
@@ -215,8 +218,9 @@ async def quiet(server: kmock.KubernetesEmulator, seconds: float = 1.5, within: 
 async def running_operator(server: kmock.KubernetesEmulator, **changes: Any) -> AsyncIterator[KopfRunner]:
     """The real kopf operator (in kopf's test runner thread) against kmock, stopped at the end."""
     config = fast_config(str(server.url), **changes)
+    scope = ["--all-namespaces"] if config.clusterwide else [f"--namespace={ns}" for ns in config.namespaces]
     runner = KopfRunner(
-        ["run", "--standalone", "--namespace", NS, "--verbose"],
+        ["run", "--standalone", *scope, "--verbose"],
         registry=build_registry(config),
         timeout=30,
     )

@@ -391,3 +391,23 @@ async def test_children_the_spec_no_longer_needs_are_removed(k8s: kmock.Kubernet
             what="the cache to be removed",
         )
         assert set(h.objects_of(k8s, h.RAYSERVICES)) == {"llama"}
+
+
+async def test_scope_is_the_listed_namespaces(k8s: kmock.KubernetesEmulator, h: Any) -> None:
+    async with h.running_operator(k8s):
+        await h.api(k8s, "POST", h.path(h.MD, ns="elsewhere"), h.md_body(uid="uid-other", ns="elsewhere"))
+        await h.api(k8s, "POST", h.path(h.MD), h.md_body())
+        await h.eventually(lambda: h.md_status(k8s).get("phase"), what="the listed namespace's status")
+        await h.quiet(k8s)
+        assert not h.objects_of(k8s, h.RAYSERVICES, ns="elsewhere")
+        assert "status" not in h.objects_of(k8s, h.MD, ns="elsewhere")["llama"]
+
+
+async def test_all_namespaces(k8s: kmock.KubernetesEmulator, h: Any) -> None:
+    async with h.running_operator(k8s, namespaces=()):
+        await h.api(k8s, "POST", h.path(h.MD, ns="elsewhere"), h.md_body(uid="uid-other", ns="elsewhere"))
+        await h.api(k8s, "POST", h.path(h.MD), h.md_body())
+        await h.eventually(
+            lambda: h.objects_of(k8s, h.RAYSERVICES, ns="elsewhere"), what="the other namespace"
+        )
+        await h.eventually(lambda: h.objects_of(k8s, h.RAYSERVICES), what="the test namespace")
