@@ -142,6 +142,8 @@ def test_the_first_request_was_answered(up: Running) -> None:
     text = "".join(up.stdout)
     assert "First request answered" in text, up.output()
     assert "curl http://127.0.0.1:" in text and "from openai import OpenAI" in text
+    terminal = "".join(up.stderr)
+    assert '"levelname"' not in terminal and "Token authentication" not in terminal  # no library noise
 
 
 def test_the_gateway_wants_a_key(up: Running) -> None:
@@ -257,3 +259,4 @@ def test_sigint_stops_everything(up: Running) -> None:
     described = [Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:120] for pid in left_behind]
     assert not left_behind, f"left behind: {described}"
     assert "leftover" not in "".join(up.stderr), up.output()  # Ray's own shutdown ended everything
+    assert "(raylet)" not in "".join(up.stderr), up.output()  # nor Ray's notices on the terminal

@@ -17,7 +17,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,23 +149,26 @@ class LocalEngine:
     def start(self) -> None:
         """Start Ray and Serve's proxy, and begin deploying (returns before the model is loaded)."""
         os.environ.update(engine_env(self.run_id))
-        import ray
-        from ray import serve
-        from ray._private import ray_constants
-        from ray.serve.llm import build_openai_app
+        # Importing vLLM (through ray.serve.llm) and starting Ray log notices about Triton and Ray's
+        # token authentication on the driver: noise on the user's terminal, errors still pass.
+        with _quiet_below(logging.ERROR):
+            import ray
+            from ray import serve
+            from ray._private import ray_constants
+            from ray.serve.llm import build_openai_app
 
-        # Read when Ray is first imported; set here too in case something imported it earlier.
-        ray_constants.ENABLE_RAY_CLUSTER = False
-        ray.init(
-            address="local",  # always a new private instance, never one RAY_ADDRESS points at
-            num_cpus=self.num_cpus,
-            num_gpus=self.num_gpus,
-            include_dashboard=False,
-            _node_ip_address=LOOPBACK,
-            log_to_driver=False,
-            logging_level=logging.WARNING,
-            namespace=APP_NAME,
-        )
+            # Read when Ray is first imported; set here too in case something imported it earlier.
+            ray_constants.ENABLE_RAY_CLUSTER = False
+            ray.init(
+                address="local",  # always a new private instance, never one RAY_ADDRESS points at
+                num_cpus=self.num_cpus,
+                num_gpus=self.num_gpus,
+                include_dashboard=False,
+                _node_ip_address=LOOPBACK,
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+                namespace=APP_NAME,
+            )
         self._ray_started = True
         # Serve logs every deployment's options at INFO on the driver: noise on the user's terminal.
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
@@ -257,10 +260,12 @@ class LocalEngine:
             import ray
             from ray import serve
 
-            # Ray's shutdown below ends every process even when Serve's own shutdown fails.
-            with contextlib.suppress(Exception):
-                serve.shutdown()  # type: ignore[no-untyped-call]
-            ray.shutdown()
+            # Ray's shutdown below ends every process even when Serve's own shutdown fails; the
+            # raylet's notices about the actors it is killing are not news to the user.
+            with _quiet_below(logging.ERROR):
+                with contextlib.suppress(Exception):
+                    serve.shutdown()  # type: ignore[no-untyped-call]
+                ray.shutdown()
             self._ray_started = False
 
         def left() -> list[int]:
@@ -300,6 +305,15 @@ def root_cause(logs_dir: Path) -> str | None:
             if found is None or stamp >= found[0]:
                 found = (stamp, f"{match.group(1)}: {match.group(2).strip()}")
     return found[1] if found else None
+
+
+@contextlib.contextmanager
+def _quiet_below(level: int) -> Iterator[None]:
+    logging.disable(level - 1)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def _logs_dir() -> str | None:
