@@ -206,3 +206,21 @@ def test_weights_that_do_not_match_their_digest_are_not_served(
     assert "tiny-llama: the model files in" in result.stderr
     assert "do not match spec.model.digest" in result.stderr and "Traceback" not in result.stderr
     assert not state.state_file().exists()  # refused before anything started
+
+
+def test_a_missing_engine_or_gateway_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, private_cache: Path
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    absent: set[str] = {"vllm"}
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name in absent else real(name, *a)
+    )
+    result = CliRunner().invoke(app, ["up", "--port", str(free_port())])
+    assert result.exit_code == 1 and "pip install -e '.[gateway,engine-cpu]'" in result.stderr
+    absent = {"uvicorn"}
+    result = CliRunner().invoke(app, ["up", "--port", str(free_port())])
+    assert result.exit_code == 1 and "the gateway is not installed" in result.stderr
+    assert "Traceback" not in result.stderr

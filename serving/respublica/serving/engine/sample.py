@@ -14,13 +14,17 @@ SAMPLE_NAME = "tiny-llama"
 
 def sample_deployment(model_dir: Path, *, gpus: int = 0) -> ModelDeployment:
     """The sample for a model directory; `gpus` 0 runs it on CPU, 1 on the machine's first GPU."""
+    engine: dict[str, object] = {"maxModelLen": 512, "dtype": "float32", "enforceEager": True}
+    if gpus:
+        # A 2 MB model has no use for 90 % of a GPU that others may be using.
+        engine["gpuMemoryUtilization"] = 0.2
     return ModelDeployment.model_validate(
         {
             "metadata": {"name": SAMPLE_NAME},
             "spec": {
                 "model": {"source": f"file://{model_dir.resolve()}", "servedName": SAMPLE_NAME},
                 # 512 tokens is the tiny model's whole context; float32 is what its weights are.
-                "engine": {"maxModelLen": 512, "dtype": "float32", "enforceEager": True},
+                "engine": engine,
                 "resources": {"gpus": gpus},
                 "scaling": {"minReplicas": 1, "maxReplicas": 1},
             },

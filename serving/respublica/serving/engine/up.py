@@ -61,6 +61,22 @@ class Endpoint:
     api_key: str | None
 
 
+def missing_parts(*, gateway: bool) -> str | None:
+    """What to install when the engine (or the gateway) is not there, or None."""
+    import importlib.util
+
+    if any(importlib.util.find_spec(name) is None for name in ("ray", "vllm", "transformers")):
+        return (
+            "the engine is not installed: pip install -e '.[gateway,engine-cpu]' without a GPU, "
+            "'.[gateway,engine]' with one (docs/local.md)"
+        )
+    if gateway and any(
+        importlib.util.find_spec(name) is None for name in ("fastapi", "uvicorn", "aiosqlite")
+    ):
+        return "the gateway is not installed: pip install -e '.[gateway]' (or run with --no-gateway)"
+    return None
+
+
 def port_is_free(port: int, host: str = LOOPBACK) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         try:
@@ -193,6 +209,8 @@ class Up:
 
     def _start_and_serve(self) -> None:
         options = self.options
+        if (missing := missing_parts(gateway=options.gateway)) is not None:
+            raise UpError(missing)
         self._refuse_second_run()
         if options.gateway and not port_is_free(options.port):
             raise UpError(f"port {options.port} on {LOOPBACK} is in use: stop what uses it or pass --port")
