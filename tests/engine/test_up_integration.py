@@ -240,6 +240,11 @@ def test_status_reports_it(up: Running) -> None:
     assert MODEL in result.stdout
     assert "engine:    http://127.0.0.1:" in result.stdout and result.stdout.count(": answers") == 2
     assert f"gateway:   {up.base_url}/v1: answers" in result.stdout
+    # Ray's node (and so Serve's proxy, which names its log after it) sits on the loopback address
+    logs = re.search(r"Ray logs:  (\S+)", result.stdout)
+    assert logs, result.stdout
+    proxies = sorted(p.name for p in (Path(logs.group(1)) / "serve").glob("proxy_*.log"))
+    assert proxies == ["proxy_127.0.0.1.log"]
 
 
 def test_sigint_stops_everything(up: Running) -> None:
