@@ -29,6 +29,7 @@ from rich.console import Console
 from respublica.operator.api.models import ModelDeployment
 from respublica.serving.engine import digest as digests
 from respublica.serving.engine import sizing, sources, state, tiny_model
+from respublica.serving.engine.args import Accelerator
 from respublica.serving.engine.local import LOOPBACK, EngineError, LocalEngine, LocalModel, detect_gpus
 from respublica.serving.engine.progress import Waiting
 
@@ -208,6 +209,27 @@ class Up:
         return 0
 
     def _start_and_serve(self) -> None:
+        engine_port = self._preflight()
+        models, accelerator, gpus, spec_path = self._models()
+        self._start_engine(models, accelerator, gpus, spec_path, engine_port)
+        assert self.engine is not None and self.state is not None
+        names = [m.served_name for m in models]
+        endpoint = Endpoint(self.engine.base_url, None)
+        if self.options.gateway:
+            endpoint = self._start_gateway(models)
+        self.state.phase = "ready"
+        self.state.gateway_url = endpoint.base_url if self.options.gateway else None
+        state.write(self.state)
+        self._announce(endpoint, names, sample=self.options.file is None)
+        if self.options.smoke:
+            self._smoke(endpoint, names[0], sample=self.options.file is None)
+        self.err.print("Serving. Ctrl-C stops everything.", highlight=False)
+        while True:
+            time.sleep(1.0)
+            self._check_alive()
+
+    def _preflight(self) -> int:
+        """Refuse early what would fail late; return the engine's port."""
         options = self.options
         if (missing := missing_parts(gateway=options.gateway)) is not None:
             raise UpError(missing)
@@ -217,19 +239,26 @@ class Up:
         engine_port = options.engine_port or free_port()
         if not port_is_free(engine_port):
             raise UpError(f"engine port {engine_port} on {LOOPBACK} is in use: pass another --engine-port")
+        return engine_port
 
+    def _models(self) -> tuple[list[LocalModel], Accelerator, int, Path]:
+        """The file's models with their weights found and checked, and where they will run."""
         with Waiting(self.err, "looking for accelerators"):
             gpus = detect_gpus()
         try:
-            accelerator = sizing.choose_accelerator(options.accelerator, gpus)
+            accelerator = sizing.choose_accelerator(self.options.accelerator, gpus)
         except ValueError as err:
             raise UpError(str(err)) from None
-        if options.file is None and not tiny_model.is_current(tiny_model.default_model_dir()):
+        if self.options.file is None and not tiny_model.is_current(tiny_model.default_model_dir()):
             with Waiting(self.err, "generating the tiny smoke-test model (first run only)"):
                 tiny_model.ensure_tiny_model()
-        deployments, spec_path = load_deployments(options, gpus)
-        models = [self._resolve(d, spec_path) for d in deployments]
+        deployments, spec_path = load_deployments(self.options, gpus)
+        return [self._resolve(d, spec_path) for d in deployments], accelerator, gpus, spec_path
 
+    def _start_engine(
+        self, models: list[LocalModel], accelerator: Accelerator, gpus: int, spec_path: Path, port: int
+    ) -> None:
+        """Ray sized for the models, Ray Serve LLM deploying them; returns once every replica is healthy."""
         from respublica.serving.engine.local import serving_args
 
         try:
@@ -238,56 +267,43 @@ class Up:
             raise UpError(str(err)) from None
         num_cpus = sizing.logical_cpus(os.cpu_count() or 1, [args])
         names = [m.served_name for m in models]
-        self.engine = LocalEngine(
+        engine = self.engine = LocalEngine(
             args,
             served_names=names,
-            port=engine_port,
+            port=port,
             num_cpus=num_cpus,
             num_gpus=gpus if accelerator == "gpu" else 0,
             run_id=self.run_id,
         )
-        self.state = state.UpState(
+        current = self.state = state.UpState(
             pid=os.getpid(),
             run_id=self.run_id,
             started_at=time.time(),
             phase="starting",
-            engine_url=self.engine.base_url,
+            engine_url=engine.base_url,
             models=names,
             spec_file=str(spec_path),
             accelerator=accelerator,
             ray_cpus=num_cpus,
         )
-        state.write(self.state)
+        state.write(current)
+        gpu_note = f", {gpus} GPU(s)" if accelerator == "gpu" else ""
         self.err.print(
             f"Serving {', '.join(names)} from {spec_path} on {accelerator.upper()} "
-            f"(Ray with {num_cpus} logical CPUs{f', {gpus} GPU(s)' if accelerator == 'gpu' else ''})",
+            f"(Ray with {num_cpus} logical CPUs{gpu_note})",
             highlight=False,
         )
         with Waiting(self.err, "starting a private Ray instance on 127.0.0.1"):
-            self.engine.start()
+            engine.start()
         # Ray's driver installs a crash handler for SIGTERM that aborts the process mid-cleanup.
         signal.signal(signal.SIGTERM, _interrupt)
-        self.state.logs_dir = self.engine.logs_dir
-        state.write(self.state)
+        current.logs_dir = engine.logs_dir
+        state.write(current)
         with Waiting(self.err, "loading the model(s) into vLLM under Ray Serve") as wait:
             try:
-                self.engine.wait_ready(options.timeout_s, wait.update)
+                engine.wait_ready(self.options.timeout_s, wait.update)
             except EngineError as err:
                 raise UpError(str(err)) from None
-
-        endpoint = Endpoint(self.engine.base_url, None)
-        if options.gateway:
-            endpoint = self._start_gateway(models)
-        self.state.phase = "ready"
-        self.state.gateway_url = endpoint.base_url if options.gateway else None
-        state.write(self.state)
-        self._announce(endpoint, names, sample=options.file is None)
-        if options.smoke:
-            self._smoke(endpoint, names[0], sample=options.file is None)
-        self.err.print("Serving. Ctrl-C stops everything.", highlight=False)
-        while True:
-            time.sleep(1.0)
-            self._check_alive()
 
     def _refuse_second_run(self) -> None:
         current = state.read()
