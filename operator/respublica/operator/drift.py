@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from respublica.operator.dig import dig
 from respublica.operator.render import SPEC_HASH_ANNOTATION
 
 Obj = Mapping[str, Any]
@@ -166,8 +167,8 @@ def compare(live: Obj, rendered: Obj) -> Drift:
         elif kind == "PersistentVolumeClaim":
             # Only the requested size can change in place (and only grow); the rest of a claim is
             # fixed at creation, and recreating it would throw the downloaded weights away.
-            size = _get(want_spec, "resources", "requests", "storage")
-            if size is not None and _get(have_spec, "resources", "requests", "storage") != size:
+            size = dig(want_spec, "resources", "requests", "storage")
+            if size is not None and dig(have_spec, "resources", "requests", "storage") != size:
                 patch["spec"] = {"resources": {"requests": {"storage": size}}}
         else:
             patch[section] = want_spec
@@ -189,11 +190,3 @@ def stale(live: Sequence[Obj], rendered: Sequence[Obj], owner_uid: str) -> list[
         ):
             out.append(obj)
     return out
-
-
-def _get(obj: Any, *path: str) -> Any:
-    for key in path:
-        if not isinstance(obj, Mapping):
-            return None
-        obj = obj.get(key)
-    return obj

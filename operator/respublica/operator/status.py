@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from respublica.operator.dig import dig
+
 Phase = Literal["Pending", "Deploying", "Ready", "ScaledToZero", "Degraded", "Failed"]
 CONDITION_TYPES = ("Ready", "Progressing", "Degraded")
 
@@ -87,14 +89,6 @@ class _Verdict:
     replicas: dict[str, int] = field(default_factory=lambda: {"desired": 0, "ready": 0})
 
 
-def _get(obj: Any, *path: str) -> Any:
-    for key in path:
-        if not isinstance(obj, Mapping):
-            return None
-        obj = obj.get(key)
-    return obj
-
-
 def _condition(conditions: Any, type_: str) -> Obj | None:
     for cond in conditions or ():
         if isinstance(cond, Mapping) and cond.get("type") == type_:
@@ -111,14 +105,14 @@ def _is_true(conditions: Any, type_: str) -> bool:
 
 
 def _is_job_pod(pod: Obj) -> bool:
-    labels = _get(pod, "metadata", "labels") or {}
+    labels = dig(pod, "metadata", "labels") or {}
     return "job-name" in labels or "batch.kubernetes.io/job-name" in labels
 
 
 def _termination_message(pod: Obj) -> str | None:
-    for status in _get(pod, "status", "containerStatuses") or ():
+    for status in dig(pod, "status", "containerStatuses") or ():
         for state in ("state", "lastState"):
-            terminated = _get(status, state, "terminated")
+            terminated = dig(status, state, "terminated")
             if terminated and terminated.get("exitCode", 0) != 0:
                 text = (terminated.get("message") or "").strip()
                 return text or f"exit code {terminated.get('exitCode')} ({terminated.get('reason', 'Error')})"
@@ -126,20 +120,20 @@ def _termination_message(pod: Obj) -> str | None:
 
 
 def _job_verdict(job: Obj, pods: Sequence[Obj]) -> Problem | Literal["complete", "running"]:
-    conditions = _get(job, "status", "conditions")
+    conditions = dig(job, "status", "conditions")
     if _is_true(conditions, "Failed"):
         detail = next((m for m in map(_termination_message, pods) if m), None)
         if detail is None:
             cond = _condition(conditions, "Failed") or {}
             detail = cond.get("message") or cond.get("reason") or "the download Job failed"
-        name = _get(job, "metadata", "name")
+        name = dig(job, "metadata", "name")
         return Problem(
             "ModelDownloadFailed",
             f"model download failed: {detail} (Job {name}; fix spec.model.source/revision or the "
             "hub credentials, then change the spec to retry)",
             permanent=True,
         )
-    if _is_true(conditions, "Complete") or (_get(job, "status", "succeeded") or 0) > 0:
+    if _is_true(conditions, "Complete") or (dig(job, "status", "succeeded") or 0) > 0:
         return "complete"
     return "running"
 
@@ -151,10 +145,10 @@ def pod_problems(pods: Sequence[Obj], gpus: int = 1, gpu_product: str | None = N
     """What the pods say is wrong: unschedulable, image pulls, crash loops, bad configuration."""
     problems: list[Problem] = []
     for pod in pods:
-        name = _get(pod, "metadata", "name") or "?"
-        if _get(pod, "metadata", "deletionTimestamp"):
+        name = dig(pod, "metadata", "name") or "?"
+        if dig(pod, "metadata", "deletionTimestamp"):
             continue
-        scheduled = _condition(_get(pod, "status", "conditions"), "PodScheduled")
+        scheduled = _condition(dig(pod, "status", "conditions"), "PodScheduled")
         if scheduled and scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
             detail = scheduled.get("message") or "no node fits"
             if gpu_product:
@@ -172,11 +166,11 @@ def pod_problems(pods: Sequence[Obj], gpus: int = 1, gpu_product: str | None = N
             )
             continue
         statuses = [
-            *(_get(pod, "status", "initContainerStatuses") or ()),
-            *(_get(pod, "status", "containerStatuses") or ()),
+            *(dig(pod, "status", "initContainerStatuses") or ()),
+            *(dig(pod, "status", "containerStatuses") or ()),
         ]
         for status in statuses:
-            waiting = _get(status, "state", "waiting") or {}
+            waiting = dig(status, "state", "waiting") or {}
             reason = waiting.get("reason")
             image = status.get("image", "?")
             detail = waiting.get("message") or reason
@@ -191,7 +185,7 @@ def pod_problems(pods: Sequence[Obj], gpus: int = 1, gpu_product: str | None = N
             elif reason in _CONFIG_REASONS:
                 problems.append(Problem("ContainerConfigError", f"pod {name} cannot start {image}: {detail}"))
             elif reason == "CrashLoopBackOff":
-                last = _get(status, "lastState", "terminated") or {}
+                last = dig(status, "lastState", "terminated") or {}
                 why = last.get("reason") or "Error"
                 hint = (
                     " (out of memory: raise spec.resources.memory or lower spec.engine.maxModelLen)"
@@ -213,8 +207,8 @@ def pod_problems(pods: Sequence[Obj], gpus: int = 1, gpu_product: str | None = N
 
 def _serve_problems(rayservice: Obj) -> tuple[list[Problem], str | None]:
     """Problems in the Serve applications, and their overall state (None: not reported yet)."""
-    apps = _get(rayservice, "status", "activeServiceStatus", "applicationStatuses") or {}
-    pending = _get(rayservice, "status", "pendingServiceStatus", "applicationStatuses") or {}
+    apps = dig(rayservice, "status", "activeServiceStatus", "applicationStatuses") or {}
+    pending = dig(rayservice, "status", "pendingServiceStatus", "applicationStatuses") or {}
     problems: list[Problem] = []
     states: list[str] = []
     for source in (apps, pending):
@@ -249,7 +243,7 @@ def _serve_problems(rayservice: Obj) -> tuple[list[Problem], str | None]:
 def _cluster_problems(rayservice: Obj) -> list[Problem]:
     problems = []
     for key in ("activeServiceStatus", "pendingServiceStatus"):
-        conditions = _get(rayservice, "status", key, "rayClusterStatus", "conditions")
+        conditions = dig(rayservice, "status", key, "rayClusterStatus", "conditions")
         failure = _condition(conditions, "RayClusterReplicaFailure")
         if failure and failure.get("status") == "True":
             problems.append(
@@ -262,7 +256,7 @@ def _cluster_problems(rayservice: Obj) -> list[Problem]:
 
 
 def _replicas(rayservice: Obj) -> dict[str, int]:
-    cluster = _get(rayservice, "status", "activeServiceStatus", "rayClusterStatus") or {}
+    cluster = dig(rayservice, "status", "activeServiceStatus", "rayClusterStatus") or {}
     desired = int(cluster.get("desiredWorkerReplicas") or 0)
     ready = int(cluster.get("readyWorkerReplicas") or cluster.get("availableWorkerReplicas") or 0)
     return {"desired": desired, "ready": ready}
@@ -344,11 +338,11 @@ def _verdict(obs: Observation) -> _Verdict:
         *_cluster_problems(rs),
         *pod_problems(ray_pods, obs.gpus, obs.gpu_product),
     ]
-    conditions = _get(rs, "status", "conditions")
+    conditions = dig(rs, "status", "conditions")
     upgrading = _is_true(conditions, "UpgradeInProgress")
-    has_status = bool(_get(rs, "status", "serviceStatus")) or bool(conditions) or app_state is not None
+    has_status = bool(dig(rs, "status", "serviceStatus")) or bool(conditions) or app_state is not None
     serving = app_state == APP_RUNNING and (
-        _is_true(conditions, "Ready") or _get(rs, "status", "serviceStatus") == "Running" or not conditions
+        _is_true(conditions, "Ready") or dig(rs, "status", "serviceStatus") == "Running" or not conditions
     )
 
     permanent = next((p for p in problems if p.permanent), None)
