@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -150,19 +149,6 @@ def test_console_script_has_no_traceback(tmp_path: Path) -> None:
     assert done.stderr.strip().splitlines() == [f"error: {tmp_path / 'nope.yaml'}: no such file"]
 
 
-def _render_available() -> bool:
-    try:
-        return callable(getattr(importlib.import_module("respublica.operator.render"), "render", None))
-    except ImportError:
-        return False
-
-
-needs_render = pytest.mark.skipif(
-    not _render_available(), reason="respublica.operator.render.render not there yet"
-)
-
-
-@needs_render
 def test_render_every_sample(samples_dir: Path) -> None:
     for path in sorted(samples_dir.glob("*.yaml")):
         result = run("render", "-f", str(path), "--namespace", "ai")
@@ -178,7 +164,6 @@ def test_render_every_sample(samples_dir: Path) -> None:
         assert any(o["metadata"]["name"].startswith(name) for o in objects)
 
 
-@needs_render
 def test_render_multi_document_and_default_namespace(tmp_path: Path) -> None:
     second = GOOD.replace("name: good", "name: second")
     result = run("render", "-f", write(tmp_path, GOOD + "---\n" + second))
@@ -189,7 +174,6 @@ def test_render_multi_document_and_default_namespace(tmp_path: Path) -> None:
     assert {s["metadata"].get("namespace") for s in services} <= {"default", None}
 
 
-@needs_render
 def test_render_passes_operator_settings(tmp_path: Path) -> None:
     result = run(
         "render",
