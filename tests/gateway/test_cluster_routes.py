@@ -39,7 +39,7 @@ def deployment(
         "spec": {
             "model": {"source": "file:///m", "servedName": served},
             "access": {"tenants": tenants or ["*"]},
-            "lora": {"path": "file:///l", "adapters": [{"name": "sql"}]},
+            "lora": {"path": "s3://bucket/lora", "adapters": [{"name": "sql"}]},
         },
     }
     if phase:
@@ -66,12 +66,15 @@ def test_conflict_rule_oldest_wins_then_namespace_name() -> None:
     # The owner keeps its name while not ready: no silent flip to another namespace's model.
     failing = deployment("a", "zeta", "shared", created="2025-01-01T00:00:00Z", phase="Failed")
     assert table_from_deployments([failing, newer]).routes["shared"].endpoints == ()
-    # Only Ready and ScaledToZero with an endpoint are routable.
+    # Any published endpoint is routable (Degraded with its Serve app up included), except one
+    # left behind on a Pending or Failed deployment.
     for phase, routable in (
         ("Ready", True),
         ("ScaledToZero", True),
-        ("Deploying", False),
-        ("Degraded", False),
+        ("Degraded", True),
+        ("Deploying", True),
+        ("Pending", False),
+        ("Failed", False),
     ):
         obj = deployment("a", "ns", "x", phase=phase, endpoint="http://x:8000")
         assert bool(table_from_deployments([obj]).routes["x"].endpoints) is routable

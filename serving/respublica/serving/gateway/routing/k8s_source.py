@@ -1,8 +1,10 @@
 """Routes from ModelDeployment status (cluster mode), watched read-only through the Kubernetes API.
 
-A deployment is routable when its phase is Ready or ScaledToZero (Ray Serve's proxy holds the
-request while a worker starts) and `status.endpoint` is set. Deployments in other phases keep their
-name (a request gets 503 "not ready", not 404) but are not listed by /v1/models.
+A deployment is routable when the operator publishes `status.endpoint` and its phase is neither
+Pending nor Failed. The operator publishes the endpoint only while the Serve application runs: Ready,
+ScaledToZero (Ray Serve's proxy holds the request while a worker starts) and Degraded with the
+application up (e.g. one replica of several crash-looping). Deployments without one keep their name
+(a request gets 503 "not ready", not 404) but are not listed by /v1/models.
 
 Conflict rule, when deployments in several namespaces publish the same `servedName`: the one
 created first (`metadata.creationTimestamp`) owns the name, ties broken by `namespace/name` in
@@ -42,7 +44,8 @@ log = logging.getLogger("respublica.gateway.routing")
 GROUP = "respublica.dev"
 VERSION = "v1alpha1"
 PLURAL = "modeldeployments"
-ROUTABLE_PHASES = frozenset({"Ready", "ScaledToZero"})
+# A stale endpoint left on a deployment that stopped serving must not be routed to.
+UNROUTABLE_PHASES = frozenset({"Pending", "Failed"})
 MAX_RETRY_DELAY_S = 30.0
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
@@ -75,7 +78,12 @@ def table_from_deployments(objects: Iterable[Mapping[str, Any]]) -> RouteTable:
         spec = owner.get("spec") or {}
         status = owner.get("status") or {}
         endpoint = status.get("endpoint")
-        routable = status.get("phase") in ROUTABLE_PHASES and isinstance(endpoint, str) and endpoint
+        routable = (
+            status.get("phase") not in UNROUTABLE_PHASES
+            and status.get("phase") is not None
+            and isinstance(endpoint, str)
+            and endpoint
+        )
         lora = spec.get("lora") or {}
         routes.append(
             Route(
@@ -118,13 +126,27 @@ def in_cluster_access() -> KubeAccess:
     return KubeAccess(f"https://{host}:{port}", token_file=SERVICE_ACCOUNT / "token", ssl_context=context)
 
 
-def _data_file(data: str, suffix: str) -> str:
-    # ssl wants files; kubeconfig may inline the PEM as base64.
-    handle = tempfile.NamedTemporaryFile("wb", suffix=suffix, delete=False)  # noqa: SIM115
-    with handle:
-        handle.write(base64.b64decode(data))
-    os.chmod(handle.name, 0o600)
-    return handle.name
+def _load_client_cert(ctx: ssl.SSLContext, user: dict[str, Any]) -> None:
+    """The kubeconfig's client certificate; inline (base64) PEM goes through a private temporary
+    directory, because `load_cert_chain` reads only files, and is removed once loaded."""
+    cert, key = user.get("client-certificate"), user.get("client-key")
+    cert_data, key_data = user.get("client-certificate-data"), user.get("client-key-data")
+    if not (cert or cert_data):
+        return
+    with tempfile.TemporaryDirectory(prefix="respublica-kube-") as workdir:  # mode 0700
+        if cert_data:
+            cert = os.path.join(workdir, "client.crt")
+            _write_private(cert, base64.b64decode(cert_data))
+        if key_data:
+            key = os.path.join(workdir, "client.key")
+            _write_private(key, base64.b64decode(key_data))
+        ctx.load_cert_chain(cert, key)
+
+
+def _write_private(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
 
 
 def kubeconfig_access(path: Path, context_name: str | None = None) -> KubeAccess:
@@ -160,17 +182,13 @@ def kubeconfig_access(path: Path, context_name: str | None = None) -> KubeAccess
         if cluster.get("insecure-skip-tls-verify"):
             ssl_context = False
         else:
-            cafile = cluster.get("certificate-authority")
-            if cluster.get("certificate-authority-data"):
-                cafile = _data_file(cluster["certificate-authority-data"], ".crt")
-            ctx = ssl.create_default_context(cafile=cafile)
-            cert, key = user.get("client-certificate"), user.get("client-key")
-            if user.get("client-certificate-data"):
-                cert = _data_file(user["client-certificate-data"], ".crt")
-            if user.get("client-key-data"):
-                key = _data_file(user["client-key-data"], ".key")
-            if cert:
-                ctx.load_cert_chain(cert, key)
+            ca_data = cluster.get("certificate-authority-data")
+            if ca_data:
+                # Inline CA: loaded from memory, never written to disk.
+                ctx = ssl.create_default_context(cadata=base64.b64decode(ca_data).decode("ascii"))
+            else:
+                ctx = ssl.create_default_context(cafile=cluster.get("certificate-authority"))
+            _load_client_cert(ctx, user)
             ssl_context = ctx
     token_file = Path(user["tokenFile"]) if user.get("tokenFile") else None
     return KubeAccess(server, token=user.get("token"), token_file=token_file, ssl_context=ssl_context)
