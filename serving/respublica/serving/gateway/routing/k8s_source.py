@@ -140,7 +140,7 @@ def _load_client_cert(ctx: ssl.SSLContext, user: dict[str, Any]) -> None:
         if key_data:
             key = os.path.join(workdir, "client.key")
             _write_private(key, base64.b64decode(key_data))
-        ctx.load_cert_chain(cert, key)
+        ctx.load_cert_chain(str(cert), key)
 
 
 def _write_private(path: str, data: bytes) -> None:
