@@ -255,7 +255,13 @@ def test_network_policies_admit_only_gateway_peers_and_kuberay(md: ModelDeployme
     name = md.metadata.name
     assert set(policies) == {f"{name}-ray", f"{name}-ray-head"}
     pods = policies[f"{name}-ray"]
-    assert pods["podSelector"] == {"matchLabels": {MODEL_LABEL: name}}
+    ray_pods = {
+        "matchLabels": {MODEL_LABEL: name},
+        "matchExpressions": [
+            {"key": "respublica.dev/component", "operator": "In", "values": ["ray-head", "ray-worker"]}
+        ],
+    }
+    assert pods["podSelector"] == ray_pods
     assert pods["policyTypes"] == ["Ingress"]
     assert pods["ingress"] == [
         {
@@ -269,10 +275,10 @@ def test_network_policies_admit_only_gateway_peers_and_kuberay(md: ModelDeployme
             ],
             "ports": [{"protocol": "TCP", "port": 8000}],
         },
-        {"from": [{"podSelector": {"matchLabels": {MODEL_LABEL: name}}}]},
+        {"from": [{"podSelector": ray_pods}]},
     ]
     head = policies[f"{name}-ray-head"]
-    assert head["podSelector"] == {"matchLabels": {MODEL_LABEL: name, "ray.io/node-type": "head"}}
+    assert head["podSelector"] == {"matchLabels": {MODEL_LABEL: name, "respublica.dev/component": "ray-head"}}
     assert head["policyTypes"] == ["Ingress"]
     assert head["ingress"] == [
         {
@@ -285,10 +291,42 @@ def test_network_policies_admit_only_gateway_peers_and_kuberay(md: ModelDeployme
             "ports": [{"protocol": "TCP", "port": 8265}],
         }
     ]
-    # The policies select the pods: both pod templates carry the model label.
-    cluster = _cluster(render(md))
-    for template in [cluster["headGroupSpec"]["template"], cluster["workerGroupSpecs"][0]["template"]]:
-        assert template["metadata"]["labels"][MODEL_LABEL] == name
+
+
+def _selects(selector: Obj, labels: dict[str, str]) -> bool:
+    """A Kubernetes label selector (matchLabels and In/NotIn/Exists/DoesNotExist expressions)."""
+    if any(labels.get(key) != value for key, value in selector.get("matchLabels", {}).items()):
+        return False
+    for expr in selector.get("matchExpressions", []):
+        key, op, values = expr["key"], expr["operator"], expr.get("values", [])
+        ok = {
+            "In": key in labels and labels[key] in values,
+            "NotIn": key not in labels or labels[key] not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[op]
+        if not ok:
+            return False
+    return True
+
+
+def test_network_policies_select_the_ray_pods_and_never_the_download_job(matrix: dict[str, Obj]) -> None:
+    """The download Job's pods carry the model label too; they must not get into Ray's ports."""
+    objects = render(ModelDeployment.model_validate(matrix["tensor-parallel-cached"]))
+    cluster = _cluster(objects)
+    head = cluster["headGroupSpec"]["template"]["metadata"]["labels"]
+    workers = [g["template"]["metadata"]["labels"] for g in cluster["workerGroupSpecs"]]
+    job = _one(objects, "Job")["spec"]["template"]["metadata"]["labels"]
+    assert job[MODEL_LABEL] == head[MODEL_LABEL]  # why the model label alone is not enough
+    pods_policy, head_policy = [obj["spec"] for obj in objects if obj["kind"] == "NetworkPolicy"]
+    peer = pods_policy["ingress"][1]["from"][0]["podSelector"]
+    for selector in (pods_policy["podSelector"], peer):
+        assert _selects(selector, head) and all(_selects(selector, w) for w in workers)
+        assert not _selects(selector, job)
+    assert _selects(head_policy["podSelector"], head)
+    assert not any(_selects(head_policy["podSelector"], w) for w in [*workers, job])
+    # Another model's Ray pods are not this model's peers.
+    assert not _selects(peer, {**head, MODEL_LABEL: "other"})
 
 
 def test_network_policy_options() -> None:

@@ -1,5 +1,8 @@
 """Who may open connections to the model's Ray pods: the gateway, the pods themselves, KubeRay.
 
+The policies select the Ray pods by their component label, not by the model label alone: the cache
+download Job's pods carry the model label too and must not be admitted to Ray's ports.
+
 Two policies, because Kubernetes unions them per pod: every Ray pod of the model admits the gateway
 on the Serve port and the model's other Ray pods on any port (Ray's own traffic: GCS, object store,
 workers); the head alone also admits the KubeRay operator on the dashboard port, where it submits the
@@ -12,18 +15,27 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from respublica.operator.api.models import ModelDeployment
-from respublica.operator.render.common import MODEL_LABEL, Obj, metadata
+from respublica.operator.render.common import COMPONENT_LABEL, MODEL_LABEL, Obj, metadata
 from respublica.operator.render.options import RenderOptions
+from respublica.operator.render.rayservice import HEAD_COMPONENT, WORKER_COMPONENT
 
 COMPONENT = "network-policy"
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
-# Set by KubeRay on the pods it creates.
-RAY_NODE_TYPE_LABEL = "ray.io/node-type"
 
 
-def ray_pods_selector(md: ModelDeployment) -> dict[str, str]:
-    """Both the head's and the workers' pods of this model (their templates carry the label)."""
-    return {MODEL_LABEL: md.metadata.name}
+def ray_pods_selector(md: ModelDeployment) -> Obj:
+    """The head's and the workers' pods of this model (their templates carry both labels), nothing else."""
+    return {
+        "matchLabels": {MODEL_LABEL: md.metadata.name},
+        "matchExpressions": [
+            {"key": COMPONENT_LABEL, "operator": "In", "values": [HEAD_COMPONENT, WORKER_COMPONENT]}
+        ],
+    }
+
+
+def ray_head_selector(md: ModelDeployment) -> Obj:
+    """The head's pod of this model only."""
+    return {"matchLabels": {MODEL_LABEL: md.metadata.name, COMPONENT_LABEL: HEAD_COMPONENT}}
 
 
 def network_policy_names(md: ModelDeployment) -> tuple[str, str]:
@@ -41,14 +53,13 @@ def _peer(namespace: str | None, pod_labels: Mapping[str, str], *, any_namespace
 
 
 def network_policies(md: ModelDeployment, options: RenderOptions) -> list[Obj]:
-    ray_pods = ray_pods_selector(md)
     pods_name, head_name = network_policy_names(md)
     pods_policy: Obj = {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
         "metadata": metadata(md, pods_name, COMPONENT),
         "spec": {
-            "podSelector": {"matchLabels": ray_pods},
+            "podSelector": ray_pods_selector(md),
             "policyTypes": ["Ingress"],
             "ingress": [
                 {
@@ -58,7 +69,7 @@ def network_policies(md: ModelDeployment, options: RenderOptions) -> list[Obj]:
                     ],
                     "ports": [{"protocol": "TCP", "port": options.serve_port}],
                 },
-                {"from": [{"podSelector": {"matchLabels": dict(ray_pods)}}]},
+                {"from": [{"podSelector": ray_pods_selector(md)}]},
             ],
         },
     }
@@ -67,7 +78,7 @@ def network_policies(md: ModelDeployment, options: RenderOptions) -> list[Obj]:
         "kind": "NetworkPolicy",
         "metadata": metadata(md, head_name, COMPONENT),
         "spec": {
-            "podSelector": {"matchLabels": {**ray_pods, RAY_NODE_TYPE_LABEL: "head"}},
+            "podSelector": ray_head_selector(md),
             "policyTypes": ["Ingress"],
             "ingress": [
                 {
