@@ -223,6 +223,12 @@ def test_rate_limit_headers_in_openai_format() -> None:
         (["--port", "70000", "--routes", "r.yaml"], {}, "port"),
         ([], {"RESPUBLICA_CLUSTER__ENABLED": "true"}, "not inside a cluster"),
         ([], {"RESPUBLICA_QUOTA__STORE": "redis"}, "redis_url"),
+        (["--routes", "r.yaml"], {"RESPUBLICA_OIDC__JWKS_URL": "https://idp/jwks"}, "issuer and audience"),
+        (
+            ["--routes", "r.yaml"],
+            {"RESPUBLICA_OIDC__JWKS_URL": "https://idp/jwks", "RESPUBLICA_OIDC__ISSUER": "https://idp"},
+            "but audience is not: set oidc.audience",
+        ),
     ],
 )
 def test_cli_refuses_with_one_clear_line(

@@ -47,6 +47,18 @@ class OIDCSettings(_Section):
     def enabled(self) -> bool:
         return self.jwks_url is not None or self.jwks_file is not None
 
+    @model_validator(mode="after")
+    def _bound_to_this_gateway(self) -> OIDCSettings:
+        # Without both, any token the identity provider signs for any application would pass.
+        if self.enabled:
+            missing = [name for name in ("issuer", "audience") if not getattr(self, name)]
+            if missing:
+                raise ValueError(
+                    f"OIDC is enabled (a JWKS is set) but {' and '.join(missing)} is not: set "
+                    f"oidc.{missing[0]} (RESPUBLICA_OIDC__{missing[0].upper()})"
+                )
+        return self
+
 
 class UpstreamSettings(_Section):
     connect_timeout_s: float = Field(default=5.0, gt=0, description="TCP connect to an endpoint.")
