@@ -59,3 +59,22 @@ def test_mistakes_are_named(tmp_path: Path, text: str, words: str) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(TenantsFileError, match="can not read the tenants file"):
         load_tenants_file(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    "name", ["team-a", "team_a", "team.a", "a", "x" * 63, "Team", "-a", "a-", "_a", "a.", "*", "x" * 64, ""]
+)
+def test_tenant_names_follow_the_modeldeployment_api(name: str) -> None:
+    # A tenant the API can name in `access.tenants` must be one the gateway can create, and back.
+    from pydantic import TypeAdapter, ValidationError
+
+    from respublica.operator.api.models import TenantName
+    from respublica.serving.gateway.db.codec import is_tenant_name
+
+    try:
+        TypeAdapter(TenantName).validate_python(name)
+        api_accepts = name != "*"  # the wildcard, not a name
+    except ValidationError:
+        api_accepts = False
+    assert is_tenant_name(name) is api_accepts
+    assert is_tenant_name(name) is (name in {"team-a", "team_a", "team.a", "a", "x" * 63})

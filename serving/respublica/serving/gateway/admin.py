@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from respublica.serving.gateway.auth.api_keys import ApiKeyAuthenticator
 from respublica.serving.gateway.auth.keys import generate_key
@@ -26,9 +26,9 @@ from respublica.serving.gateway.auth.tenants import TenantDirectory
 from respublica.serving.gateway.contracts import Limits
 from respublica.serving.gateway.db.base import DatabaseError
 from respublica.serving.gateway.db.codec import (
-    TENANT_NAME,
     TENANT_NAME_HELP,
     LimitsModel,
+    check_tenant_name,
     format_instant,
     parse_instant,
 )
@@ -90,8 +90,13 @@ class _AdminRoute(APIRoute):
 
 class TenantCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(pattern=TENANT_NAME.pattern, description=TENANT_NAME_HELP)
+    name: str = Field(description=TENANT_NAME_HELP)
     limits: LimitsModel = Field(default_factory=LimitsModel)
+
+    @field_validator("name")
+    @classmethod
+    def _tenant_name(cls, name: str) -> str:
+        return check_tenant_name(name)
 
 
 class KeyCreate(BaseModel):

@@ -14,10 +14,20 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
+from respublica.operator.api.models import TENANT_PATTERN
 from respublica.serving.gateway.contracts import Limits
 
-TENANT_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-TENANT_NAME_HELP = "lowercase letters, digits and '-', 1-63 characters, starting and ending alphanumeric"
+# One tenant-name rule for the whole project: the ModelDeployment API's `access.tenants` pattern,
+# whose '*' (every tenant) is not a name a tenant can have.
+_API_TENANT = re.compile(TENANT_PATTERN)
+TENANT_NAME_MAX = 63
+TENANT_NAME_HELP = (
+    "lowercase letters, digits, '-', '_' and '.', 1-63 characters, starting and ending alphanumeric"
+)
+
+
+def is_tenant_name(name: str) -> bool:
+    return name != "*" and len(name) <= TENANT_NAME_MAX and _API_TENANT.fullmatch(name) is not None
 
 
 class LimitsModel(BaseModel):
@@ -75,7 +85,7 @@ def validation_message(exc: ValidationError) -> str:
 
 
 def check_tenant_name(name: str) -> str:
-    if not TENANT_NAME.match(name):
+    if not is_tenant_name(name):
         raise ValueError(f"invalid tenant name {name!r}: {TENANT_NAME_HELP}")
     return name
 
