@@ -61,6 +61,14 @@ class FakeUpstream:
             return web.json_response(
                 {"error": {"message": "context too long", "type": "BadRequestError", "code": 400}}, status=400
             )
+        if behavior == "not_json":
+            return web.Response(text="<html>proxy error</html>", content_type="text/html")
+        if behavior == "busy":
+            return web.json_response(
+                {"error": {"message": "queue full", "type": "x"}}, status=429, headers={"Retry-After": "7"}
+            )
+        if behavior == "busy_no_header":
+            return web.json_response({"error": {"message": "queue full", "type": "x"}}, status=429)
         if behavior == "hang":
             try:
                 await asyncio.sleep(3600)
@@ -84,6 +92,7 @@ class FakeUpstream:
             prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body["messages"])
         else:
             prompt_tokens = len(str(body["prompt"]).split())
+        prompt_tokens = int(body.get("test_prompt_tokens", prompt_tokens))  # a tokenizer that counts more
         cap = body.get("max_completion_tokens") or body.get("max_tokens") or 16
         count = min(int(body.get("test_tokens", WORDS_DEFAULT)), cap)
         n = int(body.get("n") or 1)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
 from typing import Any
 
 import httpx
@@ -117,7 +120,38 @@ def test_502_upstream_refused_or_failing(stack: Stack) -> None:
         raw(stack, {"model": "m", "messages": HELLO, "test_behavior": "fail"}), 502, "upstream_error"
     )
     assert error["message"] == "engine exploded"
-    assert not stack.quota.held and all(used == 0 for _, used in stack.quota.settled)
+    # Unreachable: nothing ran, nothing charged. The engine failed after it got the request: it may
+    # have generated, so what was held is charged.
+    assert not stack.quota.held
+    (refused, _), (failed, held) = stack.quota.reserved.items()
+    assert stack.quota.settled == [(refused, 0), (failed, held)] and held > 0
+
+
+def test_502_upstream_answer_not_json_charges_the_reservation(stack: Stack) -> None:
+    body = {"model": "m", "messages": HELLO, "max_tokens": 40, "test_behavior": "not_json"}
+    assert_error(raw(stack, body), 502, "upstream_invalid")
+    ((rid, used),) = stack.quota.settled
+    assert used == stack.quota.reserved[rid] >= 40
+
+
+def test_upstream_refusals_charge_nothing(stack: Stack) -> None:
+    # A 4xx or a 503 means the model did not run: nothing is charged.
+    assert_error(
+        raw(stack, {"model": "m", "messages": HELLO, "test_behavior": "reject"}), 400, "upstream_rejected"
+    )
+    assert_error(
+        raw(stack, {"model": "m", "messages": HELLO, "test_behavior": "unavailable"}), 503, "upstream_error"
+    )
+    assert [used for _, used in stack.quota.settled] == [0, 0]
+
+
+def test_upstream_429_carries_retry_after(stack: Stack) -> None:
+    response = raw(stack, {"model": "m", "messages": HELLO, "test_behavior": "busy"})
+    assert_error(response, 429, "upstream_rejected")
+    assert response.headers["retry-after"] == "7"
+    response = raw(stack, {"model": "m", "messages": HELLO, "test_behavior": "busy_no_header"})
+    assert_error(response, 429, "upstream_rejected")
+    assert int(response.headers["retry-after"]) >= 1
 
 
 def test_503_not_ready_or_upstream_unavailable(stack: Stack) -> None:
@@ -133,6 +167,9 @@ def test_504_upstream_too_slow(make_stack: Any) -> None:
         raw(stack, {"model": "m", "messages": HELLO, "test_behavior": "hang"}), 504, "upstream_timeout"
     )
     assert stack.ledger.records[-1].status == 504 and not stack.quota.held
+    # It reached the model, whose work is unknown: the reservation is charged, not 0.
+    ((rid, used),) = stack.quota.settled
+    assert used == stack.quota.reserved[rid] > 0
 
 
 def test_upstream_4xx_passes_through(stack: Stack) -> None:
@@ -151,12 +188,35 @@ def test_stream_broken_by_upstream_is_recorded(stack: Stack) -> None:
     stream = api(stack).chat.completions.create(
         model="m", messages=HELLO, stream=True, extra_body={"test_behavior": "break"}
     )
-    with pytest.raises(openai.APIError):
+    with pytest.raises(openai.APIError) as caught:
         for _ in stream:
             pass
+    # An `error` event ends the stream: the client says why instead of a bare connection error.
+    assert "broke off the response" in caught.value.message
     eventually(lambda: stack.ledger.records)
     record = stack.ledger.records[-1]
     assert record.status == 502 and record.error_type == "upstream_broken" and not stack.quota.held
+
+
+def test_request_cancelled_by_shutdown_is_recorded_and_charged(stack: Stack, loop_thread: Any) -> None:
+    body = {"model": "m", "messages": HELLO, "max_tokens": 30, "test_behavior": "hang"}
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(raw, stack, body)
+        eventually(lambda: stack.upstream.seen)
+
+        async def cancel_requests() -> None:  # what uvicorn does to requests left at shutdown
+            for task in asyncio.all_tasks():
+                if "run_asgi" in task.get_coro().__qualname__:  # type: ignore[union-attr]
+                    task.cancel()
+
+        loop_thread.run(cancel_requests())
+        eventually(lambda: stack.ledger.records)
+        with contextlib.suppress(httpx.HTTPError):
+            pending.result(20)
+    record = stack.ledger.records[-1]
+    assert (record.status, record.error_type) == (503, "gateway_shutdown")
+    ((rid, used),) = stack.quota.settled
+    assert used == stack.quota.reserved[rid] >= 30
 
 
 def test_models_lists_only_what_the_caller_may_use(stack: Stack) -> None:

@@ -75,6 +75,7 @@ class Call:
         "request_id",
         "reservation",
         "response_started",
+        "sent",
         "started",
         "status",
         "stream",
@@ -101,6 +102,7 @@ class Call:
         self.endpoint = ""
         self.stream = False
         self.response_started = False
+        self.sent = False  # the body may have reached the model: it may have generated
         self.active = False
         self.client_gone = False
 
@@ -123,9 +125,19 @@ async def finish(ctx: GatewayContext, call: Call, span: trace.Span) -> None:
     input_tokens = call.input_tokens or 0
     output_tokens = call.output_tokens or 0
     if call.reservation is not None:
-        used = input_tokens + output_tokens
-        if call.status == 499 and call.input_tokens is None:
-            used = call.reservation.tokens  # left before any answer: what was held may have run
+        used = settled_tokens(call, call.reservation)
+        if used > call.reservation.tokens:
+            # The prompt bound was too low: the actual usage is charged all the same, and this
+            # makes the estimator's miss visible. Counts only, never content.
+            log.warning(
+                "request %s used %d tokens, more than the %d reserved (model %s)",
+                call.request_id,
+                used,
+                call.reservation.tokens,
+                call.model,
+            )
+            if ctx.metrics is not None:
+                ctx.metrics.underestimates.labels(tenant, call.model).inc()
         try:
             await asyncio.shield(ctx.quota.settle(call.reservation, used))
         except Exception as exc:
@@ -186,6 +198,15 @@ async def finish(ctx: GatewayContext, call: Call, span: trace.Span) -> None:
             )
         except Exception as exc:
             log.error("ledger refused request %s: %s", call.request_id, type(exc).__name__)
+
+
+def settled_tokens(call: Call, reservation: Reservation) -> int:
+    """What a finished request is charged: its usage where known; where the model may have run
+    but said nothing (timeout, broken or unreadable answer, cancelled), everything held for it,
+    since no budget may be overshot."""
+    if call.input_tokens is None and call.sent:
+        return reservation.tokens
+    return (call.input_tokens or 0) + (call.output_tokens or 0)
 
 
 def stream_usage(call: Call, tap: SSETap) -> None:

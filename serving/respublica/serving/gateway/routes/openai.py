@@ -10,6 +10,7 @@ gateway has to write into it (a token cap, or `stream_options.include_usage` for
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -74,18 +75,26 @@ class OpenAIEndpoint:
                 headers = [*exc.headers, *call.rate_headers, (b"x-request-id", call.request_id.encode())]
                 await finish(self.ctx, call, span)
                 await send_json(send, exc.status, exc.body(), headers)
+            elif call.stream:
+                await stream_error(send, exc.body())
         except ClientGone:
             call.status, call.error_type = 499, "client_disconnected"
+        except asyncio.CancelledError:
+            # Not the client (that is caught in _proxy): the server is shutting down. Recorded as
+            # such, and the reservation is charged in `finish` if the model may have run.
+            if call.status < 400:
+                call.status, call.error_type = 503, "gateway_shutdown"
+            raise
         except Exception as exc:
             # Never the message: it may quote the request. The type says enough to look further.
             log.error("request %s failed: %s", call.request_id, type(exc).__name__)
             call.status, call.error_type = 500, type(exc).__name__
+            body = error_body("the gateway failed to handle this request", "server_error", "internal_error")
             if not call.response_started:
                 await finish(self.ctx, call, span)
-                body = error_body(
-                    "the gateway failed to handle this request", "server_error", "internal_error"
-                )
                 await send_json(send, 500, body, [(b"x-request-id", call.request_id.encode())])
+            elif call.stream:
+                await stream_error(send, body)
         finally:
             await finish(self.ctx, call, span)
 
@@ -275,10 +284,12 @@ class OpenAIEndpoint:
                 )
             ctx.balancer.acquire(url)
             call.endpoint = url
+            call.sent = True
             try:
                 response = await ctx.upstream.post(url + self.path, body, headers, span_context)
             except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
                 # Nothing reached the model: the next endpoint may take it.
+                call.sent = False
                 timed_out = timed_out or isinstance(exc, aiohttp.ConnectionTimeoutError)
                 log.warning(
                     "request %s: no connection to %s (%s); trying the next endpoint if any",
@@ -313,8 +324,15 @@ class OpenAIEndpoint:
             log.warning("request %s: %s answered %d", call.request_id, call.endpoint, status)
         if status >= 500 and status not in (503, 504):
             status = 502
-        call.input_tokens = call.output_tokens = 0  # refused: nothing generated
-        raise GatewayError(status, "upstream_error" if status >= 500 else "upstream_rejected", message)
+        headers: list[tuple[bytes, bytes]] = []
+        if status == 429:
+            headers.append(upstream_retry_after(response.headers.get("Retry-After")))
+        if status < 500 or status == 503:
+            call.input_tokens = call.output_tokens = 0  # refused before it ran: nothing generated
+        # Otherwise the model may have worked before failing: `finish` charges the reservation.
+        raise GatewayError(
+            status, "upstream_error" if status >= 500 else "upstream_rejected", message, headers=headers
+        )
 
     async def _unary(
         self, call: Call, span: trace.Span, response: aiohttp.ClientResponse, send: Send
@@ -379,6 +397,29 @@ class OpenAIEndpoint:
             await send({"type": "http.response.body", "body": tail, "more_body": False})
         finally:
             stream_usage(call, tap)
+
+
+UPSTREAM_RETRY_AFTER_S = 1
+
+
+def upstream_retry_after(value: str | None) -> tuple[bytes, bytes]:
+    """The model server's Retry-After when it gave a usable one (seconds), else a default."""
+    if value is not None and value.strip().isdigit():
+        return (b"retry-after", value.strip().encode())
+    return retry_after(UPSTREAM_RETRY_AFTER_S)
+
+
+async def stream_error(send: Send, body: bytes) -> None:
+    """End a stream that broke after it started with an OpenAI-shaped `error` event, so the client
+    raises an error instead of taking a cut-off answer for a whole one."""
+    with contextlib.suppress(OSError):  # the client may be gone too
+        await send(
+            {
+                "type": "http.response.body",
+                "body": b"event: error\ndata: " + body + b"\n\n",
+                "more_body": False,
+            }
+        )
 
 
 class ModelsEndpoint:

@@ -73,6 +73,12 @@ class GatewayMetrics:
             ["tenant", "model", "reason"],
             registry=reg,
         )
+        self.underestimates = Counter(
+            f"{PREFIX}_reservation_underestimates",
+            "Requests that used more tokens than were reserved for them (the bound was too low).",
+            ["tenant", "model"],
+            registry=reg,
+        )
         self.in_flight = Gauge(
             f"{PREFIX}_in_flight_requests",
             "Requests being proxied now.",
