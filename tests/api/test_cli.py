@@ -153,6 +153,18 @@ def test_render_every_sample(samples_dir: Path) -> None:
     for path in sorted(samples_dir.glob("*.yaml")):
         result = run("render", "-f", str(path), "--namespace", "ai")
         no_traceback(result)
+        spec = yaml.safe_load(path.read_text())["spec"]
+        if spec["resources"].get("gpus") == 0 and not spec.get("image"):
+            # A local-only sample (`respublica up`): the cluster's default image is CUDA-only.
+            assert result.exit_code == 1, (path.name, result.stdout)
+            assert result.stderr.strip().splitlines() == [
+                f"error: {path}: {yaml.safe_load(path.read_text())['metadata']['name']}: "
+                "spec.resources.gpus is 0 but the default serving image is a CUDA build of vLLM, which "
+                "needs a GPU: set spec.image to a Ray Serve LLM image with vLLM's CPU build (or run the "
+                "operator with RESPUBLICA_RAY_IMAGE / render with --ray-image set to one)"
+            ]
+            assert run("render", "-f", str(path), "--ray-image", "x.example/vllm-cpu:1").exit_code == 0
+            continue
         assert result.exit_code == 0, (path.name, result.stderr)
         objects = [o for o in yaml.safe_load_all(result.stdout) if o is not None]
         kinds = {o["kind"] for o in objects}

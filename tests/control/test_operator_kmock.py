@@ -281,6 +281,29 @@ async def test_invalid_spec_is_failed_once_not_retried(k8s: kmock.KubernetesEmul
         await h.eventually(lambda: h.md_status(k8s).get("phase") == "Pending", what="Pending")
 
 
+async def test_cpu_model_on_the_cuda_default_image_is_failed_with_the_fix(
+    k8s: kmock.KubernetesEmulator, h: Any
+) -> None:
+    body = h.md_body(resources={"gpus": 0, "cpu": "2", "memory": "8Gi"})
+    async with h.running_operator(k8s):
+        await h.api(k8s, "POST", h.path(h.MD), body)
+        status = await h.eventually(
+            lambda: (s := h.md_status(k8s)).get("phase") == "Failed" and s, what="Failed"
+        )
+        ready = _condition(status, "Ready")
+        assert ready["reason"] == "InvalidSpec"
+        assert "spec.resources.gpus is 0" in ready["message"] and "set spec.image" in ready["message"]
+        assert h.child_writes(k8s) == []
+
+        await h.api(
+            k8s,
+            "PATCH",
+            h.path(h.MD, "llama"),
+            {"metadata": {"generation": 2}, "spec": {"image": "registry.example.org/vllm-cpu:1"}},
+        )
+        await h.eventually(lambda: h.objects_of(k8s, h.RAYSERVICES).get("llama"), what="the RayService")
+
+
 async def test_missing_kuberay_is_a_condition_then_picked_up(kmock: kmock.KubernetesEmulator, h: Any) -> None:
     h.declare(kmock, kuberay=False)
     async with h.running_operator(kmock) as runner:

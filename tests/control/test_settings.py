@@ -22,13 +22,23 @@ def test_environment_is_read() -> None:
             "RESPUBLICA_KUBE_API": "http://127.0.0.1:8001",
             "RESPUBLICA_RESYNC_SECONDS": "30",
             "RESPUBLICA_RETRY_SECONDS": "2.5",
-            "RESPUBLICA_SERVING_IMAGE": "registry.example/ray-llm:1",
+            "RESPUBLICA_RAY_IMAGE": "registry.example/ray-llm:1",
         }
     )
     assert config.namespaces == ("ai", "research", "team-a") and not config.clusterwide
     assert config.api_server == "http://127.0.0.1:8001"
     assert (config.resync_seconds, config.retry_seconds) == (30, 2.5)
-    assert config.serving_image == "registry.example/ray-llm:1"
+    assert config.render.ray_image == config.render.downloader_image == "registry.example/ray-llm:1"
+
+
+def test_old_image_variable_is_refused_with_its_new_name() -> None:
+    with pytest.raises(ConfigError, match="RESPUBLICA_SERVING_IMAGE is now RESPUBLICA_RAY_IMAGE"):
+        OperatorConfig.from_env({"RESPUBLICA_SERVING_IMAGE": "x/y:1"})
+
+
+def test_bad_render_setting_is_a_config_error_naming_the_variable() -> None:
+    with pytest.raises(ConfigError, match="RESPUBLICA_GATEWAY_LABELS needs at least one"):
+        OperatorConfig.from_env({"RESPUBLICA_GATEWAY_LABELS": " , "})
 
 
 @pytest.mark.parametrize("raw", ["team-*", "UPPER", "a_b", "-x"])

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from respublica.operator import drift, events
 from respublica.operator.api.models import ModelDeployment
 from respublica.operator.kube import ApiError, Kube
-from respublica.operator.render import MODEL_LABEL
+from respublica.operator.render import MODEL_LABEL, RenderError
 from respublica.operator.status import Observation, compute_status, status_changed
 
 Obj = dict[str, Any]
@@ -198,11 +198,16 @@ class Reconciler:
             obs = Observation(generation=generation, endpoint=None, spec_error=spec_error_message(exc))
             return await self._write_status(body, obs, logger)
 
+        try:
+            children = self.render(md)
+        except RenderError as exc:
+            obs = Observation(generation=generation, endpoint=None, spec_error=str(exc))
+            return await self._write_status(body, obs, logger)
+
         kuberay = await self.kuberay_installed()
         rayservice: Obj | None = None
         job: Obj | None = None
         refused: list[str] = []
-        children = self.render(md)
         for want in children:
             if want["kind"] == "RayService" and not kuberay:
                 continue

@@ -56,19 +56,19 @@ class Runtime:
     """What one operator process keeps: the API client, the reconciler, the index, the workers."""
 
     def __init__(self, config: OperatorConfig, settings: kopf.OperatorSettings) -> None:
-        from respublica.operator.render import RenderOptions, endpoint_url, render
+        from respublica.operator.render import endpoint_url, render
 
         self.config = config
-        options = (
-            RenderOptions() if config.serving_image is None else RenderOptions(ray_image=config.serving_image)
-        )
+        options = config.render
 
         async def login() -> kopf.ConnectionInfo:
             return connection(config, settings)
 
         self.kube = Kube(login)
         self.reconciler = Reconciler(
-            kube=self.kube, render=lambda md: render(md, options), endpoint=endpoint_url
+            kube=self.kube,
+            render=lambda md: render(md, options),
+            endpoint=lambda md: endpoint_url(md, options),
         )
         self.known: dict[str, dict[str, Any]] = {}
         self._dirty: set[str] = set()

@@ -21,9 +21,12 @@ import logging
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import kopf
+
+from respublica.operator.render.configure import OptionError, render_options
+from respublica.operator.render.options import RenderOptions
 
 PREFIX = "respublica.dev"
 FINALIZER = f"{PREFIX}/finalizer"
@@ -34,7 +37,8 @@ ENV_API = "RESPUBLICA_KUBE_API"
 ENV_RESYNC = "RESPUBLICA_RESYNC_SECONDS"
 ENV_RETRY = "RESPUBLICA_RETRY_SECONDS"
 ENV_API_BACKOFF = "RESPUBLICA_API_BACKOFF_SECONDS"
-ENV_IMAGE = "RESPUBLICA_SERVING_IMAGE"
+# Renamed to RESPUBLICA_RAY_IMAGE (one name with `respublica render --ray-image`); refused, not ignored.
+ENV_OLD_IMAGE = "RESPUBLICA_SERVING_IMAGE"
 
 
 class ConfigError(ValueError):
@@ -82,7 +86,9 @@ class OperatorConfig:
     resync_seconds: float = 300.0
     retry_seconds: float = 10.0
     api_backoff_seconds: float | None = None
-    serving_image: str | None = None
+    # The rendered objects' settings: RESPUBLICA_RAY_IMAGE, RESPUBLICA_GATEWAY_NAMESPACE, ... (the
+    # same names as `respublica render`'s flags; see render/configure.py).
+    render: RenderOptions = field(default_factory=RenderOptions)
     liveness: str | None = None
 
     @property
@@ -94,13 +100,21 @@ class OperatorConfig:
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
         env = os.environ if env is None else env
         backoff = env.get(ENV_API_BACKOFF)
+        if env.get(ENV_OLD_IMAGE):
+            raise ConfigError(
+                f"{ENV_OLD_IMAGE} is now RESPUBLICA_RAY_IMAGE (as `respublica render --ray-image`)"
+            )
+        try:
+            render = render_options(env)
+        except OptionError as exc:
+            raise ConfigError(str(exc)) from None
         return cls(
             namespaces=parse_namespaces(env.get(ENV_NAMESPACES, "")),
             api_server=env.get(ENV_API) or None,
             resync_seconds=_seconds(env, ENV_RESYNC, 300.0),
             retry_seconds=_seconds(env, ENV_RETRY, 10.0),
             api_backoff_seconds=_seconds(env, ENV_API_BACKOFF, 1.0) if backoff else None,
-            serving_image=env.get(ENV_IMAGE) or None,
+            render=render,
         )
 
     def apply(self, settings: kopf.OperatorSettings) -> None:

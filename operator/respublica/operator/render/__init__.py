@@ -5,6 +5,7 @@
 
 from respublica.operator.render.assemble import render
 from respublica.operator.render.cache import download_job_name
+from respublica.operator.render.checks import RenderError
 from respublica.operator.render.common import (
     COMPONENT_LABEL,
     MANAGED_BY,
@@ -30,6 +31,7 @@ __all__ = [
     "MODEL_LABEL",
     "SERVE_APP_NAME",
     "SPEC_HASH_ANNOTATION",
+    "RenderError",
     "RenderOptions",
     "cache_claim_name",
     "download_job_name",

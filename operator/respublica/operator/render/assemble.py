@@ -6,6 +6,7 @@ import json
 
 from respublica.operator.api.models import ModelDeployment
 from respublica.operator.render.cache import cache_objects
+from respublica.operator.render.checks import check_renderable
 from respublica.operator.render.common import Obj
 from respublica.operator.render.networkpolicy import network_policies
 from respublica.operator.render.options import RenderOptions
@@ -17,7 +18,9 @@ def render(md: ModelDeployment, options: RenderOptions = RenderOptions()) -> lis
 
     The cache (claim, download Job) comes first so the download starts while Ray comes up; the
     network policies come before the RayService so its pods are never reachable unguarded.
+    Raises RenderError for a spec that cannot run with these options (render/checks.py).
     """
+    check_renderable(md, options)
     objects = [*cache_objects(md, options), *network_policies(md, options), rayservice(md, options)]
     # Callers patch and serialise these: no two places may share a nested dict or list (a deep copy
     # keeps such sharing), and nothing but JSON types may reach the API.

@@ -31,6 +31,13 @@ def register(app: typer.Typer) -> None:
     app.command("validate")(validate_command)
 
 
+def _setting(help_text: str) -> Any:
+    return typer.Option(help=help_text)
+
+
+Text = str | None
+
+
 def render_command(
     file: FileOption,
     namespace: Annotated[
@@ -38,29 +45,63 @@ def render_command(
         typer.Option("--namespace", "-n", help="Namespace for a file that names none (default: default)."),
     ] = None,
     ray_image: Annotated[
-        str | None,
-        typer.Option(help="Ray + vLLM image of the head and replicas (a spec's own image still wins)."),
+        Text, _setting("Ray + vLLM image of the head and replicas (a spec's own image still wins).")
+    ] = None,
+    downloader_image: Annotated[
+        Text, _setting("Image of the cache download Job (needs huggingface_hub); default: the Ray image.")
     ] = None,
     image_registry: Annotated[
-        str | None,
-        typer.Option(help="Registry that replaces the default images' registry, e.g. a local mirror."),
+        Text, _setting("Registry that replaces the default images' registry, e.g. a local mirror.")
+    ] = None,
+    image_pull_policy: Annotated[Text, _setting("Always, IfNotPresent or Never.")] = None,
+    image_pull_secrets: Annotated[
+        Text, _setting("Secrets for pulling the images, comma-separated (in each model's namespace).")
     ] = None,
     gateway_namespace: Annotated[
-        str | None,
-        typer.Option(help="Namespace of the respublica gateway, admitted to the Serve port."),
+        Text, _setting("Namespace of the respublica gateway, admitted to the Serve port.")
+    ] = None,
+    gateway_labels: Annotated[
+        Text, _setting("Labels of the gateway's pods (key=value,...), admitted to the Serve port.")
+    ] = None,
+    kuberay_namespace: Annotated[
+        Text, _setting("Namespace of the KubeRay operator, admitted to the dashboard port (default: any).")
+    ] = None,
+    kuberay_labels: Annotated[
+        Text, _setting("Labels of the KubeRay operator's pods (key=value,...).")
+    ] = None,
+    hf_token_secret: Annotated[
+        Text, _setting("Secret (key `token`) with a Hugging Face token for gated repositories.")
     ] = None,
 ) -> None:
     """Print, as multi-document YAML, the Kubernetes objects the operator creates for a ModelDeployment.
 
-    Pass the same image and gateway settings the operator runs with to see exactly what it will create.
+    Each setting is also read from the operator's variable of the same name (--ray-image:
+    RESPUBLICA_RAY_IMAGE); a flag wins. With the operator's settings this prints exactly what it creates.
     """
-    import dataclasses
+    import os
 
     import yaml
 
     from respublica.operator.api.load import InputError, SpecError, load_file
-    from respublica.operator.render import RenderOptions, render
+    from respublica.operator.render import RenderError, render
+    from respublica.operator.render.configure import OptionError, render_options
 
+    flags = {
+        "ray-image": ray_image,
+        "downloader-image": downloader_image,
+        "image-registry": image_registry,
+        "image-pull-policy": image_pull_policy,
+        "image-pull-secrets": image_pull_secrets,
+        "gateway-namespace": gateway_namespace,
+        "gateway-labels": gateway_labels,
+        "kuberay-namespace": kuberay_namespace,
+        "kuberay-labels": kuberay_labels,
+        "hf-token-secret": hf_token_secret,
+    }
+    try:
+        options = render_options(os.environ, flags)
+    except OptionError as error:
+        _fail(str(error), EXIT_INPUT)
     try:
         models = load_file(file)
     except InputError as error:
@@ -72,14 +113,12 @@ def render_command(
             f"{file}: not rendered; fix the problems above (`respublica validate -f {file}` lists them)",
             EXIT_INVALID,
         )
-    options = RenderOptions()
-    overrides: dict[str, Any] = {"image_registry": image_registry, "gateway_namespace": gateway_namespace}
-    if ray_image:
-        overrides.update(ray_image=ray_image, downloader_image=ray_image)
-    options = dataclasses.replace(options, **{k: v for k, v in overrides.items() if v is not None})
     objects: list[dict[str, Any]] = []
     for model in models:
-        objects.extend(render(_in_namespace(model, namespace, file), options))
+        try:
+            objects.extend(render(_in_namespace(model, namespace, file), options))
+        except RenderError as error:
+            _fail(f"{file}: {model.metadata.name}: {error}", EXIT_INVALID)
     typer.echo(yaml.safe_dump_all(objects, sort_keys=False, explicit_start=True), nl=False)
 
 

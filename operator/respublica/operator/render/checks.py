@@ -1,0 +1,26 @@
+"""What render refuses: a spec that would render into pods that cannot work on a cluster.
+
+The API's rules (api/rules.py) hold for every place a ModelDeployment runs; these depend on the
+operator's options, so they live here and render raises `RenderError` before building anything.
+"""
+
+from __future__ import annotations
+
+from respublica.operator.api.models import ModelDeployment
+from respublica.operator.render.options import DEFAULT_RAY_IMAGE, RenderOptions
+
+
+class RenderError(ValueError):
+    """A spec render cannot turn into working objects; the message names the field and the fix."""
+
+
+def check_renderable(md: ModelDeployment, options: RenderOptions) -> None:
+    # `gpus: 0` is fine locally (`respublica up` runs vLLM's CPU build), but on a cluster the default
+    # image is Ray's CUDA LLM image: its vLLM cannot start without a GPU. Refuse rather than deploy
+    # pods that crash; an operator configured with its own Ray image (a CPU build) is trusted.
+    if md.spec.resources.gpus == 0 and not md.spec.image and options.ray_image == DEFAULT_RAY_IMAGE:
+        raise RenderError(
+            "spec.resources.gpus is 0 but the default serving image is a CUDA build of vLLM, which "
+            "needs a GPU: set spec.image to a Ray Serve LLM image with vLLM's CPU build (or run the "
+            "operator with RESPUBLICA_RAY_IMAGE / render with --ray-image set to one)"
+        )
