@@ -1,4 +1,5 @@
-"""manifests/operator: valid Kubernetes objects (strict schemas), least privilege, a hardened pod."""
+"""manifests/operator: valid Kubernetes objects (strict schemas), least privilege, a hardened pod, and
+files that `kubectl apply -f <folder>/` (alphabetical order) applies in a working order."""
 
 from __future__ import annotations
 
@@ -9,8 +10,22 @@ import kubernetes_validate
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2] / "manifests" / "operator"
-VERSION = "1.33"
+MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
+ROOT = MANIFESTS / "operator"
+VERSIONS = ["1.29", "1.33"]
+# What must exist before what: the namespace before anything in it, the account and its grants and
+# the configuration before the pods that use them.
+APPLY_RANK = {
+    "Namespace": 0,
+    "ServiceAccount": 1,
+    "ClusterRole": 2,
+    "ClusterRoleBinding": 2,
+    "Role": 2,
+    "RoleBinding": 2,
+    "ConfigMap": 3,
+    "Deployment": 4,
+    "Service": 5,
+}
 
 
 def documents() -> list[tuple[str, dict[str, Any]]]:
@@ -28,9 +43,20 @@ def one(kind: str, name: str = "respublica-operator", where: str | None = None) 
     return found[0]
 
 
+@pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize(("path", "doc"), documents(), ids=lambda v: v if isinstance(v, str) else v["kind"])
-def test_every_manifest_is_valid_strictly(path: str, doc: dict[str, Any]) -> None:
-    assert kubernetes_validate.validate(doc, VERSION, strict=True) == VERSION
+def test_every_manifest_is_valid_strictly(path: str, doc: dict[str, Any], version: str) -> None:
+    assert kubernetes_validate.validate(doc, version, strict=True) == version
+
+
+@pytest.mark.parametrize("folder", ["operator", "gateway"])
+def test_kubectl_applies_the_folder_in_a_working_order(folder: str) -> None:
+    """`kubectl apply -f manifests/<folder>/` reads the folder's files in name order (not recursive)."""
+    files = sorted((MANIFESTS / folder).glob("*.yaml"))
+    assert files and all(path.name[:2].isdigit() and path.name[2] == "-" for path in files), files
+    ranks = [APPLY_RANK[doc["kind"]] for path in files for doc in yaml.safe_load_all(path.read_text()) if doc]
+    assert ranks == sorted(ranks) and ranks[0] == 0, [p.name for p in files]
+    assert not (MANIFESTS / folder / "kustomization.yaml").exists()  # kubectl -f would send it to the API
 
 
 def _grants(role: dict[str, Any]) -> set[tuple[str, str, str]]:
