@@ -95,7 +95,8 @@ async def test_api_keys(
     await repo.create_tenant("acme", Limits(tokens_per_day=1000))
     good, revoked, expired, orphan = (generate_key() for _ in range(4))
     everything_logged += [k.key for k in (good, revoked, expired, orphan)]
-    everything_logged += [k.key.rsplit("_", 1)[1] for k in (good, revoked, expired, orphan)]
+    # The secret part: everything after `rp_<16 hex>_` (it may hold '_' itself).
+    everything_logged += [k.key[len("rp_") + 16 + 1 :] for k in (good, revoked, expired, orphan)]
     await repo.create_key(good.key_id, "acme", good.secret_hash, limits=Limits(requests_per_minute=5))
     await repo.create_key(revoked.key_id, "acme", revoked.secret_hash)
     await repo.revoke_key(revoked.key_id)
