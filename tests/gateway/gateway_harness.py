@@ -6,7 +6,7 @@ import asyncio
 import socket
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -191,6 +191,7 @@ class RecordingQuota:
         self.inner = inner
         self.reserved: dict[str, int] = {}
         self.settled: list[tuple[str, int]] = []
+        self.extended: list[str] = []
 
     @property
     def held(self) -> set[str]:
@@ -205,6 +206,10 @@ class RecordingQuota:
     async def settle(self, reservation: Reservation, used_tokens: int) -> None:
         await self.inner.settle(reservation, used_tokens)
         self.settled.append((reservation.id, used_tokens))
+
+    async def extend(self, reservations: Sequence[Reservation]) -> None:
+        await self.inner.extend(reservations)
+        self.extended.extend(r.id for r in reservations)
 
     async def close(self) -> None:
         await self.inner.close()

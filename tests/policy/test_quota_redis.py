@@ -80,3 +80,49 @@ async def test_redis_gone_follows_the_fail_policy(
         assert "quota store unreachable" in caplog.text
     finally:
         await store.close()
+
+
+async def until(condition: Callable[[], bool], within_s: float = 10.0) -> None:
+    async with asyncio.timeout(within_s):
+        while not condition():  # noqa: ASYNC110 - background retries, no event to wait on
+            await asyncio.sleep(0.05)
+
+
+async def test_a_settlement_that_fails_is_retried_and_charges_the_usage(redis_url: str) -> None:
+    prefix = f"retry-{time.monotonic_ns()}"
+    store = RedisQuotaStore.from_url(redis_url, prefix=prefix, timeout_s=0.1)
+    store.retry_delays_s = (0.3,) * 10
+    admin = aioredis.Redis.from_url(redis_url)
+    day = f"t:d:{day_name(time.time())}"
+    try:
+        who = caller(Limits(tokens_per_day=10_000))
+        held = await store.admit(who, 100)
+        assert isinstance(held, Admission)
+        await admin.execute_command("CLIENT", "PAUSE", "700", "ALL")  # Redis stalls: the settle times out
+        await store.settle(held.reservation, 250)  # more than reserved: charged in full
+        assert store.pending_settlements == 1
+        await until(lambda: store.pending_settlements == 0)
+        assert await store.spent("acme", day) == 250
+        assert await store.spent("acme", "t:cc") == 0
+    finally:
+        await admin.aclose()
+        await store.close()
+
+
+async def test_an_admission_that_times_out_is_released(redis_url: str) -> None:
+    prefix = f"lost-{time.monotonic_ns()}"
+    store = RedisQuotaStore.from_url(redis_url, prefix=prefix, timeout_s=0.1)
+    store.retry_delays_s = (0.3,) * 10
+    admin = aioredis.Redis.from_url(redis_url)
+    try:
+        who = caller(Limits(tokens_per_day=10_000))
+        await admin.execute_command("CLIENT", "PAUSE", "700", "ALL")
+        refused = await store.admit(who, 100)  # the script may still run once Redis resumes
+        assert isinstance(refused, Rejection) and refused.reason == "store_unavailable"
+        assert store.pending_settlements == 1  # its release, in the background
+        await until(lambda: store.pending_settlements == 0)
+        assert await store.spent("acme", f"t:d:{day_name(time.time())}") == 0
+        assert await store.spent("acme", "t:cc") == 0
+    finally:
+        await admin.aclose()
+        await store.close()

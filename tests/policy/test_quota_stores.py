@@ -14,6 +14,7 @@ from respublica.serving.gateway.contracts import Admission, Limits, Principal, R
 from respublica.serving.gateway.db.repo import SpendTotal
 from respublica.serving.gateway.quota import MemoryQuotaStore, QuotaReservation, RedisQuotaStore, open_store
 from respublica.serving.gateway.quota.arithmetic import day_name, month_name
+from respublica.serving.gateway.quota.keeper import LeaseKeeper
 
 Store = MemoryQuotaStore | RedisQuotaStore
 MakeStore = Callable[..., Store]
@@ -158,23 +159,57 @@ async def test_settle_is_idempotent(make_store: MakeStore, clock: Any) -> None:
     assert await store.spent("acme", "t:cc") == 0
 
 
-async def test_a_crashed_holders_lease_expires_and_frees_its_hold(make_store: MakeStore, clock: Any) -> None:
+async def test_a_crashed_holders_lease_expires_frees_its_slot_and_keeps_its_hold(
+    make_store: MakeStore, clock: Any
+) -> None:
     crashed = make_store(lease_s=30)
     caller = who(Limits(tokens_per_day=1000, max_concurrent=1))
-    lost = admitted(await crashed.admit(caller, 1000))
+    lost = admitted(await crashed.admit(caller, 600))
     # Redis: a second gateway process; in-process: the same one, its request task gone.
     survivor = make_store(lease_s=30) if isinstance(crashed, RedisQuotaStore) else crashed
-    rejected(await survivor.admit(caller, 10), "tokens_per_day")
+    rejected(await survivor.admit(caller, 10), "concurrency")
     clock.advance(31)
+    # The slot is free again; the hold is not given back: nobody said what the request used.
     later = admitted(await survivor.admit(caller, 10))
     day = f"t:d:{day_name(clock.now)}"
-    assert await survivor.spent("acme", day) == 10
+    assert await survivor.spent("acme", day) == 610
+    await survivor.settle(later.reservation, 10)
+    rejected(await survivor.admit(caller, 400), "tokens_per_day")
     # The lost request finishes after all: it is charged what it used, once.
     await crashed.settle(lost.reservation, 200)
     await crashed.settle(lost.reservation, 200)
     assert await survivor.spent("acme", day) == 210
-    await survivor.settle(later.reservation, 10)
     assert await survivor.spent("acme", "t:cc") == 0
+    admitted(await survivor.admit(caller, 400))
+
+
+async def test_usage_above_the_reservation_is_charged_in_full(make_store: MakeStore, clock: Any) -> None:
+    store = make_store()
+    caller = who(Limits(tokens_per_day=1000, tokens_per_minute=10_000))
+    a = admitted(await store.admit(caller, 100))
+    await store.settle(a.reservation, 250)  # the bound was too low: the usage counts, not the bound
+    assert await store.spent("acme", f"t:d:{day_name(clock.now)}") == 250
+    assert await store.spent("acme", f"s:key1:m:{month_name(clock.now)}") == 250
+    rejected(await store.admit(caller, 751), "tokens_per_day")
+    admitted(await store.admit(caller, 750))
+
+
+async def test_renewed_leases_outlive_the_lease_time(make_store: MakeStore, clock: Any) -> None:
+    store = make_store(lease_s=30)
+    caller = who(Limits(max_concurrent=1, tokens_per_day=1000))
+    long_one = admitted(await store.admit(caller, 500))
+    for _ in range(4):  # two minutes in flight, renewed every 20 s
+        clock.advance(20)
+        await store.extend([long_one.reservation])
+        rejected(await store.admit(caller, 10), "concurrency")
+    await store.settle(long_one.reservation, 100)
+    assert await store.spent("acme", f"t:d:{day_name(clock.now)}") == 100
+    assert await store.spent("acme", "t:cc") == 0
+    # Renewal does not revive what already ran out.
+    gone = admitted(await store.admit(caller, 10))
+    clock.advance(31)
+    await store.extend([gone.reservation])
+    admitted(await store.admit(caller, 10))
 
 
 async def test_spend_survives_a_restart_when_seeded_from_the_ledger(
@@ -212,6 +247,23 @@ async def test_lease_expiry_on_the_real_clock(make_store: MakeStore) -> None:
     again = admitted(await store.admit(caller, 10))
     await store.settle(again.reservation, 10)
     assert await store.spent("acme", "s:real-clock:cc") == 0
+
+
+async def test_the_lease_keeper_keeps_a_long_request_alive(make_store: MakeStore) -> None:
+    store = make_store(lease_s=0.3, clock=time.time)
+    keeper = LeaseKeeper(store, lease_s=0.3)
+    keeper.start()
+    try:
+        caller = who(Limits(max_concurrent=1), subject="long")
+        running = admitted(await store.admit(caller, 10))
+        keeper.hold(running.reservation)
+        await asyncio.sleep(0.8)  # well past its lease
+        rejected(await store.admit(caller, 10), "concurrency")
+        keeper.release(running.reservation)
+        await store.settle(running.reservation, 5)
+        admitted(await store.admit(caller, 10))
+    finally:
+        await keeper.close()
 
 
 def test_open_store_by_name() -> None:

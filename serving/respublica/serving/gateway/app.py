@@ -22,6 +22,7 @@ from starlette.routing import Route
 
 from respublica.serving.gateway.contracts import Authenticator, Ledger, QuotaStore
 from respublica.serving.gateway.errors import error_body
+from respublica.serving.gateway.quota.keeper import LeaseKeeper
 from respublica.serving.gateway.routes.call import GatewayContext
 from respublica.serving.gateway.routes.openai import ModelsEndpoint, OpenAIEndpoint
 from respublica.serving.gateway.routing.table import RouteHolder, RouteTable
@@ -69,6 +70,7 @@ def create_app(
     if metrics is None and settings.telemetry.metrics:
         metrics = GatewayMetrics()
     upstream = UpstreamClient(settings.upstream)
+    leases = LeaseKeeper(quota_store, settings.quota.lease_seconds)
     ctx = GatewayContext(
         authenticator=authenticator,
         quota=quota_store,
@@ -77,6 +79,7 @@ def create_app(
         upstream=upstream,
         tracer=tracer,
         metrics=metrics,
+        leases=leases,
         max_body_bytes=settings.max_body_bytes,
         record_content=settings.telemetry.record_content,
         default_max_tokens=settings.default_max_tokens,
@@ -86,11 +89,13 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         for hook in on_startup:
             await hook()
+        leases.start()
         try:
             yield
         finally:
             for hook in on_shutdown:
                 await _quietly(hook(), "shutdown hook")
+            await _quietly(leases.close(), "lease keeper")
             await _quietly(upstream.close(), "upstream client")
             await _quietly(ledger.close(), "ledger")
             await _quietly(quota_store.close(), "quota store")

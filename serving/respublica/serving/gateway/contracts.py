@@ -7,6 +7,7 @@ database, ledger) only through these types, so either side can change without th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -116,7 +117,13 @@ class QuotaStore(Protocol):
         ...
 
     async def settle(self, reservation: Reservation, used_tokens: int) -> None:
-        """Charge what was used, release the rest and the concurrency slot. Idempotent."""
+        """Charge what was used, release the rest and the concurrency slot. Idempotent. A lease that
+        ran out before its settlement has freed its slot but kept its hold: settling it late still
+        charges exactly what was used."""
+        ...
+
+    async def extend(self, reservations: Sequence[Reservation]) -> None:
+        """Renew the leases of these reservations (requests still in flight) for a full lease."""
         ...
 
     async def close(self) -> None: ...

@@ -31,7 +31,9 @@ class QuotaSettings(_Section):
         default="closed", description="When Redis is unreachable: closed rejects (503), open admits."
     )
     lease_seconds: float = Field(
-        default=900.0, gt=0, description="A reservation not settled within this is released."
+        default=900.0,
+        gt=0,
+        description="Lease of a reservation; renewed every third of it while its request runs.",
     )
 
 

@@ -15,7 +15,6 @@ from respublica.serving.gateway.quota.arithmetic import (
     SettleKeys,
     next_month,
     plan_admission,
-    settle_keys,
 )
 from respublica.serving.gateway.quota.base import (
     LATE_SETTLE_S,
@@ -23,7 +22,6 @@ from respublica.serving.gateway.quota.base import (
     answer,
     new_reservation_id,
     seed_values,
-    started_at,
 )
 
 _SWEEP_EVERY_S = 60.0
@@ -48,7 +46,7 @@ class MemoryQuotaStore:
         self._counters: dict[tuple[str, str], tuple[int, float]] = {}  # (tenant, key) -> (value, expiry)
         self._leases: dict[str, dict[str, _Lease]] = {}
         self._heaps: dict[str, list[tuple[float, str]]] = {}
-        self._expired: dict[str, dict[str, float]] = {}  # reclaimed id -> when
+        self._expired: dict[str, dict[str, tuple[float, _Lease]]] = {}  # reclaimed id -> (when, lease)
         self._last_sweep = 0.0
 
     # -- counters -------------------------------------------------------------------------------
@@ -78,20 +76,21 @@ class MemoryQuotaStore:
 
     # -- leases ---------------------------------------------------------------------------------
     def _reclaim(self, tenant: str, now: float) -> None:
+        """Expired leases free their concurrency slot; their token hold stays charged (nobody said
+        what they used, and no budget may be overshot) until a late settlement does."""
         heap = self._heaps.get(tenant)
         leases = self._leases.get(tenant, {})
         expired = self._expired.setdefault(tenant, {})
         while heap and heap[0][0] <= now:
             _, rid = heapq.heappop(heap)
-            lease = leases.pop(rid, None)
-            if lease is None:
-                continue  # settled in time
-            for key in lease.keys.periods:
-                self._adjust(tenant, key, -lease.tokens, now)
+            lease = leases.get(rid)
+            if lease is None or lease.expires_at > now:
+                continue  # settled in time, or renewed (its newer heap entry stands)
+            del leases[rid]
             for key in lease.keys.slots:
                 self._adjust(tenant, key, -1, now)
-            expired[rid] = now
-        for rid in [r for r, at in expired.items() if at <= now - LATE_SETTLE_S]:
+            expired[rid] = (now, lease)
+        for rid in [r for r, (at, _) in expired.items() if at <= now - LATE_SETTLE_S]:
             del expired[rid]
 
     # -- QuotaStore -----------------------------------------------------------------------------
@@ -128,17 +127,29 @@ class MemoryQuotaStore:
             tenant = reservation.tenant
             lease = self._leases.get(tenant, {}).pop(reservation.id, None)
             if lease is not None:
-                for key in lease.keys.tokens:
-                    self._adjust(tenant, key, used - lease.tokens, now)
                 for key in lease.keys.slots:
                     self._adjust(tenant, key, -1, now)
-                return
-            expired = self._expired.get(tenant, {})
-            if expired.pop(reservation.id, None) is not None:
-                # Reclaimed before it settled: its hold is gone, so charge what it used.
-                keys = settle_keys(reservation.subject, started_at(reservation, self.lease_s))
-                for key in keys.periods:
-                    self._adjust(tenant, key, used, now)
+            else:
+                # Reclaimed before it settled: the slot is free already, the hold still charged.
+                late = self._expired.get(tenant, {}).pop(reservation.id, None)
+                if late is None:
+                    return  # settled before
+                lease = late[1]
+            for key in lease.keys.tokens:
+                self._adjust(tenant, key, used - lease.tokens, now)
+
+    async def extend(self, reservations: Sequence[Reservation]) -> None:
+        """Renew the leases of requests still in flight, so a long one is never reclaimed."""
+        async with self._lock:
+            now = self._clock()
+            for reservation in reservations:
+                lease = self._leases.get(reservation.tenant, {}).get(reservation.id)
+                if lease is None or lease.expires_at <= now:
+                    continue
+                lease.expires_at = now + self.lease_s
+                heapq.heappush(
+                    self._heaps.setdefault(reservation.tenant, []), (lease.expires_at, reservation.id)
+                )
 
     async def seed(self, day: Sequence[SpendTotal], month: Sequence[SpendTotal]) -> None:
         """Rebuild this day's and month's spend from the ledger; counters that exist are kept."""

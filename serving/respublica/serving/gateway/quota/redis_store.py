@@ -1,10 +1,13 @@
 """The Redis quota store: several gateway processes or replicas share one set of counters.
 
-Each admission and each settlement is one Lua script, so it is atomic. Every key of a tenant
-carries the tenant as a hash tag (`rp:{tenant}:...`), so one tenant's keys live in one Redis
-Cluster slot; a script's keys are always one tenant's. Reservations are leases: a sorted set
-orders them by expiry, and each admission first reclaims the tenant's expired ones, releasing
-their day/month holds and concurrency slots, so a crashed gateway leaks nothing.
+Each admission, settlement and lease renewal is one Lua script, so it is atomic. Every key of a
+tenant carries the tenant as a hash tag (`rp:{tenant}:...`), so one tenant's keys live in one
+Redis Cluster slot; a script's keys are always one tenant's, and all are declared in KEYS.
+Reservations are leases: sorted sets order them by expiry, and concurrency is the number of live
+leases, so a crashed gateway's slots free themselves when its leases run out. Its token holds stay
+charged: nobody reported what those requests used, and a budget must never be overshot. A
+settlement that arrives later (from a request that outlived Redis trouble) charges what it used.
+A settlement that fails is retried in the background, a bounded number of times.
 
 When Redis can not be reached the configured policy answers: `closed` (the default) rejects
 with `store_unavailable`, `open` admits without accounting. Neither raises.
@@ -23,6 +26,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from respublica.serving.gateway.contracts import Admission, Principal, Rejection, Reservation
 from respublica.serving.gateway.db.repo import SpendTotal
@@ -45,7 +49,7 @@ from respublica.serving.gateway.quota.base import (
 
 log = logging.getLogger(__name__)
 
-# Shared by both scripts: add to a counter that still exists, never below zero.
+# Add to a counter that still exists, never below zero.
 _ADJUST = """
 local function adjust(key, amount)
   if redis.call('EXISTS', key) == 1 then
@@ -55,35 +59,41 @@ local function adjust(key, amount)
 end
 """
 
-# KEYS: leases (zset by expiry), lease data (hash id -> json), expired (zset by reclaim time),
-#       then (current, previous) per check.
+# Every key a script touches is in KEYS (Redis Cluster routes by them), and all of them carry the
+# tenant's hash tag. Structures, KEYS[1..4]: the tenant's live leases (zset id -> expiry), lease
+# data (hash id -> json), reclaimed leases (zset id -> when), the caller's live leases (zset).
+# Concurrency is the count of live leases in a zset, so an expired lease frees its slot without
+# the script touching another caller's keys; its token hold stays charged (the safe side: usage
+# nobody reported is not refunded) until a late settlement says what it used.
+
+# KEYS: the four structures, then (current, previous) per check.
 # ARGV: now, id, expires_at, lease json, late-settle window, structure ttl, n, then per check
-#       (cost, limit or '', previous weight, ttl).
-_ADMIT = (
-    _ADJUST
-    + """
+#       (cost, limit or '', previous weight, ttl, kind: 'c' counter or 'z' live leases in a zset).
+_ADMIT = """
 local now = tonumber(ARGV[1])
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do
-  local data = redis.call('HGET', KEYS[2], id)
-  if data then
-    local lease = cjson.decode(data)
-    for _, key in ipairs(lease.p) do adjust(key, -lease.t) end
-    for _, key in ipairs(lease.s) do adjust(key, -1) end
-    redis.call('HDEL', KEYS[2], id)
-    redis.call('ZADD', KEYS[3], now, id)
-  end
-  redis.call('ZREM', KEYS[1], id)
+  if redis.call('HEXISTS', KEYS[2], id) == 1 then redis.call('ZADD', KEYS[3], now, id) end
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[5]))
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+local horizon = now - tonumber(ARGV[5])
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', horizon)) do
+  redis.call('HDEL', KEYS[2], id)
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', horizon)
 
 local n = tonumber(ARGV[7])
 local out = {0}
 local failed = 0
 for i = 1, n do
-  local cur = tonumber(redis.call('GET', KEYS[2 + 2 * i]) or '0')
-  local prev = 0
-  if KEYS[3 + 2 * i] ~= KEYS[2 + 2 * i] then prev = tonumber(redis.call('GET', KEYS[3 + 2 * i]) or '0') end
-  local a = 7 + 4 * (i - 1)
+  local a = 7 + 5 * (i - 1)
+  local cur, prev = 0, 0
+  if ARGV[a + 5] == 'z' then
+    cur = redis.call('ZCOUNT', KEYS[3 + 2 * i], '(' .. ARGV[1], '+inf')
+  else
+    cur = tonumber(redis.call('GET', KEYS[3 + 2 * i]) or '0')
+    if KEYS[4 + 2 * i] ~= KEYS[3 + 2 * i] then prev = tonumber(redis.call('GET', KEYS[4 + 2 * i]) or '0') end
+  end
   out[2 * i] = cur
   out[2 * i + 1] = prev
   if failed == 0 and ARGV[a + 2] ~= '' then
@@ -93,44 +103,58 @@ end
 out[1] = failed
 if failed == 0 then
   for i = 1, n do
-    local a = 7 + 4 * (i - 1)
-    redis.call('INCRBY', KEYS[2 + 2 * i], ARGV[a + 1])
-    redis.call('EXPIRE', KEYS[2 + 2 * i], ARGV[a + 4])
+    local a = 7 + 5 * (i - 1)
+    if ARGV[a + 5] ~= 'z' then
+      redis.call('INCRBY', KEYS[3 + 2 * i], ARGV[a + 1])
+      redis.call('EXPIRE', KEYS[3 + 2 * i], ARGV[a + 4])
+    end
   end
   redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
+  redis.call('ZADD', KEYS[4], ARGV[3], ARGV[2])
   redis.call('HSET', KEYS[2], ARGV[2], ARGV[4])
-  for k = 1, 3 do redis.call('EXPIRE', KEYS[k], ARGV[6]) end
+  for k = 1, 4 do redis.call('EXPIRE', KEYS[k], ARGV[6]) end
 end
 return out
 """
-)
 
-# KEYS: leases, lease data, expired, then the reservation's day/month counters.
-# ARGV: id, used tokens. Returns 1 settled, 2 charged late (reclaimed before), 0 nothing to do.
+# KEYS: the four structures, then the reservation's token counters (minute, day, month).
+# ARGV: id, used tokens. Returns 1 settled in time, 2 settled late (expired before), 0 nothing to do.
 _SETTLE = (
     _ADJUST
     + """
 local id = ARGV[1]
-local used = tonumber(ARGV[2])
 local data = redis.call('HGET', KEYS[2], id)
-if data then
-  local lease = cjson.decode(data)
-  for _, key in ipairs(lease.k) do adjust(key, used - lease.t) end
-  for _, key in ipairs(lease.s) do adjust(key, -1) end
-  redis.call('HDEL', KEYS[2], id)
-  redis.call('ZREM', KEYS[1], id)
-  return 1
-end
-if redis.call('ZSCORE', KEYS[3], id) then
-  for i = 4, #KEYS do adjust(KEYS[i], used) end
-  redis.call('ZREM', KEYS[3], id)
-  return 2
-end
-return 0
+if not data then return 0 end
+local live = redis.call('ZREM', KEYS[1], id)
+redis.call('ZREM', KEYS[4], id)
+redis.call('ZREM', KEYS[3], id)
+redis.call('HDEL', KEYS[2], id)
+local lease = cjson.decode(data)
+for i = 5, #KEYS do adjust(KEYS[i], tonumber(ARGV[2]) - lease.t) end
+if live == 1 then return 1 end
+return 2
 """
 )
 
+# KEYS: the four structures. ARGV: now, id, new expiry, structure ttl. 1: renewed, 0: not live.
+_EXTEND = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[2])
+if score and tonumber(score) > tonumber(ARGV[1]) then
+  redis.call('ZADD', KEYS[1], 'XX', ARGV[3], ARGV[2])
+  redis.call('ZADD', KEYS[4], 'XX', ARGV[3], ARGV[2])
+  for k = 1, 4 do redis.call('EXPIRE', KEYS[k], ARGV[4]) end
+  return 1
+end
+return 0
+"""
+
+# A failed settlement is retried after these delays; then given up, leaving the reservation charged.
+SETTLE_RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+MAX_PENDING_SETTLEMENTS = 10_000
+
 _STORE_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+# Errors after which the script may still have run in Redis.
+_MAYBE_RAN = (RedisTimeoutError, asyncio.TimeoutError)
 
 
 class RedisQuotaStore:
@@ -154,7 +178,10 @@ class RedisQuotaStore:
         self._clock = clock
         self._admit = client.register_script(_ADMIT)
         self._settle = client.register_script(_SETTLE)
+        self._extend = client.register_script(_EXTEND)
         self._last_warning = 0.0
+        self._pending: set[asyncio.Task[None]] = set()
+        self.retry_delays_s: tuple[float, ...] = SETTLE_RETRY_DELAYS_S
 
     @classmethod
     def from_url(cls, url: str, *, timeout_s: float = 1.0, **kwargs: Any) -> RedisQuotaStore:
@@ -171,8 +198,16 @@ class RedisQuotaStore:
     def key(self, tenant: str, name: str) -> str:
         return f"{self.prefix}:{{{tenant}}}:{name}"
 
-    def _structures(self, tenant: str) -> list[str]:
-        return [self.key(tenant, "leases"), self.key(tenant, "lease"), self.key(tenant, "expired")]
+    def _structures(self, tenant: str, subject: str) -> list[str]:
+        return [
+            self.key(tenant, "leases"),
+            self.key(tenant, "lease"),
+            self.key(tenant, "expired"),
+            self.key(tenant, f"leases:{subject}"),
+        ]
+
+    def _structure_ttl(self) -> int:
+        return int(2 * self.lease_s + LATE_SETTLE_S)
 
     def _warn(self, what: str, exc: BaseException) -> None:
         # One line per 10 s at most: a Redis outage must not flood the logs.
@@ -192,29 +227,42 @@ class RedisQuotaStore:
         plan = plan_admission(principal, tokens, now, self.lease_s)
         rid = new_reservation_id()
         k = self.key
-        lease = {
-            "t": tokens,
-            "k": [k(tenant, n) for n in plan.keys.tokens],
-            "p": [k(tenant, n) for n in plan.keys.periods],
-            "s": [k(tenant, n) for n in plan.keys.slots],
-        }
-        keys = self._structures(tenant)
+        keys = self._structures(tenant, principal.subject)
         args: list[Any] = [
             repr(now),
             rid,
             repr(now + self.lease_s),
-            json.dumps(lease),
+            json.dumps({"t": tokens}),
             repr(LATE_SETTLE_S),
-            int(2 * self.lease_s + LATE_SETTLE_S),
+            self._structure_ttl(),
             len(plan.checks),
         ]
         for c in plan.checks:
-            keys += [k(tenant, c.key), k(tenant, c.prev_key or c.key)]
-            args += [c.cost, "" if c.limit is None else c.limit, repr(c.prev_weight), c.ttl_s]
+            if c.reason == "concurrency":
+                # Counted as live leases: the tenant's zset, or this caller's.
+                zset = keys[0] if c.scope == "tenant" else keys[3]
+                keys += [zset, zset]
+                kind = "z"
+            else:
+                keys += [k(tenant, c.key), k(tenant, c.prev_key or c.key)]
+                kind = "c"
+            args += [c.cost, "" if c.limit is None else c.limit, repr(c.prev_weight), c.ttl_s, kind]
         try:
             raw = await asyncio.wait_for(self._admit(keys=keys, args=args), self._op_timeout_s)
         except _STORE_ERRORS as exc:
             self._warn("admission", exc)
+            if isinstance(exc, _MAYBE_RAN):
+                # The reservation may exist without anyone holding it: release it (nothing was
+                # sent upstream), or it would stay charged.
+                lost = QuotaReservation(
+                    id=rid,
+                    tenant=tenant,
+                    subject=principal.subject,
+                    tokens=tokens,
+                    expires_at=now + self.lease_s,
+                    started_at=now,
+                )
+                self._settle_later(lost, 0, self.retry_delays_s)
             return unavailable(principal, tokens, now, self.lease_s, self.fail_policy)
         values = [(int(raw[1 + 2 * i]), int(raw[2 + 2 * i])) for i in range(len(plan.checks))]
         return answer(principal, plan, values, rid, self.lease_s)
@@ -222,16 +270,59 @@ class RedisQuotaStore:
     async def settle(self, reservation: Reservation, used_tokens: int) -> None:
         if isinstance(reservation, QuotaReservation) and reservation.unaccounted:
             return
-        tenant = reservation.tenant
-        periods = settle_keys(reservation.subject, started_at(reservation, self.lease_s)).periods
-        keys = self._structures(tenant) + [self.key(tenant, n) for n in periods]
+        used = max(0, used_tokens)
         try:
-            await asyncio.wait_for(
-                self._settle(keys=keys, args=[reservation.id, max(0, used_tokens)]), self._op_timeout_s
-            )
+            await self._settle_once(reservation, used)
         except _STORE_ERRORS as exc:
-            # The lease runs out and releases the hold; the ledger still has the usage.
+            # Retried in the background. Until it lands the reservation stays charged, also past
+            # its lease: a budget may be undercharged by nothing, at worst overcharged by the hold.
             self._warn("settlement", exc)
+            self._settle_later(reservation, used, self.retry_delays_s)
+
+    async def _settle_once(self, reservation: Reservation, used: int) -> None:
+        tenant = reservation.tenant
+        tokens = settle_keys(reservation.subject, started_at(reservation, self.lease_s)).tokens
+        keys = self._structures(tenant, reservation.subject) + [self.key(tenant, n) for n in tokens]
+        await asyncio.wait_for(self._settle(keys=keys, args=[reservation.id, used]), self._op_timeout_s)
+
+    def _settle_later(self, reservation: Reservation, used: int, delays: Sequence[float]) -> None:
+        if len(self._pending) >= MAX_PENDING_SETTLEMENTS:
+            log.error("too many settlements pending: reservation %s stays charged", reservation.id)
+            return
+        task = asyncio.create_task(self._retry_settle(reservation, used, delays))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _retry_settle(self, reservation: Reservation, used: int, delays: Sequence[float]) -> None:
+        for delay in delays:
+            await asyncio.sleep(delay)
+            try:
+                await self._settle_once(reservation, used)
+            except _STORE_ERRORS:
+                continue
+            log.info("reservation %s settled after a retry", reservation.id)
+            return
+        log.error(
+            "settling reservation %s failed %d times: its %d tokens stay charged",
+            reservation.id,
+            len(delays) + 1,
+            reservation.tokens,
+        )
+
+    async def extend(self, reservations: Sequence[Reservation]) -> None:
+        """Renew the leases of requests still in flight, so a long one is never reclaimed."""
+        now = self._clock()
+        ttl = self._structure_ttl()
+        for reservation in reservations:
+            if isinstance(reservation, QuotaReservation) and reservation.unaccounted:
+                continue
+            keys = self._structures(reservation.tenant, reservation.subject)
+            args: list[Any] = [repr(now), reservation.id, repr(now + self.lease_s), ttl]
+            try:
+                await asyncio.wait_for(self._extend(keys=keys, args=args), self._op_timeout_s)
+            except _STORE_ERRORS as exc:
+                self._warn("lease renewal", exc)
+                return
 
     async def seed(self, day: Sequence[SpendTotal], month: Sequence[SpendTotal]) -> None:
         """Rebuild this day's and month's spend from the ledger where Redis has none (e.g. it restarted)."""
@@ -244,9 +335,22 @@ class RedisQuotaStore:
             self._warn("seeding", exc)
 
     async def spent(self, tenant: str, name: str) -> int:
-        """A counter's value (tests and diagnostics)."""
+        """A counter's value (tests and diagnostics); `<scope>:cc` counts live leases."""
+        if name.endswith(":cc"):
+            scope = name[: -len(":cc")]
+            zset = self.key(tenant, "leases" if scope == "t" else f"leases:{scope[len('s:') :]}")
+            return int(await self._client.zcount(zset, f"({self._clock()!r}", "+inf"))
         value = await self._client.get(self.key(tenant, name))
         return int(value) if value is not None else 0
 
+    @property
+    def pending_settlements(self) -> int:
+        return len(self._pending)
+
     async def close(self) -> None:
+        # Settlements still retrying are dropped: their reservations stay charged (the safe side).
+        for task in list(self._pending):
+            task.cancel()
+        if self._pending:
+            await asyncio.wait(list(self._pending), timeout=1.0)
         await self._client.aclose()

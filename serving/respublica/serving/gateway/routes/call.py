@@ -25,6 +25,7 @@ from respublica.serving.gateway.contracts import (
     UsageRecord,
 )
 from respublica.serving.gateway.errors import GatewayError
+from respublica.serving.gateway.quota.keeper import LeaseKeeper
 from respublica.serving.gateway.routes.asgi import header
 from respublica.serving.gateway.routing.balancer import LeastOutstanding
 from respublica.serving.gateway.routing.table import RouteHolder
@@ -49,6 +50,7 @@ class GatewayContext:
     upstream: UpstreamClient
     tracer: Tracer
     metrics: GatewayMetrics | None = None
+    leases: LeaseKeeper | None = None  # renews the leases of requests in flight
     balancer: LeastOutstanding = field(default_factory=LeastOutstanding)
     max_body_bytes: int = 8 * 1024 * 1024
     record_content: bool = False
@@ -125,6 +127,8 @@ async def finish(ctx: GatewayContext, call: Call, span: trace.Span) -> None:
     input_tokens = call.input_tokens or 0
     output_tokens = call.output_tokens or 0
     if call.reservation is not None:
+        if ctx.leases is not None:
+            ctx.leases.release(call.reservation)
         used = settled_tokens(call, call.reservation)
         if used > call.reservation.tokens:
             # The prompt bound was too low: the actual usage is charged all the same, and this

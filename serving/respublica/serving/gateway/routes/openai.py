@@ -172,6 +172,8 @@ class OpenAIEndpoint:
         if isinstance(decision, Rejection):
             raise self._rejected(decision)
         call.reservation = decision.reservation
+        if ctx.leases is not None:
+            ctx.leases.hold(decision.reservation)
         call.rate_headers = rate_limit_headers(decision.headers)
 
         await self._proxy(
