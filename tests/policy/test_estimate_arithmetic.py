@@ -94,8 +94,10 @@ def test_reservation_adds_the_output_cap_times_sequences() -> None:
     assert requested_max_tokens(no_cap, "chat") is None
     ids = {"prompt": [[1, 2, 3], [4, 5]], "max_tokens": 10, "n": 2, "best_of": 4}
     assert reservation_tokens(ids, "completions", 99) == (3 + 64) + (2 + 64) + 10 * 4 * 2
-    assert reservation_tokens({"input": ["ab", "c"]}, "embeddings", 1024) == 3 + 2
-    assert reservation_tokens({"input": [1, 2, 3]}, "embeddings", 1024) == 3
+    # Each input also gets its special tokens: BERT turns 'a' into [CLS] a [SEP], 3 tokens.
+    assert reservation_tokens({"input": "a"}, "embeddings", 1024) >= 3
+    assert reservation_tokens({"input": ["ab", "c"]}, "embeddings", 1024) == (3 + 8) + (2 + 8)
+    assert reservation_tokens({"input": [1, 2, 3]}, "embeddings", 1024) == 3 + 8
 
 
 def test_media_and_tools_count() -> None:

@@ -41,6 +41,9 @@ class EstimatorConfig:
     request_overhead: int = 64
     message_overhead: int = 16
     media_tokens: int = 4096
+    # Per embeddings input: the special tokens an encoder wraps it in (BERT: [CLS] ... [SEP];
+    # some add an instruction prefix too).
+    embedding_overhead: int = 8
 
 
 DEFAULT = EstimatorConfig()
@@ -159,7 +162,7 @@ def reservation_tokens(
 ) -> int:
     """Prompt bound + output cap x sequences: what admission reserves. EstimateError on a bad body."""
     if endpoint == "embeddings":
-        return sum(_prompt_items(body.get("input"), "input"))
+        return sum(p + cfg.embedding_overhead for p in _prompt_items(body.get("input"), "input"))
     cap = requested_max_tokens(body, endpoint)
     cap = default_max_tokens if cap is None else cap
     n = _positive_int(body, "n") or 1
