@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import httpx
 import openai
 import pytest
-from gateway_harness import ALPHA_DEFAULT_CAP, ALPHA_KEY, ALPHA_KEY_ID, LoopThread, Stack, eventually
+from gateway_harness import (
+    ALPHA_DEFAULT_CAP,
+    ALPHA_KEY,
+    ALPHA_KEY_ID,
+    GAMMA_KEY,
+    LoopThread,
+    Stack,
+    eventually,
+)
 
 
 def client(stack: Stack, key: str = ALPHA_KEY) -> openai.OpenAI:
@@ -41,6 +50,15 @@ def test_default_cap_written_upstream_when_client_gives_none(stack: Stack) -> No
     client(stack).chat.completions.create(model="m", messages=HELLO, max_completion_tokens=7)
     seen = stack.upstream.bodies()[-1]
     assert seen["max_completion_tokens"] == 7 and "max_tokens" not in seen
+
+
+def test_default_cap_inherits_key_then_tenant_then_gateway(make_stack: Any) -> None:
+    stack = make_stack(default_max_tokens=200)
+    client(stack).chat.completions.create(model="m", messages=HELLO)  # alpha's own cap
+    assert stack.upstream.bodies()[-1]["max_tokens"] == ALPHA_DEFAULT_CAP
+    gamma = openai.OpenAI(base_url=stack.base_url, api_key=GAMMA_KEY, max_retries=0, timeout=20)
+    gamma.chat.completions.create(model="m", messages=HELLO)  # gamma sets none: the gateway's
+    assert stack.upstream.bodies()[-1]["max_tokens"] == 200
 
 
 async def test_chat_async_and_completions_and_embeddings(stack: Stack) -> None:

@@ -63,7 +63,7 @@ def test_tenants(url: str) -> None:
             "tokens_per_month": None,
             "max_concurrent": None,
             "allowed_models": ["a", "b"],
-            "default_max_tokens": 1024,
+            "default_max_tokens": None,
         },
     }
     table = run("tenants", "list", "--db", url)[0].splitlines()

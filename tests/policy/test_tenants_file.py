@@ -78,3 +78,17 @@ def test_tenant_names_follow_the_modeldeployment_api(name: str) -> None:
         api_accepts = False
     assert is_tenant_name(name) is api_accepts
     assert is_tenant_name(name) is (name in {"team-a", "team_a", "team.a", "a", "x" * 63})
+
+
+def test_default_cap_resolves_key_then_tenant_then_none() -> None:
+    from respublica.serving.gateway.contracts import Principal
+    from respublica.serving.gateway.db.codec import LimitsModel
+
+    tenant = Limits(default_max_tokens=300)
+    rpm_only = LimitsModel.model_validate({"requestsPerMinute": 5}).to_limits()
+    assert rpm_only.default_max_tokens is None  # a key that sets only rpm overrides no cap
+    assert Principal("a", "k", tenant, rpm_only).default_max_tokens == 300
+    assert Principal("a", "k", tenant, Limits(default_max_tokens=40)).default_max_tokens == 40
+    # An explicit 1024 is the tenant's choice, not "unset": it is kept.
+    assert Principal("a", "k", Limits(default_max_tokens=1024)).default_max_tokens == 1024
+    assert Principal("a", "k", Limits(), rpm_only).default_max_tokens is None  # the gateway's setting

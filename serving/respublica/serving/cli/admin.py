@@ -50,7 +50,11 @@ Conc = Annotated[str | None, typer.Option("--max-concurrent", help="Requests in 
 Models = Annotated[str | None, typer.Option("--models", help="Allowed models, comma-separated; '*' for all.")]
 MaxTok = Annotated[
     int | None,
-    typer.Option("--default-max-tokens", min=1, help="Output cap written where a client sets none."),
+    typer.Option(
+        "--default-max-tokens",
+        min=1,
+        help="Output cap written where a client sets none; unset: the tenant's, then the gateway's.",
+    ),
 ]
 
 
@@ -171,7 +175,7 @@ def _limits_row(limits: Limits) -> list[str]:
         _num(limits.tokens_per_month),
         _num(limits.max_concurrent),
         ",".join(limits.allowed_models),
-        str(limits.default_max_tokens),
+        _num(limits.default_max_tokens),
     ]
 
 

@@ -31,7 +31,9 @@ class Limits:
     tokens_per_month: int | None = None
     max_concurrent: int | None = None
     allowed_models: tuple[str, ...] = ("*",)
-    default_max_tokens: int = 1024
+    # The output cap written upstream where a client sets none; None inherits (key -> tenant ->
+    # the gateway's `default_max_tokens` setting).
+    default_max_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -51,9 +53,11 @@ class Principal:
         return True
 
     @property
-    def default_max_tokens(self) -> int:
-        limits = self.key_limits or self.tenant_limits
-        return limits.default_max_tokens
+    def default_max_tokens(self) -> int | None:
+        """The key's cap, else the tenant's; None: the gateway's setting applies."""
+        if self.key_limits is not None and self.key_limits.default_max_tokens is not None:
+            return self.key_limits.default_max_tokens
+        return self.tenant_limits.default_max_tokens
 
 
 class AuthError(Exception):

@@ -39,7 +39,7 @@ class LimitsModel(BaseModel):
     tokens_per_month: int | None = Field(default=None, ge=0)
     max_concurrent: int | None = Field(default=None, ge=0)
     allowed_models: tuple[str, ...] = Field(default=("*",), min_length=1)
-    default_max_tokens: int = Field(default=1024, ge=1)
+    default_max_tokens: int | None = Field(default=None, ge=1)  # None: inherit
 
     def to_limits(self) -> Limits:
         return Limits(**self.model_dump())

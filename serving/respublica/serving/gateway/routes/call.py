@@ -18,7 +18,6 @@ from respublica.serving.gateway.contracts import (
     Authenticator,
     AuthError,
     Ledger,
-    Limits,
     Principal,
     QuotaStore,
     Reservation,
@@ -54,8 +53,8 @@ class GatewayContext:
     balancer: LeastOutstanding = field(default_factory=LeastOutstanding)
     max_body_bytes: int = 8 * 1024 * 1024
     record_content: bool = False
-    # The cap written upstream for a tenant whose limits leave defaultMaxTokens at the contract's default.
-    default_max_tokens: int = Limits().default_max_tokens
+    # The cap written upstream where neither the client nor its key or tenant set one.
+    default_max_tokens: int = 1024
 
 
 class Call:

@@ -20,7 +20,7 @@ from opentelemetry.trace import SpanKind
 from starlette.types import Receive, Scope, Send
 
 from respublica.serving.gateway import jsoncodec
-from respublica.serving.gateway.contracts import Limits, Rejection
+from respublica.serving.gateway.contracts import Rejection
 from respublica.serving.gateway.errors import GatewayError, error_body, rate_limit_headers, retry_after
 from respublica.serving.gateway.quota.estimate import EstimateError, endpoint_of, reservation_tokens
 from respublica.serving.gateway.routes.asgi import (
@@ -46,7 +46,6 @@ from respublica.serving.gateway.telemetry import tracing as t
 log = logging.getLogger("respublica.gateway")
 
 MAX_N = 128
-_CONTRACT_DEFAULT_CAP = Limits().default_max_tokens
 
 
 class OpenAIEndpoint:
@@ -138,9 +137,7 @@ class OpenAIEndpoint:
             if self.operation == "chat":
                 requested = positive_int(doc, "max_completion_tokens") or requested
             if requested is None:
-                cap = principal.default_max_tokens
-                if cap == _CONTRACT_DEFAULT_CAP:
-                    cap = ctx.default_max_tokens
+                cap = principal.default_max_tokens or ctx.default_max_tokens
                 doc["max_tokens"] = cap
                 rewrite = True
             else:
