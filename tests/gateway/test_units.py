@@ -246,3 +246,26 @@ def test_cli_refuses_with_one_clear_line(
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr
+
+
+def test_one_database_url_rule_for_gateway_and_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from respublica.serving.cli.admin import db_url
+    from respublica.serving.gateway.db.base import describe_url
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    for name in ("RESPUBLICA_DB", "RESPUBLICA_DATABASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    default = f"sqlite:///{tmp_path}/respublica/gateway.db"
+    assert load_settings(environ={}).database_url == db_url(None) == default
+    env = {"RESPUBLICA_DB": "sqlite:///a.db", "RESPUBLICA_DATABASE_URL": "sqlite:///b.db"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert load_settings(environ=env).database_url == db_url(None) == "sqlite:///a.db"
+    assert db_url("sqlite:///flag.db") == "sqlite:///flag.db"
+    only = {"RESPUBLICA_DATABASE_URL": "sqlite:///b.db"}
+    assert load_settings(environ=only).database_url == "sqlite:///b.db"
+
+    assert describe_url("postgresql://app:s3cret@db:5432/rp") == "postgresql://app:***@db:5432/rp"
+    assert "s3cret" not in describe_url("postgresql://db/rp?user=app&password=s3cret&sslmode=require")
+    assert describe_url("postgresql://app@db/rp") == "postgresql://app@db/rp"
+    assert describe_url("sqlite:////var/lib/rp.db") == "sqlite:////var/lib/rp.db"

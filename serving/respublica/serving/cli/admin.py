@@ -58,18 +58,11 @@ MaxTok = Annotated[
 ]
 
 
-def default_db_url() -> str:
-    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return f"sqlite:///{data_home}/respublica/gateway.db"
-
-
 def db_url(option: str | None) -> str:
-    return (
-        option
-        or os.environ.get("RESPUBLICA_DB")
-        or os.environ.get("RESPUBLICA_DATABASE_URL")
-        or default_db_url()
-    )
+    """`--db`, else the environment, else the default: the gateway's own rule."""
+    from respublica.serving.gateway.db.base import resolve_database_url
+
+    return resolve_database_url(option)
 
 
 def _fail(message: str, code: int = EXIT_INPUT) -> NoReturn:

@@ -100,10 +100,11 @@ async def _revoke_key(database_url: str, key_id: str) -> None:
 
 
 def database_url() -> str:
-    """The database `respublica tenants/keys/usage` use by default, so they see `up`'s tenant and usage."""
-    from respublica.serving.cli.admin import db_url
+    """The database `respublica tenants/keys/usage` and the gateway use by default, so they see `up`'s
+    tenant and usage."""
+    from respublica.serving.gateway.db.base import resolve_database_url
 
-    return db_url(None)
+    return resolve_database_url()
 
 
 class LocalGateway:
@@ -127,6 +128,7 @@ class LocalGateway:
     def start(self, timeout_s: float = 60.0) -> None:
         import uvicorn
 
+        from respublica.serving.gateway.db.base import describe_url
         from respublica.serving.gateway.settings import GatewaySettings
         from respublica.serving.gateway.wiring import build_from_settings
 
@@ -136,7 +138,7 @@ class LocalGateway:
             self.issued = asyncio.run(_issue_key(self.database_url, self.tenant))
         except Exception as err:
             raise GatewayError(
-                f"could not prepare the gateway's database {self.database_url}: {err}"
+                f"could not prepare the gateway's database {describe_url(self.database_url)}: {err}"
             ) from None
         settings = GatewaySettings.model_validate(
             {

@@ -396,7 +396,11 @@ class Up:
                 f"Admin key for {endpoint.base_url}/admin (shown once): {self.gateway.admin_key}",
                 markup=False,
             )
-            out.print(f"Gateway database: {self.gateway.database_url}", highlight=False, markup=False)
+            from respublica.serving.gateway.db.base import describe_url  # never print a password
+
+            out.print(
+                f"Gateway database: {describe_url(self.gateway.database_url)}", highlight=False, markup=False
+            )
         elif not self.options.gateway:
             out.print("No gateway (--no-gateway): the engine answers anyone on this machine, without keys.")
         if sample:

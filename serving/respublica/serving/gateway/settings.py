@@ -15,6 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from respublica.serving.gateway.db.base import DATABASE_ENV, database_url_from_env, default_database_url
+
 ENV_PREFIX = "RESPUBLICA_"
 
 
@@ -100,7 +102,8 @@ class GatewaySettings(_Section):
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
     database_url: str = Field(
         default_factory=lambda: default_database_url(),
-        description="Tenants, keys and the usage ledger; the same default as `respublica keys`.",
+        description="Tenants, keys and the usage ledger; RESPUBLICA_DB or RESPUBLICA_DATABASE_URL, "
+        "like `respublica keys`; the same default too.",
     )
     tenants_file: Path | None = Field(default=None, description="Tenants declared in YAML (GitOps).")
     quota: QuotaSettings = Field(default_factory=QuotaSettings)
@@ -131,16 +134,13 @@ class GatewaySettings(_Section):
         return None
 
 
-def default_database_url() -> str:
-    """SQLite under $XDG_DATA_HOME (~/.local/share), where the admin CLI looks too."""
-    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return f"sqlite:///{data_home}/respublica/gateway.db"
-
-
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    database_url = database_url_from_env(environ)  # the one rule the CLI follows too
+    if database_url is not None:
+        out["database_url"] = database_url
     for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or len(name) == len(ENV_PREFIX):
+        if not name.startswith(ENV_PREFIX) or len(name) == len(ENV_PREFIX) or name in DATABASE_ENV:
             continue
         path = name[len(ENV_PREFIX) :].lower().split("__")
         if path[0] not in GatewaySettings.model_fields:

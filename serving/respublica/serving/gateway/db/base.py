@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal, Protocol
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 Dialect = Literal["sqlite", "postgresql"]
 Row = dict[str, Any]
@@ -31,14 +34,46 @@ class Database(Protocol):
     async def close(self) -> None: ...
 
 
+# Where every part of respublica (gateway, `respublica tenants/keys/usage`, `respublica up`)
+# finds the database, first match wins: RESPUBLICA_DB, then the gateway setting's own variable.
+DATABASE_ENV = ("RESPUBLICA_DB", "RESPUBLICA_DATABASE_URL")
+
+
+def default_database_url() -> str:
+    """SQLite under $XDG_DATA_HOME (~/.local/share)."""
+    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return f"sqlite:///{data_home}/respublica/gateway.db"
+
+
+def database_url_from_env(environ: Mapping[str, str] | None = None) -> str | None:
+    env = os.environ if environ is None else environ
+    return next((env[name] for name in DATABASE_ENV if env.get(name)), None)
+
+
+def resolve_database_url(explicit: str | None = None, environ: Mapping[str, str] | None = None) -> str:
+    """An explicit URL (a flag, a settings file), else the environment, else the default."""
+    return explicit or database_url_from_env(environ) or default_database_url()
+
+
 def describe_url(url: str) -> str:
-    """The URL without its password, for messages."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        user = creds.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}" if ":" in creds else url
-    return url
+    """The URL without its password (in the authority or as a `password` parameter), for messages."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<database URL that can not be parsed>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        creds, host = netloc.rsplit("@", 1)
+        if ":" in creds:
+            netloc = f"{creds.split(':', 1)[0]}:***@{host}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(k.lower() == "password" for k, _ in pairs):
+            query = urlencode([(k, "***" if k.lower() == "password" else v) for k, v in pairs], safe="*")
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url  # nothing to hide; urlunsplit would also drop sqlite:////'s empty authority
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 async def open_database(url: str) -> Database:
