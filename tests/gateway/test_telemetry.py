@@ -91,6 +91,27 @@ def value(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: s
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
+def test_metrics_token_guards_metrics(make_stack: Any) -> None:
+    token = "scrape-token-0123456789"
+    stack = make_stack(telemetry={"metrics_token": token})
+    assert httpx.get(stack.url + "/metrics", timeout=10).status_code == 401
+    wrong = httpx.get(stack.url + "/metrics", headers={"Authorization": "Bearer nope"}, timeout=10)
+    assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
+    right = httpx.get(stack.url + "/metrics", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    assert right.status_code == 200 and list(text_string_to_metric_families(right.text))
+
+
+def test_underestimated_usage_is_charged_and_counted(stack: Stack) -> None:
+    # The upstream reports far more prompt tokens than the gateway's bound (a misconfigured estimator).
+    api(stack).chat.completions.create(
+        model="m", messages=MESSAGES, max_tokens=2, extra_body={"test_prompt_tokens": 100_000}
+    )
+    ((rid, used),) = stack.quota.settled
+    assert used > stack.quota.reserved[rid] and used == 100_000 + 2
+    name = "respublica_gateway_reservation_underestimates_total"
+    assert value(scrape(stack), name, tenant="alpha", model="m") == 1
+
+
 def test_metrics_parse_and_move(stack: Stack) -> None:
     before = scrape(stack)
     api(stack).chat.completions.create(model="m", messages=MESSAGES, max_tokens=3)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
@@ -142,7 +143,18 @@ def create_app(
     if metrics is not None:
         gateway_metrics = metrics
 
+        token = settings.telemetry.metrics_token
+        expected = f"Bearer {token.get_secret_value()}".encode() if token is not None else None
+
         async def metrics_endpoint(request: Request) -> Response:
+            if expected is not None and not hmac.compare_digest(
+                request.headers.get("authorization", "").encode(), expected
+            ):
+                return JSONResponse(
+                    {"detail": "metrics need the metrics token: Authorization: Bearer <token>"},
+                    status_code=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
             gateway_metrics.route_conflicts.set(len(holder.table.conflicts))
             body, content_type = gateway_metrics.render()
             return Response(body, media_type=content_type)

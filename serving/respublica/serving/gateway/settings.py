@@ -92,6 +92,11 @@ class TelemetrySettings(_Section):
         default=False, description="Opt in to recording prompts and completions in spans. Off."
     )
     metrics: bool = True
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        min_length=16,
+        description="When set, GET /metrics requires `Authorization: Bearer <token>`; unset: open.",
+    )
 
 
 class GatewaySettings(_Section):
@@ -160,7 +165,16 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
 
 
 # Values that stay strings even when they look like numbers or booleans.
-_STRING_FIELDS = {"admin_key", "redis_url", "database_url", "host", "issuer", "audience", "namespace"}
+_STRING_FIELDS = {
+    "admin_key",
+    "metrics_token",
+    "redis_url",
+    "database_url",
+    "host",
+    "issuer",
+    "audience",
+    "namespace",
+}
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
