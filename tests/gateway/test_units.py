@@ -223,6 +223,15 @@ def test_rate_limit_headers_in_openai_format() -> None:
         (["--port", "70000", "--routes", "r.yaml"], {}, "port"),
         ([], {"RESPUBLICA_CLUSTER__ENABLED": "true"}, "not inside a cluster"),
         ([], {"RESPUBLICA_QUOTA__STORE": "redis"}, "redis_url"),
+        (
+            ["--workers", "2", "--routes", "r.yaml"],
+            {
+                "RESPUBLICA_QUOTA__STORE": "redis",
+                "RESPUBLICA_QUOTA__REDIS_URL": "redis://127.0.0.1:1/0",
+                "RESPUBLICA_ADMIN_PORT": "9090",
+            },
+            "can not share one admin_port",
+        ),
         (["--routes", "r.yaml"], {"RESPUBLICA_OIDC__JWKS_URL": "https://idp/jwks"}, "issuer and audience"),
         (
             ["--routes", "r.yaml"],

@@ -109,6 +109,44 @@ async def test_cluster_mode_from_settings(
         await loop_thread.arun(runner.cleanup())
 
 
+async def test_admin_listener_serves_admin_and_metrics_off_the_public_port(
+    loop_thread: LoopThread, tmp_path: Path
+) -> None:
+    routes = tmp_path / "routes.yaml"
+    routes.write_text("models:\n  - name: m\n    endpoints: [http://127.0.0.1:9]\n")
+    settings = load_settings(
+        environ={},
+        overrides={
+            "database_url": f"sqlite:///{tmp_path / 'gw.db'}",
+            "routes_file": str(routes),
+            "admin_key": ADMIN_KEY,
+            "admin_port": 0,
+        },
+    )
+    app = build_from_settings(settings)
+    running = await loop_thread.arun(serve_app(app, InMemorySpanExporter(), RouteHolder()))
+    admin_url = f"http://127.0.0.1:{app.state.admin_port}"
+    auth = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    try:
+        async with aiohttp.ClientSession() as http:
+            for path in ("/metrics", "/admin/tenants"):
+                async with http.get(running.url + path, headers=auth) as resp:
+                    assert resp.status == 404, path  # not on the public listener
+            async with http.get(admin_url + "/admin/tenants", headers=auth) as resp:
+                assert resp.status == 200
+            async with http.get(admin_url + "/admin/tenants") as resp:
+                assert resp.status == 401
+            async with http.get(admin_url + "/metrics") as resp:
+                assert resp.status == 200 and "respublica_gateway" in await resp.text()
+            async with http.get(running.url + "/healthz") as resp:
+                assert resp.status == 200
+    finally:
+        await loop_thread.arun(stop_gateway(running))
+    with pytest.raises(aiohttp.ClientConnectionError):  # stopped with the gateway
+        async with aiohttp.ClientSession() as http, http.get(admin_url + "/metrics") as resp:
+            await resp.read()
+
+
 @pytest.fixture
 def collector(loop_thread: LoopThread) -> Any:
     received: list[tuple[str, bytes]] = []

@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from respublica.serving.gateway.admin_listener import AdminListener
 from respublica.serving.gateway.contracts import Authenticator, Ledger, QuotaStore
 from respublica.serving.gateway.errors import error_body
 from respublica.serving.gateway.quota.keeper import LeaseKeeper
@@ -86,14 +87,27 @@ def create_app(
         default_max_tokens=settings.default_max_tokens,
     )
 
+    # /admin and /metrics: on the public app, or on their own listener (admin_port).
+    admin_app: FastAPI | None = None
+    listener: AdminListener | None = None
+    if settings.admin_port is not None:
+        admin_app = FastAPI(title="respublica gateway admin", docs_url=None, redoc_url=None, openapi_url=None)
+        listener = AdminListener(admin_app, settings.admin_host, settings.admin_port)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         for hook in on_startup:
             await hook()
         leases.start()
+        if listener is not None:
+            await listener.start()
+            app.state.admin_port = listener.port
+            log.info("admin listener on %s:%d (/admin, /metrics)", listener.host, listener.port)
         try:
             yield
         finally:
+            if listener is not None:
+                await _quietly(listener.stop(), "admin listener")
             for hook in on_shutdown:
                 await _quietly(hook(), "shutdown hook")
             await _quietly(leases.close(), "lease keeper")
@@ -159,9 +173,9 @@ def create_app(
             body, content_type = gateway_metrics.render()
             return Response(body, media_type=content_type)
 
-        app.router.routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
+        (admin_app or app).router.routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
     for router in routers:
-        app.include_router(router)
+        (admin_app or app).include_router(router)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)

@@ -113,6 +113,13 @@ class GatewaySettings(_Section):
     tenants_file: Path | None = Field(default=None, description="Tenants declared in YAML (GitOps).")
     quota: QuotaSettings = Field(default_factory=QuotaSettings)
     admin_key: SecretStr | None = Field(default=None, description="Credential of /admin; unset: off.")
+    admin_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Serve /admin and /metrics on this port (admin_host) instead of the public one.",
+    )
+    admin_host: str = Field(default="127.0.0.1", description="Address of the admin listener.")
     oidc: OIDCSettings = Field(default_factory=OIDCSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
@@ -135,6 +142,11 @@ class GatewaySettings(_Section):
             return (
                 f"workers={self.workers} needs a shared quota store: set quota.store=redis and "
                 "quota.redis_url (RESPUBLICA_QUOTA__STORE, RESPUBLICA_QUOTA__REDIS_URL), or run 1 worker"
+            )
+        if self.workers > 1 and self.admin_port is not None:
+            return (
+                f"workers={self.workers} can not share one admin_port: run 1 worker per replica, or "
+                "unset admin_port and guard /metrics with telemetry.metrics_token"
             )
         return None
 
@@ -167,6 +179,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
 # Values that stay strings even when they look like numbers or booleans.
 _STRING_FIELDS = {
     "admin_key",
+    "admin_host",
     "metrics_token",
     "redis_url",
     "database_url",
