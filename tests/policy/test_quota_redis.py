@@ -126,3 +126,22 @@ async def test_an_admission_that_times_out_is_released(redis_url: str) -> None:
     finally:
         await admin.aclose()
         await store.close()
+
+
+def test_scripts_touch_only_keys_they_declare() -> None:
+    # Redis Cluster routes a script by its KEYS: a key it reaches by other means (a name read from
+    # a value) may live elsewhere. Every key argument must come from KEYS (adjust() gets them too).
+    import re
+
+    from respublica.serving.gateway.quota import redis_store
+
+    for script in (redis_store._ADMIT, redis_store._SETTLE, redis_store._EXTEND):
+        calls = re.findall(r"redis\.call\('(\w+)',\s*([^,)]+)", script)
+        assert calls
+        for command, key in calls:
+            assert key.startswith("KEYS[") or (command in {"EXISTS", "INCRBY", "SET"} and key == "key"), (
+                command,
+                key,
+            )
+        for argument in re.findall(r"adjust\(([^,]+),", script.split("end\n", 1)[-1]):
+            assert argument.startswith("KEYS["), argument
