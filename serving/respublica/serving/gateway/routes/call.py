@@ -145,7 +145,7 @@ async def finish(ctx: GatewayContext, call: Call, span: trace.Span) -> None:
             await asyncio.shield(ctx.quota.settle(call.reservation, used))
         except Exception as exc:
             log.error(
-                "settling request %s failed: %s (its lease will expire)",
+                "settling request %s failed: %s (its reservation stays charged)",
                 call.request_id,
                 type(exc).__name__,
             )
