@@ -16,7 +16,7 @@ from respublica.serving.gateway.routing.balancer import LeastOutstanding
 from respublica.serving.gateway.routing.file_source import RoutesFileError, load_routes_file, parse_routes
 from respublica.serving.gateway.routing.k8s_source import KubeConfigError, kubeconfig_access
 from respublica.serving.gateway.settings import load_settings
-from respublica.serving.gateway.streaming import SSETap
+from respublica.serving.gateway.streaming import SSETap, text_bytes
 
 
 def test_settings_defaults_file_env_and_flags(tmp_path: Path) -> None:
@@ -73,6 +73,31 @@ def test_sse_tap_forwards_whole_events_and_strips_the_usage_chunk() -> None:
     assert tap.finish_reasons == ["stop"] and tap.chunks == 2
     kept = SSETap(strip_usage_chunk=False)
     assert kept.feed(stream) == stream and kept.usage is not None
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "a", 'say "hi"', "back\\slash\\", 'end \\"', "line\nbreak", "naïve café ☕", "tab\there"],
+)
+def test_text_bytes_bound_the_generated_text(text: str) -> None:
+    # Escapes (\", \\, \n, \uXXXX) only lengthen the JSON, so the raw count never falls below
+    # the text's own UTF-8 bytes: the bound a stream without usage is charged on.
+    doc = {"choices": [{"delta": {"content": text}}]}
+    compact = b"data: " + json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
+    ascii_only = sse(
+        {"choices": [{"text": text}, {"delta": {"tool_calls": [{"function": {"arguments": text}}]}}]}
+    )
+    assert text_bytes(compact) >= len(text.encode())
+    assert text_bytes(ascii_only) >= 2 * len(text.encode())
+    assert text_bytes(sse({"choices": [{"delta": {"role": "assistant"}}]})) == 0
+
+
+def test_a_stream_without_usage_is_bounded_by_text_and_events() -> None:
+    tap = SSETap(strip_usage_chunk=True)
+    for word in ["Hello", ",", " wor", "ld", ""]:
+        tap.feed(sse({"choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]}))
+    assert tap.usage is None
+    assert tap.output_bound() == 5 + len("Hello, world")
 
 
 def test_sse_tap_handles_crlf_and_a_missing_final_blank_line() -> None:

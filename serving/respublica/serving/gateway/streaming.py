@@ -18,6 +18,47 @@ _EVENT_END = re.compile(rb"\r?\n\r?\n")
 # Cheap byte tests first: only events that can carry usage or a finish reason are parsed.
 _USAGE_MARKS = (b'"usage":{', b'"usage": {')
 _FINISH_MARKS = (b'"finish_reason":"', b'"finish_reason": "')
+# Fields that carry generated text. Their JSON-escaped byte length bounds the tokens behind them
+# (a byte-level BPE token decodes to at least one byte; escapes only make the count larger).
+_TEXT_MARKS = (
+    b'"content":"',
+    b'"content": "',
+    b'"text":"',
+    b'"text": "',
+    b'"arguments":"',
+    b'"arguments": "',
+    b'"reasoning_content":"',
+    b'"reasoning_content": "',
+)
+_BACKSLASH = 0x5C
+
+
+def text_bytes(event: bytes) -> int:
+    """Bytes of generated text in one event, read off the raw JSON without parsing it."""
+    total = 0
+    for mark in _TEXT_MARKS:
+        start = event.find(mark)
+        while start != -1:
+            begin = start + len(mark)
+            end = event.find(b'"', begin)
+            # A quote after an odd run of backslashes is escaped: part of the text.
+            while end != -1 and _escaped(event, end):
+                end = event.find(b'"', end + 1)
+            if end == -1:
+                total += len(event) - begin
+                break
+            total += end - begin
+            start = event.find(mark, end)
+    return total
+
+
+def _escaped(data: bytes, quote: int) -> bool:
+    run = 0
+    i = quote - 1
+    while i >= 0 and data[i] == _BACKSLASH:
+        run += 1
+        i -= 1
+    return run % 2 == 1
 
 
 class SSETap:
@@ -26,7 +67,8 @@ class SSETap:
         self.usage: dict[str, Any] | None = None
         self.finish_reasons: list[str] = []
         self.response_model: str | None = None
-        self.chunks = 0  # events that carried choices: an estimate of output tokens if usage never comes
+        self.chunks = 0  # events that carried choices
+        self.text_bytes = 0  # bytes of generated text seen, escaped as in the JSON
         self.first_chunk_at: float | None = None
         self._tail = b""
 
@@ -60,6 +102,7 @@ class SSETap:
         if not has_usage and not any(m in event for m in _FINISH_MARKS):
             if b"[DONE]" not in event:
                 self.chunks += 1
+                self.text_bytes += text_bytes(event)
             return True
         payload = _data_of(event)
         if payload is None:
@@ -73,12 +116,18 @@ class SSETap:
                 self.finish_reasons.append(reason)
         if choices:
             self.chunks += 1
+            self.text_bytes += text_bytes(event)
         usage = payload.get("usage")
         if isinstance(usage, dict):
             self.usage = usage
             # The usage-only chunk; a model that reports usage on every chunk keeps its chunks.
             return not (self.strip_usage_chunk and not choices)
         return True
+
+    def output_bound(self) -> int:
+        """An upper bound of the output tokens streamed so far, for a stream that never reported
+        usage: every token is at least one byte of text, or an event of its own."""
+        return self.chunks + self.text_bytes
 
 
 def _data_of(event: bytes) -> dict[str, Any] | None:

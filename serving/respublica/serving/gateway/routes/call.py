@@ -221,9 +221,12 @@ def stream_usage(call: Call, tap: SSETap) -> None:
         call.output_tokens = int_or_none(tap.usage.get("completion_tokens"))
     else:
         # No usage (the client left, or the model broke off): charge the prompt's upper bound and
-        # one token per chunk seen, the engine's unit of streaming.
+        # an upper bound of what was streamed, never more than was reserved for the output.
         call.input_tokens = call.prompt_bound
-        call.output_tokens = tap.chunks
+        output = tap.output_bound()
+        if call.reservation is not None:
+            output = min(output, max(call.reservation.tokens - call.prompt_bound, 0))
+        call.output_tokens = output
 
 
 def int_or_none(value: Any) -> int | None:
