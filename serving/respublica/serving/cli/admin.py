@@ -191,7 +191,7 @@ def _tenant_name(name: str) -> str:
 
 @tenants_app.command("create")
 def tenants_create(
-    name: Annotated[str, typer.Argument(help="Tenant name (lowercase, digits, '-').")],
+    name: Annotated[str, typer.Argument(help="Tenant name (lowercase letters, digits, '-', '_', '.').")],
     rpm: Rpm = None,
     tpm: Tpm = None,
     tokens_per_day: Tpd = None,
