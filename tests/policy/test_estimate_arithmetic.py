@@ -154,7 +154,7 @@ def test_periods_roll_over_in_utc() -> None:
 
 def test_plan_checks_tenant_then_key() -> None:
     who = Principal("acme", "k1", Limits(tokens_per_day=100), Limits(tokens_per_day=10))
-    plan = plan_admission(who, 20, 1_795_000_030.0, 60)
+    plan = plan_admission(who, 20, 1_795_000_030.0)
     zeros = [(0, 0)] * len(plan.checks)
     failed = first_failure(plan, zeros)
     assert failed is not None and plan.checks[failed].scope == "key"

@@ -195,19 +195,23 @@ async def test_usage_above_the_reservation_is_charged_in_full(make_store: MakeSt
 
 
 async def test_renewed_leases_outlive_the_lease_time(make_store: MakeStore, clock: Any) -> None:
-    store = make_store(lease_s=30)
-    caller = who(Limits(max_concurrent=1, tokens_per_day=1000))
+    store = make_store(lease_s=10)
+    caller = who(Limits(max_concurrent=1, tokens_per_day=1000), Limits(max_concurrent=1))
     long_one = admitted(await store.admit(caller, 500))
-    for _ in range(4):  # two minutes in flight, renewed every 20 s
-        clock.advance(20)
+    # 200 s in flight, renewed every 5 s: far past the lease and any lifetime a counter of open
+    # reservations could be given from the last admission.
+    for _ in range(40):
+        clock.advance(5)
         await store.extend([long_one.reservation])
         rejected(await store.admit(caller, 10), "concurrency")
+    assert await store.spent("acme", "t:cc") == 1
+    assert await store.spent("acme", "s:key1:cc") == 1
     await store.settle(long_one.reservation, 100)
     assert await store.spent("acme", f"t:d:{day_name(clock.now)}") == 100
     assert await store.spent("acme", "t:cc") == 0
     # Renewal does not revive what already ran out.
     gone = admitted(await store.admit(caller, 10))
-    clock.advance(31)
+    clock.advance(11)
     await store.extend([gone.reservation])
     admitted(await store.admit(caller, 10))
 

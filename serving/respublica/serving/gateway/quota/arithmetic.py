@@ -11,7 +11,9 @@ Windows and periods:
   needs two counters, not a log of every request.
 - Token budgets per day and per month are plain counters over UTC calendar periods (a request
   counts in the period it started in); they are exact, never approximated.
-- Concurrency is a counter of open reservations.
+- Concurrency is the number of live leases: reservations neither settled nor run out. Both stores
+  count the leases themselves (a renewed lease counts for as long as it is renewed), so it has no
+  counter and no expiry of its own.
 
 Every counter exists for the tenant and for the caller (key id or OIDC subject); the tenant's
 limits apply to the first, `Principal.key_limits` to the second.
@@ -46,7 +48,7 @@ class Check:
     limit: int | None
     reason: RejectReason
     scope: Scope
-    ttl_s: int
+    ttl_s: int  # the counter's lifetime; 0 for concurrency, which the stores count from live leases
 
 
 @dataclass(frozen=True)
@@ -114,9 +116,7 @@ def settle_keys(subject: str, started_at: float) -> SettleKeys:
     )
 
 
-def _scope_checks(
-    scope: Scope, subject: str, limits: Limits | None, tokens: int, now: float, lease_s: float
-) -> list[Check]:
+def _scope_checks(scope: Scope, subject: str, limits: Limits | None, tokens: int, now: float) -> list[Check]:
     lim = limits or Limits()
     s = scope_prefix(scope, subject)
     idx = minute_index(now)
@@ -157,15 +157,15 @@ def _scope_checks(
             scope,
             month_ttl,
         ),
-        Check(f"{s}:cc", None, 0.0, 1, lim.max_concurrent, "concurrency", scope, int(2 * lease_s) + WINDOW_S),
+        Check(f"{s}:cc", None, 0.0, 1, lim.max_concurrent, "concurrency", scope, 0),
     ]
 
 
-def plan_admission(principal: Principal, tokens: int, now: float, lease_s: float) -> Plan:
+def plan_admission(principal: Principal, tokens: int, now: float) -> Plan:
     if tokens < 0:
         raise ValueError("a reservation can not be negative")
-    checks = _scope_checks("tenant", principal.subject, principal.tenant_limits, tokens, now, lease_s)
-    checks += _scope_checks("key", principal.subject, principal.key_limits, tokens, now, lease_s)
+    checks = _scope_checks("tenant", principal.subject, principal.tenant_limits, tokens, now)
+    checks += _scope_checks("key", principal.subject, principal.key_limits, tokens, now)
     return Plan(now, tokens, tuple(checks), settle_keys(principal.subject, now))
 
 

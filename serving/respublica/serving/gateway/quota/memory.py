@@ -12,6 +12,7 @@ from respublica.serving.gateway.contracts import Admission, Principal, Rejection
 from respublica.serving.gateway.db.repo import SpendTotal
 from respublica.serving.gateway.quota.arithmetic import (
     PERIOD_GRACE_S,
+    Check,
     SettleKeys,
     next_month,
     plan_admission,
@@ -44,6 +45,9 @@ class MemoryQuotaStore:
         self._clock = clock
         self._lock = asyncio.Lock()
         self._counters: dict[tuple[str, str], tuple[int, float]] = {}  # (tenant, key) -> (value, expiry)
+        # (tenant, `<scope>:cc`) -> live leases holding a slot. No expiry: a lease frees its slot
+        # when it settles or is reclaimed, however long renewals kept it alive.
+        self._slots: dict[tuple[str, str], int] = {}
         self._leases: dict[str, dict[str, _Lease]] = {}
         self._heaps: dict[str, list[tuple[float, str]]] = {}
         self._expired: dict[str, dict[str, tuple[float, _Lease]]] = {}  # reclaimed id -> (when, lease)
@@ -64,6 +68,24 @@ class MemoryQuotaStore:
         entry = self._counters.get((tenant, key))
         if entry is not None and entry[1] > now:
             self._counters[(tenant, key)] = (max(0, entry[0] + amount), entry[1])
+
+    def _take_slots(self, tenant: str, keys: Sequence[str]) -> None:
+        for key in keys:
+            self._slots[(tenant, key)] = self._slots.get((tenant, key), 0) + 1
+
+    def _free_slots(self, tenant: str, keys: Sequence[str]) -> None:
+        for key in keys:
+            left = self._slots.get((tenant, key), 0) - 1
+            if left > 0:
+                self._slots[(tenant, key)] = left
+            else:
+                self._slots.pop((tenant, key), None)
+
+    def _value(self, tenant: str, check: Check, now: float) -> tuple[int, int]:
+        if check.reason == "concurrency":
+            return self._slots.get((tenant, check.key), 0), 0
+        previous = (self._get(tenant, check.prev_key, now) or 0) if check.prev_key else 0
+        return self._get(tenant, check.key, now) or 0, previous
 
     def _sweep(self, now: float) -> None:
         if now - self._last_sweep < _SWEEP_EVERY_S:
@@ -87,8 +109,7 @@ class MemoryQuotaStore:
             if lease is None or lease.expires_at > now:
                 continue  # settled in time, or renewed (its newer heap entry stands)
             del leases[rid]
-            for key in lease.keys.slots:
-                self._adjust(tenant, key, -1, now)
+            self._free_slots(tenant, lease.keys.slots)
             expired[rid] = (now, lease)
         for rid in [r for r, (at, _) in expired.items() if at <= now - LATE_SETTLE_S]:
             del expired[rid]
@@ -100,19 +121,15 @@ class MemoryQuotaStore:
             self._sweep(now)
             tenant = principal.tenant
             self._reclaim(tenant, now)
-            plan = plan_admission(principal, tokens, now, self.lease_s)
-            values = [
-                (
-                    self._get(tenant, c.key, now) or 0,
-                    (self._get(tenant, c.prev_key, now) or 0) if c.prev_key else 0,
-                )
-                for c in plan.checks
-            ]
+            plan = plan_admission(principal, tokens, now)
+            values = [self._value(tenant, c, now) for c in plan.checks]
             rid = new_reservation_id()
             result = answer(principal, plan, values, rid, self.lease_s)
             if isinstance(result, Admission):
                 for c in plan.checks:
-                    self._add(tenant, c.key, c.cost, c.ttl_s, now)
+                    if c.reason != "concurrency":
+                        self._add(tenant, c.key, c.cost, c.ttl_s, now)
+                self._take_slots(tenant, plan.keys.slots)
                 expires = now + self.lease_s
                 self._leases.setdefault(tenant, {})[rid] = _Lease(tokens, plan.keys, expires)
                 heapq.heappush(self._heaps.setdefault(tenant, []), (expires, rid))
@@ -127,8 +144,7 @@ class MemoryQuotaStore:
             tenant = reservation.tenant
             lease = self._leases.get(tenant, {}).pop(reservation.id, None)
             if lease is not None:
-                for key in lease.keys.slots:
-                    self._adjust(tenant, key, -1, now)
+                self._free_slots(tenant, lease.keys.slots)
             else:
                 # Reclaimed before it settled: the slot is free already, the hold still charged.
                 late = self._expired.get(tenant, {}).pop(reservation.id, None)
@@ -163,7 +179,11 @@ class MemoryQuotaStore:
     async def spent(self, tenant: str, key: str) -> int:
         """A counter's value (tests and diagnostics): e.g. `t:d:20261125`, `s:<subject>:cc`."""
         async with self._lock:
-            return self._get(tenant, key, self._clock()) or 0
+            now = self._clock()
+            if key.endswith(":cc"):
+                self._reclaim(tenant, now)
+                return self._slots.get((tenant, key), 0)
+            return self._get(tenant, key, now) or 0
 
     async def close(self) -> None:
         return None

@@ -224,7 +224,7 @@ class RedisQuotaStore:
     async def admit(self, principal: Principal, tokens: int) -> Admission | Rejection:
         now = self._clock()
         tenant = principal.tenant
-        plan = plan_admission(principal, tokens, now, self.lease_s)
+        plan = plan_admission(principal, tokens, now)
         rid = new_reservation_id()
         k = self.key
         keys = self._structures(tenant, principal.subject)
