@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from respublica.serving.gateway.contracts import Admission, Limits, Principal, Rejection
-from respublica.serving.gateway.quota import RedisQuotaStore
+from respublica.serving.gateway.quota import QuotaReservation, RedisQuotaStore
 from respublica.serving.gateway.quota.arithmetic import day_name
 
 
@@ -125,6 +126,54 @@ async def test_an_admission_that_times_out_is_released(redis_url: str) -> None:
         assert await store.spent("acme", "t:cc") == 0
     finally:
         await admin.aclose()
+        await store.close()
+
+
+async def test_a_release_that_overtakes_its_admission_keeps_it_from_holding_anything(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The admission's connection stalls, its answer times out, and its release (on another
+    # connection) reaches Redis before the admission script does.
+    from respublica.serving.gateway.quota import redis_store
+
+    store = RedisQuotaStore.from_url(redis_url, prefix=f"overtaken-{time.monotonic_ns()}", lease_s=60)
+    try:
+        monkeypatch.setattr(redis_store, "new_reservation_id", lambda: "overtaken")
+        now = time.time()
+        lost = QuotaReservation(
+            id="overtaken", tenant="acme", subject="key1", tokens=100, expires_at=now + 60, started_at=now
+        )
+        await store._settle_once(lost, 0, release=True)  # finds nothing to release
+        late = await store.admit(caller(Limits(tokens_per_day=10_000, max_concurrent=1)), 100)
+        assert isinstance(late, Rejection) and late.reason == "store_unavailable"
+        assert await store.spent("acme", f"t:d:{day_name(time.time())}") == 0
+        assert await store.spent("acme", "t:cc") == 0
+        monkeypatch.setattr(redis_store, "new_reservation_id", lambda: "another")
+        assert isinstance(await store.admit(caller(Limits(max_concurrent=1)), 100), Admission)
+    finally:
+        await store.close()
+
+
+async def test_an_admission_whose_connection_breaks_after_sending_is_released(redis_url: str) -> None:
+    # Not only a timeout: a connection reset after the script was sent leaves it just as unknown.
+    prefix = f"reset-{time.monotonic_ns()}"
+    store = RedisQuotaStore.from_url(redis_url, prefix=prefix)
+    store.retry_delays_s = (0.05,) * 5
+    sent = store._admit
+
+    async def ran_then_broke(**kwargs: Any) -> Any:
+        await sent(**kwargs)
+        raise RedisConnectionError("Connection closed by server.")
+
+    store._admit = ran_then_broke  # type: ignore[assignment]
+    try:
+        refused = await store.admit(caller(Limits(tokens_per_day=10_000)), 100)
+        assert isinstance(refused, Rejection) and refused.reason == "store_unavailable"
+        assert await store.spent("acme", f"t:d:{day_name(time.time())}") == 100  # held, by nobody
+        await until(lambda: store.pending_settlements == 0)
+        assert await store.spent("acme", f"t:d:{day_name(time.time())}") == 0
+        assert await store.spent("acme", "t:cc") == 0
+    finally:
         await store.close()
 
 

@@ -26,7 +26,6 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from respublica.serving.gateway.contracts import Admission, Principal, Rejection, Reservation
 from respublica.serving.gateway.db.repo import SpendTotal
@@ -66,10 +65,13 @@ end
 # the script touching another caller's keys; its token hold stays charged (the safe side: usage
 # nobody reported is not refunded) until a late settlement says what it used.
 
-# KEYS: the four structures, then (current, previous) per check.
+# KEYS: the four structures, then (current, previous) per check, then the id's release tombstone.
 # ARGV: now, id, expires_at, lease json, late-settle window, structure ttl, n, then per check
 #       (cost, limit or '', previous weight, ttl, kind: 'c' counter or 'z' live leases in a zset).
+# Returns {-1} when the id was released before this script ran (see `_SETTLE`), else
+# {failed check or 0, then (current, previous) per check}.
 _ADMIT = """
+if redis.call('EXISTS', KEYS[#KEYS]) == 1 then return {-1} end
 local now = tonumber(ARGV[1])
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do
   if redis.call('HEXISTS', KEYS[2], id) == 1 then redis.call('ZADD', KEYS[3], now, id) end
@@ -117,20 +119,27 @@ end
 return out
 """
 
-# KEYS: the four structures, then the reservation's token counters (minute, day, month).
-# ARGV: id, used tokens. Returns 1 settled in time, 2 settled late (expired before), 0 nothing to do.
+# KEYS: the four structures, the id's release tombstone, then the reservation's token counters
+# (minute, day, month). ARGV: id, used tokens, tombstone ttl ('' for an ordinary settlement).
+# Returns 1 settled in time, 2 settled late (expired before), 0 nothing to do.
+# The release of an admission whose answer was lost can overtake the admission itself (the
+# admission's connection stalled, the release went on another): finding nothing, it leaves a
+# tombstone, and the admission, when it finally runs, takes nothing.
 _SETTLE = (
     _ADJUST
     + """
 local id = ARGV[1]
 local data = redis.call('HGET', KEYS[2], id)
-if not data then return 0 end
+if not data then
+  if ARGV[3] ~= '' then redis.call('SET', KEYS[5], '1', 'EX', ARGV[3]) end
+  return 0
+end
 local live = redis.call('ZREM', KEYS[1], id)
 redis.call('ZREM', KEYS[4], id)
 redis.call('ZREM', KEYS[3], id)
 redis.call('HDEL', KEYS[2], id)
 local lease = cjson.decode(data)
-for i = 5, #KEYS do adjust(KEYS[i], tonumber(ARGV[2]) - lease.t) end
+for i = 6, #KEYS do adjust(KEYS[i], tonumber(ARGV[2]) - lease.t) end
 if live == 1 then return 1 end
 return 2
 """
@@ -153,8 +162,6 @@ SETTLE_RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 MAX_PENDING_SETTLEMENTS = 10_000
 
 _STORE_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
-# Errors after which the script may still have run in Redis.
-_MAYBE_RAN = (RedisTimeoutError, asyncio.TimeoutError)
 
 
 class RedisQuotaStore:
@@ -180,6 +187,7 @@ class RedisQuotaStore:
         self._settle = client.register_script(_SETTLE)
         self._extend = client.register_script(_EXTEND)
         self._last_warning = 0.0
+        self._last_overflow = 0.0
         self._pending: set[asyncio.Task[None]] = set()
         self.retry_delays_s: tuple[float, ...] = SETTLE_RETRY_DELAYS_S
 
@@ -208,6 +216,9 @@ class RedisQuotaStore:
 
     def _structure_ttl(self) -> int:
         return int(2 * self.lease_s + LATE_SETTLE_S)
+
+    def _tombstone(self, tenant: str, rid: str) -> str:
+        return self.key(tenant, f"released:{rid}")
 
     def _warn(self, what: str, exc: BaseException) -> None:
         # One line per 10 s at most: a Redis outage must not flood the logs.
@@ -247,22 +258,25 @@ class RedisQuotaStore:
                 keys += [k(tenant, c.key), k(tenant, c.prev_key or c.key)]
                 kind = "c"
             args += [c.cost, "" if c.limit is None else c.limit, repr(c.prev_weight), c.ttl_s, kind]
+        keys.append(self._tombstone(tenant, rid))
         try:
             raw = await asyncio.wait_for(self._admit(keys=keys, args=args), self._op_timeout_s)
         except _STORE_ERRORS as exc:
             self._warn("admission", exc)
-            if isinstance(exc, _MAYBE_RAN):
-                # The reservation may exist without anyone holding it: release it (nothing was
-                # sent upstream), or it would stay charged.
-                lost = QuotaReservation(
-                    id=rid,
-                    tenant=tenant,
-                    subject=principal.subject,
-                    tokens=tokens,
-                    expires_at=now + self.lease_s,
-                    started_at=now,
-                )
-                self._settle_later(lost, 0, self.retry_delays_s)
+            # Whatever failed (a timeout, a connection reset after the script was sent), the
+            # script may have run or may still run: release the reservation (nothing was sent
+            # upstream), or it would stay charged with nobody holding it.
+            lost = QuotaReservation(
+                id=rid,
+                tenant=tenant,
+                subject=principal.subject,
+                tokens=tokens,
+                expires_at=now + self.lease_s,
+                started_at=now,
+            )
+            self._settle_later(lost, 0, self.retry_delays_s, release=True)
+            return unavailable(principal, tokens, now, self.lease_s, self.fail_policy)
+        if int(raw[0]) < 0:  # released before it ran: only a lost answer's release does that
             return unavailable(principal, tokens, now, self.lease_s, self.fail_policy)
         values = [(int(raw[1 + 2 * i]), int(raw[2 + 2 * i])) for i in range(len(plan.checks))]
         return answer(principal, plan, values, rid, self.lease_s)
@@ -279,25 +293,35 @@ class RedisQuotaStore:
             self._warn("settlement", exc)
             self._settle_later(reservation, used, self.retry_delays_s)
 
-    async def _settle_once(self, reservation: Reservation, used: int) -> None:
+    async def _settle_once(self, reservation: Reservation, used: int, *, release: bool = False) -> None:
+        """Settle; `release`: the reservation's admission answer was lost, and the admission may
+        not have run yet, so a settlement finding nothing leaves a tombstone that stops it."""
         tenant = reservation.tenant
         tokens = settle_keys(reservation.subject, started_at(reservation, self.lease_s)).tokens
-        keys = self._structures(tenant, reservation.subject) + [self.key(tenant, n) for n in tokens]
-        await asyncio.wait_for(self._settle(keys=keys, args=[reservation.id, used]), self._op_timeout_s)
+        keys = [*self._structures(tenant, reservation.subject), self._tombstone(tenant, reservation.id)]
+        keys += [self.key(tenant, n) for n in tokens]
+        args: list[Any] = [reservation.id, used, self._structure_ttl() if release else ""]
+        await asyncio.wait_for(self._settle(keys=keys, args=args), self._op_timeout_s)
 
-    def _settle_later(self, reservation: Reservation, used: int, delays: Sequence[float]) -> None:
+    def _settle_later(
+        self, reservation: Reservation, used: int, delays: Sequence[float], *, release: bool = False
+    ) -> None:
         if len(self._pending) >= MAX_PENDING_SETTLEMENTS:
-            log.error("too many settlements pending: reservation %s stays charged", reservation.id)
+            if time.monotonic() - self._last_overflow >= 10.0:  # an outage must not flood the logs
+                self._last_overflow = time.monotonic()
+                log.error("too many settlements pending: reservation %s stays charged", reservation.id)
             return
-        task = asyncio.create_task(self._retry_settle(reservation, used, delays))
+        task = asyncio.create_task(self._retry_settle(reservation, used, delays, release))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _retry_settle(self, reservation: Reservation, used: int, delays: Sequence[float]) -> None:
+    async def _retry_settle(
+        self, reservation: Reservation, used: int, delays: Sequence[float], release: bool
+    ) -> None:
         for delay in delays:
             await asyncio.sleep(delay)
             try:
-                await self._settle_once(reservation, used)
+                await self._settle_once(reservation, used, release=release)
             except _STORE_ERRORS:
                 continue
             log.info("reservation %s settled after a retry", reservation.id)
