@@ -125,6 +125,7 @@ async def finish(ctx: GatewayContext, call: Call, span: trace.Span) -> None:
     latency = time.perf_counter() - call.t0
     input_tokens = call.input_tokens or 0
     output_tokens = call.output_tokens or 0
+    cancelled: asyncio.CancelledError | None = None
     if call.reservation is not None:
         if ctx.leases is not None:
             ctx.leases.release(call.reservation)
@@ -143,6 +144,11 @@ async def finish(ctx: GatewayContext, call: Call, span: trace.Span) -> None:
                 ctx.metrics.underestimates.labels(tenant, call.model).inc()
         try:
             await asyncio.shield(ctx.quota.settle(call.reservation, used))
+        except asyncio.CancelledError as exc:
+            # Shutdown cancelled the request while it settled: the shielded settlement goes on,
+            # and this request is still traced, counted and written to the ledger (no await
+            # follows) before the cancellation goes on.
+            cancelled = exc
         except Exception as exc:
             log.error(
                 "settling request %s failed: %s (its reservation stays charged)",
@@ -201,6 +207,8 @@ async def finish(ctx: GatewayContext, call: Call, span: trace.Span) -> None:
             )
         except Exception as exc:
             log.error("ledger refused request %s: %s", call.request_id, type(exc).__name__)
+    if cancelled is not None:
+        raise cancelled
 
 
 def settled_tokens(call: Call, reservation: Reservation) -> int:

@@ -1,0 +1,87 @@
+"""What a request leaves behind when shutdown cancels it while its reservation is being settled."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client import CollectorRegistry
+
+from respublica.serving.gateway.contracts import Admission, Authenticator, Limits, Principal, UsageRecord
+from respublica.serving.gateway.quota import MemoryQuotaStore
+from respublica.serving.gateway.routes.call import Call, GatewayContext, finish
+from respublica.serving.gateway.routing.table import RouteHolder
+from respublica.serving.gateway.telemetry.metrics import GatewayMetrics
+from respublica.serving.gateway.upstream import UpstreamClient
+
+
+class Ledger:
+    def __init__(self) -> None:
+        self.records: list[UsageRecord] = []
+
+    def record(self, record: UsageRecord) -> None:
+        self.records.append(record)
+
+
+class SlowSettleStore(MemoryQuotaStore):
+    """Settles only once the test lets it: long enough for a cancel to arrive in between."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = asyncio.Event()
+        self.settling = asyncio.Event()
+
+    async def settle(self, reservation: Any, used_tokens: int) -> None:
+        self.settling.set()
+        await self.go.wait()
+        await super().settle(reservation, used_tokens)
+
+
+async def test_a_cancel_while_settling_still_ends_the_span_counts_and_writes_the_ledger_line() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    store = SlowSettleStore()
+    ledger = Ledger()
+    metrics = GatewayMetrics(CollectorRegistry())
+    ctx = GatewayContext(
+        authenticator=cast(Authenticator, None),
+        quota=store,
+        ledger=ledger,
+        routes=RouteHolder(),
+        upstream=UpstreamClient(),
+        tracer=tracer,
+        metrics=metrics,
+    )
+    principal = Principal(tenant="acme", subject="key1", tenant_limits=Limits(tokens_per_day=1000))
+    admission = await store.admit(principal, 100)
+    assert isinstance(admission, Admission)
+    call = Call()
+    call.principal, call.model, call.endpoint = principal, "m", "chat.completions"
+    call.reservation = admission.reservation
+    call.input_tokens, call.output_tokens, call.sent = 10, 5, True
+
+    task = asyncio.create_task(finish(ctx, call, tracer.start_span("call")))
+    await asyncio.wait_for(store.settling.wait(), 5)
+    task.cancel()  # the server shuts down
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)
+
+    assert [r.request_id for r in ledger.records] == [call.request_id]
+    assert [s.name for s in exporter.get_finished_spans()] == ["call"]
+    sample = metrics.registry.get_sample_value(
+        "respublica_gateway_requests_total", {"tenant": "acme", "model": "m", "status": "200"}
+    )
+    assert sample == 1.0
+    # The settlement itself was shielded: it completes and charges what was used.
+    store.go.set()
+    for _ in range(100):
+        if await store.spent("acme", "t:cc") == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert await store.spent("acme", "t:cc") == 0
