@@ -96,14 +96,16 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        for hook in on_startup:
-            await hook()
-        leases.start()
-        if listener is not None:
-            await listener.start()
-            app.state.admin_port = listener.port
-            log.info("admin listener on %s:%d (/admin, /metrics)", listener.host, listener.port)
+        # Startup inside the try: whatever fails to start (a hook, an admin port taken), what was
+        # given and what already started is still closed.
         try:
+            for hook in on_startup:
+                await hook()
+            if listener is not None:
+                await listener.start()
+                app.state.admin_port = listener.port
+                log.info("admin listener on %s:%d (/admin, /metrics)", listener.host, listener.port)
+            leases.start()
             yield
         finally:
             if listener is not None:

@@ -1,8 +1,9 @@
-"""What a request leaves behind when shutdown cancels it while its reservation is being settled."""
+"""Shutdown paths: a request cancelled while it settles, a gateway that fails to start."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any, cast
 
 import pytest
@@ -85,3 +86,49 @@ async def test_a_cancel_while_settling_still_ends_the_span_counts_and_writes_the
             break
         await asyncio.sleep(0.01)
     assert await store.spent("acme", "t:cc") == 0
+
+
+class ClosingStore(MemoryQuotaStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed = False
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+class ClosingLedger(Ledger):
+    closed = False
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+async def test_an_admin_port_that_can_not_be_bound_still_shuts_everything_down() -> None:
+    from respublica.serving.gateway.app import create_app
+    from respublica.serving.gateway.settings import load_settings
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        settings = load_settings(
+            environ={}, overrides={"admin_host": "127.0.0.1", "admin_port": taken.getsockname()[1]}
+        )
+        store, ledger, shut = ClosingStore(), ClosingLedger(), []
+
+        async def shutdown_hook() -> None:
+            shut.append(True)
+
+        app = create_app(
+            settings,
+            authenticator=cast(Authenticator, None),
+            quota_store=store,
+            ledger=cast(Any, ledger),
+            route_table=RouteHolder(),
+            on_shutdown=[shutdown_hook],
+        )
+        with pytest.raises(OSError, match="admin listener"):
+            async with app.router.lifespan_context(app):
+                pytest.fail("started although the admin port is taken")
+    assert shut and store.closed and ledger.closed
+    assert not [task for task in asyncio.all_tasks() if task.get_name() == "lease-keeper"]
