@@ -177,6 +177,37 @@ async def test_an_admission_whose_connection_breaks_after_sending_is_released(re
         await store.close()
 
 
+async def test_lease_renewal_goes_on_past_a_lease_it_can_not_renew(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from respublica.serving.gateway.quota import redis_store
+
+    prefix = f"renew-{time.monotonic_ns()}"
+    now = [time.time()]
+    store = RedisQuotaStore.from_url(redis_url, prefix=prefix, lease_s=10, clock=lambda: now[0])
+    admin = aioredis.Redis.from_url(redis_url)
+    try:
+        who = caller(Limits(max_concurrent=5))
+        held = []
+        for _ in range(3):
+            result = await store.admit(who, 10)
+            assert isinstance(result, Admission)
+            held.append(result.reservation)
+        # A tenant whose lease set is not a sorted set: renewing its lease fails in Redis.
+        await admin.set(f"{prefix}:{{broken}}:leases", "not a zset")
+        broken = QuotaReservation(
+            id="broken", tenant="broken", subject="key1", tokens=1, expires_at=now[0] + 10, started_at=now[0]
+        )
+        monkeypatch.setattr(redis_store, "EXTEND_BATCH", 2)  # round trips, the first one failing in part
+        for _ in range(3):  # 18 s, longer than the lease
+            now[0] += 6
+            await store.extend([broken, *held])
+        assert await store.spent("acme", "t:cc") == 3
+    finally:
+        await admin.aclose()
+        await store.close()
+
+
 def test_scripts_touch_only_keys_they_declare() -> None:
     # Redis Cluster routes a script by its KEYS: a key it reaches by other means (a name read from
     # a value) may live elsewhere. Every key argument must come from KEYS (adjust() gets them too).

@@ -160,6 +160,8 @@ return 0
 # A failed settlement is retried after these delays; then given up, leaving the reservation charged.
 SETTLE_RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 MAX_PENDING_SETTLEMENTS = 10_000
+# Lease renewals sent per round trip.
+EXTEND_BATCH = 500
 
 _STORE_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 
@@ -334,19 +336,32 @@ class RedisQuotaStore:
         )
 
     async def extend(self, reservations: Sequence[Reservation]) -> None:
-        """Renew the leases of requests still in flight, so a long one is never reclaimed."""
+        """Renew the leases of requests still in flight, so a long one is never reclaimed.
+
+        Pipelined, `EXTEND_BATCH` scripts per round trip (each one still atomic). A renewal that
+        fails does not stop the others: a lease missed now is renewed on the next pass, well
+        before it runs out."""
         now = self._clock()
         ttl = self._structure_ttl()
-        for reservation in reservations:
-            if isinstance(reservation, QuotaReservation) and reservation.unaccounted:
-                continue
-            keys = self._structures(reservation.tenant, reservation.subject)
-            args: list[Any] = [repr(now), reservation.id, repr(now + self.lease_s), ttl]
+        held = [r for r in reservations if not (isinstance(r, QuotaReservation) and r.unaccounted)]
+        for start in range(0, len(held), EXTEND_BATCH):
             try:
-                await asyncio.wait_for(self._extend(keys=keys, args=args), self._op_timeout_s)
+                await asyncio.wait_for(
+                    self._extend_batch(held[start : start + EXTEND_BATCH], now, ttl), self._op_timeout_s
+                )
             except _STORE_ERRORS as exc:
                 self._warn("lease renewal", exc)
-                return
+
+    async def _extend_batch(self, batch: Sequence[Reservation], now: float, ttl: int) -> None:
+        pipe = self._client.pipeline(transaction=False)
+        for reservation in batch:
+            keys = self._structures(reservation.tenant, reservation.subject)
+            args: list[Any] = [repr(now), reservation.id, repr(now + self.lease_s), ttl]
+            await self._extend(keys=keys, args=args, client=pipe)
+        results = await pipe.execute(raise_on_error=False)
+        failed = [r for r in results if isinstance(r, Exception)]
+        if failed:
+            self._warn("lease renewal", failed[0])
 
     async def seed(self, day: Sequence[SpendTotal], month: Sequence[SpendTotal]) -> None:
         """Rebuild this day's and month's spend from the ledger where Redis has none (e.g. it restarted)."""
