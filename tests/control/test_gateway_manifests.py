@@ -45,6 +45,11 @@ def container() -> dict[str, Any]:
     return found
 
 
+def port(name: str) -> dict[str, Any]:
+    (found,) = [p for p in container()["ports"] if p["name"] == name]
+    return found
+
+
 @pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize(("path", "doc"), documents(), ids=lambda v: v if isinstance(v, str) else v["kind"])
 def test_every_manifest_is_valid_strictly(path: str, doc: dict[str, Any], version: str) -> None:
@@ -171,8 +176,11 @@ def test_settings_are_cluster_mode_on_redis_and_accepted_by_the_gateway(tmp_path
     assert settings.database_url == environ["RESPUBLICA_DATABASE_URL"]
     assert settings.admin_key is not None and settings.admin_key.get_secret_value() == "x" * 32
     assert settings.host == "0.0.0.0"
-    (port,) = container()["ports"]
-    assert settings.port == port["containerPort"]
+    assert settings.port == port("http")["containerPort"]
+    # /admin and /metrics on their own listener, reachable from outside the pod, one worker.
+    assert (settings.admin_host, settings.admin_port) == ("0.0.0.0", port("admin")["containerPort"])
+    assert settings.workers == 1
+    assert {p["name"] for p in container()["ports"]} == {"http", "admin"}
 
 
 def test_no_secret_is_inline() -> None:
@@ -186,12 +194,27 @@ def test_no_secret_is_inline() -> None:
 
 
 def test_probes_are_healthz_and_readyz_on_the_served_port() -> None:
-    (port,) = container()["ports"]
+    http = port("http")
     live, ready = container()["livenessProbe"]["httpGet"], container()["readinessProbe"]["httpGet"]
     assert (live["path"], ready["path"]) == ("/healthz", "/readyz")
-    assert live["port"] == ready["port"] == port["name"]
+    assert live["port"] == ready["port"] == http["name"]
     service = one("Service")["spec"]
-    assert [(p["targetPort"], p["port"]) for p in service["ports"]] == [(port["name"], port["containerPort"])]
+    assert [(p["targetPort"], p["port"]) for p in service["ports"]] == [(http["name"], http["containerPort"])]
+
+
+def test_admin_and_metrics_are_on_a_port_no_service_exposes_and_prometheus_scrapes() -> None:
+    admin = port("admin")
+    exposed = {
+        target
+        for _, doc in documents()
+        if doc["kind"] == "Service"
+        for target in [p["targetPort"] for p in doc["spec"]["ports"]]
+    }
+    assert not exposed & {admin["name"], admin["containerPort"]}
+    annotations = one("Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == str(admin["containerPort"])
+    assert annotations["prometheus.io/path"] == "/metrics"
 
 
 def _pod_labels() -> dict[str, str]:
