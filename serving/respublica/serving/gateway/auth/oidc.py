@@ -2,8 +2,10 @@
 
 The JWKS comes from a file (read once at start) or a URL (fetched by PyJWT's client in a thread,
 cached for `jwks_cache_s`, fetched again when a token names an unknown key id, so key rotation
-works). Audience and issuer are checked when configured; `exp` and `sub` are required. The
-tenant is read from a configurable claim (a dotted path reaches into nested claims).
+works). Audience and issuer are checked: the gateway's settings refuse a JWKS without both
+(otherwise any token the provider signs for any other application would pass), and this class
+checks the ones it is given. `exp` and `sub` are required. The tenant is read from a
+configurable claim (a dotted path reaches into nested claims).
 """
 
 from __future__ import annotations

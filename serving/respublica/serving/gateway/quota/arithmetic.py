@@ -56,7 +56,6 @@ class SettleKeys:
     """The counters a reservation holds, derived from its caller and its start time."""
 
     tokens: tuple[str, ...]  # adjusted by (used - reserved) at settlement
-    periods: tuple[str, ...]  # day and month: released when a lease expires unsettled
     slots: tuple[str, ...]  # concurrency: released at settlement or expiry
 
 
@@ -111,7 +110,6 @@ def settle_keys(subject: str, started_at: float) -> SettleKeys:
     return SettleKeys(
         tokens=tuple(f"{s}:tk:{idx}" for s in scopes)
         + tuple(f"{s}:{p}" for s in scopes for p in (f"d:{day}", f"m:{month}")),
-        periods=tuple(f"{s}:{p}" for s in scopes for p in (f"d:{day}", f"m:{month}")),
         slots=tuple(f"{s}:cc" for s in scopes),
     )
 
