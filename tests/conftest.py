@@ -1,104 +1,25 @@
-"""Fixtures every test area may use: a real `redis-server` on loopback, started by the tests.
+"""Fixtures every test folder may use: real servers on loopback (Redis, PostgreSQL), databases of
+both kinds, a kmock Kubernetes API, the operator as a process, a settable clock.
 
 `redis_url` is one server for the whole session (no persistence); tests share it, so each one
 uses keys of its own (a unique prefix). `spawn_redis` starts private servers that a test may
-kill. Without the binary the tests that need it are skipped, except in CI (`CI=true`), where a
-missing redis-server is a failure.
+kill. The helpers behind these fixtures are in tests/helpers/.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
+import kmock
 import pytest
 
-
-@dataclass
-class RedisServer:
-    process: subprocess.Popen[bytes]
-    port: int
-    workdir: str
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        shutil.rmtree(self.workdir, ignore_errors=True)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _redis_binary() -> str:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        message = "redis-server is not installed (apt-get install redis-server)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return binary
-
-
-def start_redis(port: int | None = None, timeout_s: float = 10.0) -> RedisServer:
-    """A redis-server on 127.0.0.1 with no persistence, answering PING within `timeout_s`."""
-    binary = _redis_binary()
-    port = port or free_port()
-    workdir = tempfile.mkdtemp(prefix="redis-")
-    process = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            workdir,
-            "--protected-mode",
-            "yes",
-            "--loglevel",
-            "warning",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    server = RedisServer(process, port, workdir)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            server.stop()
-            raise RuntimeError(f"redis-server exited with {process.returncode} on port {port}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                if sock.recv(16).startswith(b"+PONG"):
-                    return server
-        except OSError:
-            time.sleep(0.05)
-    server.stop()
-    raise RuntimeError(f"redis-server did not answer on port {port} within {timeout_s}s")
+from helpers.clock import Clock
+from helpers.kmock_api import OperatorProcess, declare
+from helpers.postgres_server import running_postgres
+from helpers.redis_server import RedisServer, start_redis
+from respublica.serving.gateway.db import Database, Repository, open_database
 
 
 @pytest.fixture(scope="session")
@@ -122,3 +43,64 @@ def spawn_redis() -> Iterator[Callable[[], RedisServer]]:
     yield spawn
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A throwaway PostgreSQL on loopback, skipped where none is installed (failed in CI, `CI=true`).
+
+    PostgreSQL refuses to run as root; as root the server runs as the `postgres` system user.
+    """
+    with running_postgres() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh database of each kind; PostgreSQL gets a schema-free new database per test."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/gateway.db"
+    base: str = request.getfixturevalue("postgres_url")
+    name = f"t{uuid.uuid4().hex[:12]}"
+    import asyncio
+
+    import asyncpg  # type: ignore[import-untyped]
+
+    async def create() -> None:
+        conn = await asyncpg.connect(base)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    return base.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture
+async def repo(db_url: str) -> AsyncIterator[Repository]:
+    """A gateway database repository on a fresh database of each kind."""
+    db: Database = await open_database(db_url)
+    yield Repository(db)
+    await db.close()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def k8s(kmock: kmock.KubernetesEmulator) -> kmock.KubernetesEmulator:
+    """kmock with every resource the operator and the gateway use declared for discovery."""
+    declare(kmock)
+    return kmock
+
+
+@pytest.fixture
+def operator_process(k8s: kmock.KubernetesEmulator, tmp_path: Path) -> Iterator[OperatorProcess]:
+    proc = OperatorProcess(str(k8s.url), str(tmp_path / "operator.log"))
+    try:
+        yield proc
+    finally:
+        proc.stop()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import celpy
@@ -14,10 +13,11 @@ import pytest
 import re2
 import yaml
 
-from respublica.operator.api.crd import crd, crd_yaml, openapi_schema
-from respublica.operator.api.defaulting import apply_defaults
-from respublica.operator.api.models import MAX_NAME_LENGTH
-from respublica.operator.api.rules import RULES
+from helpers.paths import REPO
+from respublica.api.crd import crd, crd_yaml, openapi_schema
+from respublica.api.defaulting import apply_defaults
+from respublica.api.models import MAX_NAME_LENGTH
+from respublica.api.rules import RULES
 
 FORBIDDEN = {"$ref", "$defs", "anyOf", "allOf", "oneOf", "not", "const", "title", "propertyNames", "examples"}
 
@@ -37,8 +37,8 @@ SCHEMA = openapi_schema()
 ALL = list(nodes(SCHEMA))
 
 
-def test_committed_file_is_current(repo: Path) -> None:
-    committed = (repo / "manifests" / "crds" / "respublica.dev_modeldeployments.yaml").read_text()
+def test_committed_file_is_current() -> None:
+    committed = (REPO / "manifests" / "crds" / "respublica.dev_modeldeployments.yaml").read_text()
     assert committed == crd_yaml(), (
         "regenerate: respublica crd > manifests/crds/respublica.dev_modeldeployments.yaml"
     )
@@ -198,9 +198,9 @@ def test_status_is_structural_without_preserving_unknown_fields() -> None:
     assert status["properties"]["conditions"]["x-kubernetes-list-map-keys"] == ["type"]
 
 
-def test_docs_name_every_spec_field(repo: Path) -> None:
+def test_docs_name_every_spec_field() -> None:
     """docs/api.md is the reference: a field added to the models must be documented there."""
-    text = (repo / "docs" / "api.md").read_text()
+    text = (REPO / "docs" / "api.md").read_text()
     spec = SCHEMA["properties"]["spec"]
     missing = [path for path, _ in nodes(spec, "spec") if path.rsplit(".", 1)[-1].strip("[]{}") not in text]
     assert not missing, f"docs/api.md does not mention: {missing}"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from respublica.operator.api.crd import openapi_schema
-from respublica.operator.api.defaulting import apply_defaults
+from respublica.api.crd import openapi_schema
+from respublica.api.defaulting import apply_defaults
 
 SCHEMA: dict[str, Any] = {
     "type": "object",

@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from respublica.operator.api.load import describe, validate
-from respublica.operator.api.models import ModelDeployment
-from respublica.operator.api.rules import broken_rules
+from helpers.admission import admit
+from respublica.api.load import describe, validate
+from respublica.api.models import ModelDeployment
+from respublica.api.rules import broken_rules
 
 Doc = dict[str, Any]
 
@@ -468,7 +469,7 @@ def test_models_reject_naming_field_and_what_is_allowed(case: Case) -> None:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_generated_crd_rejects(case: Case, admit: Any) -> None:
+def test_generated_crd_rejects(case: Case) -> None:
     admission = admit(case.document())
     assert not admission.accepted
     if case.layer == "schema":
@@ -481,7 +482,7 @@ def test_generated_crd_rejects(case: Case, admit: Any) -> None:
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.layer == "cel"], ids=lambda c: c.id)
-def test_cel_and_python_rules_agree(case: Case, admit: Any) -> None:
+def test_cel_and_python_rules_agree(case: Case) -> None:
     """The CEL rules in the CRD and their Python twins break on exactly the same specs."""
     admission = admit(case.document())
     spec_rules = {f.message for f in admission.cel_failures if f.path.startswith(".spec")}
@@ -515,7 +516,7 @@ def test_cross_field_rules_one_line_each() -> None:
     ]
 
 
-def test_base_is_valid(admit: Any) -> None:
+def test_base_is_valid() -> None:
     assert validate(base()).ok
     assert admit(copy.deepcopy(base())).accepted
 

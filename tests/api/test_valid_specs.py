@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 import yaml
 
-from respublica.operator.api.load import load, validate
-from respublica.operator.api.models import ModelDeployment
+from helpers.admission import admit, sample_documents
+from respublica.api.load import load, validate
+from respublica.api.models import ModelDeployment
 
 HF = {"source": "hf://Qwen/Qwen2.5-0.5B-Instruct", "revision": "7ae557604adf67be50417f59c2c2f167def9a775"}
 
@@ -135,17 +136,19 @@ EXTRA: dict[str, dict[str, Any]] = {
     ),
 }
 
+SAMPLE_DOCS = sample_documents()
+
 
 @pytest.fixture(params=[*sorted(EXTRA), "samples"])
-def valid_docs(request: pytest.FixtureRequest, sample_docs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def valid_docs(request: pytest.FixtureRequest) -> dict[str, Any]:
     if request.param == "samples":
-        return sample_docs
+        return SAMPLE_DOCS
     return {request.param: EXTRA[request.param]}
 
 
-def test_there_are_five_samples(sample_docs: dict[str, dict[str, Any]]) -> None:
-    assert len(sample_docs) >= 5
-    specs = [ModelDeployment.model_validate(d).spec for d in sample_docs.values()]
+def test_there_are_five_samples() -> None:
+    assert len(SAMPLE_DOCS) >= 5
+    specs = [ModelDeployment.model_validate(d).spec for d in SAMPLE_DOCS.values()]
     assert any(
         s.resources.gpus == 1 and s.model.source.startswith("hf://") and s.model.revision for s in specs
     )
@@ -167,13 +170,13 @@ def test_models_accept(valid_docs: dict[str, dict[str, Any]]) -> None:
         assert result.ok, (name, result.problems)
 
 
-def test_generated_crd_accepts(valid_docs: dict[str, dict[str, Any]], admit: Any) -> None:
+def test_generated_crd_accepts(valid_docs: dict[str, dict[str, Any]]) -> None:
     for name, document in valid_docs.items():
         admission = admit(document)
         assert admission.accepted, (name, admission.schema_errors, admission.cel_messages)
 
 
-def test_api_server_defaults_agree_with_the_models(valid_docs: dict[str, dict[str, Any]], admit: Any) -> None:
+def test_api_server_defaults_agree_with_the_models(valid_docs: dict[str, dict[str, Any]]) -> None:
     """What the API server stores (defaults filled in) is the same ModelDeployment the models make."""
     for name, document in valid_docs.items():
         stored = admit(document).defaulted
@@ -189,7 +192,7 @@ def test_round_trip_through_yaml(valid_docs: dict[str, dict[str, Any]]) -> None:
         assert again == model
 
 
-def test_to_dict_is_valid_again(valid_docs: dict[str, dict[str, Any]], admit: Any) -> None:
+def test_to_dict_is_valid_again(valid_docs: dict[str, dict[str, Any]]) -> None:
     """The operator's view of a spec (defaults spelled out) is itself a valid object."""
     for name, document in valid_docs.items():
         full = ModelDeployment.model_validate(document).to_dict()
@@ -197,7 +200,7 @@ def test_to_dict_is_valid_again(valid_docs: dict[str, dict[str, Any]], admit: An
         assert ModelDeployment.model_validate(full) == ModelDeployment.model_validate(document)
 
 
-def test_multi_document_file(sample_docs: dict[str, dict[str, Any]]) -> None:
-    text = yaml.safe_dump_all(list(sample_docs.values()))
+def test_multi_document_file() -> None:
+    text = yaml.safe_dump_all(list(SAMPLE_DOCS.values()))
     models = load("---\n" + text + "\n---\n", "all.yaml")
-    assert [m.metadata.name for m in models] == [d["metadata"]["name"] for d in sample_docs.values()]
+    assert [m.metadata.name for m in models] == [d["metadata"]["name"] for d in SAMPLE_DOCS.values()]

@@ -19,8 +19,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from respublica.api.load import describe_in_one_line
+from respublica.api.models import ModelDeployment
 from respublica.operator import drift, events
-from respublica.operator.api.models import ModelDeployment
 from respublica.operator.kube import ApiError, Kube
 from respublica.operator.render import MODEL_LABEL, RenderError
 from respublica.operator.status import Observation, compute_status, status_changed
@@ -41,16 +42,6 @@ def thaw(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [thaw(v) for v in value]
     return value
-
-
-def spec_error_message(exc: ValidationError) -> str:
-    """A pydantic error as one line a person can act on: which field, what is wrong."""
-    parts = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err.get("loc", ()) if not str(p).startswith("function-"))
-        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-        parts.append(f"{where}: {msg}" if where else msg)
-    return "; ".join(parts)[:2000]
 
 
 def parse(body: Mapping[str, Any]) -> ModelDeployment:
@@ -195,7 +186,7 @@ class Reconciler:
         try:
             md = parse(body)
         except ValidationError as exc:
-            obs = Observation(generation=generation, endpoint=None, spec_error=spec_error_message(exc))
+            obs = Observation(generation=generation, endpoint=None, spec_error=describe_in_one_line(exc))
             return await self._write_status(body, obs, logger)
 
         try:

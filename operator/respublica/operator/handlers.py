@@ -20,7 +20,7 @@ from typing import Any
 
 import kopf
 
-from respublica.operator.api.models import GROUP, PLURAL, VERSION
+from respublica.api.models import GROUP, PLURAL, VERSION
 from respublica.operator.apply import Logger
 from respublica.operator.render import MANAGED_BY, MANAGED_BY_LABEL
 from respublica.operator.runtime import Runtime, connection, owner_uid

@@ -15,7 +15,7 @@ from typing import Any
 
 import kopf
 
-from respublica.operator.api.models import GROUP
+from respublica.api.models import GROUP
 from respublica.operator.apply import Logger, Reconciler, thaw
 from respublica.operator.kube import ApiError, Kube
 from respublica.operator.settings import OperatorConfig

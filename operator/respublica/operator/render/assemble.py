@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from respublica.operator.api.models import ModelDeployment
+from respublica.api.models import ModelDeployment
 from respublica.operator.render.cache import cache_objects
 from respublica.operator.render.checks import check_renderable
 from respublica.operator.render.common import Obj

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 
-from respublica.operator.api.models import ModelDeployment
+from respublica.api.models import ModelDeployment
 from respublica.operator.render.common import (
     Obj,
     container_security_context,

@@ -6,7 +6,7 @@ operator's options, so they live here and render raises `RenderError` before bui
 
 from __future__ import annotations
 
-from respublica.operator.api.models import ModelDeployment
+from respublica.api.models import ModelDeployment
 from respublica.operator.render.options import DEFAULT_RAY_IMAGE, RenderOptions
 
 

@@ -6,7 +6,8 @@ import hashlib
 import json
 from typing import Any
 
-from respublica.operator.api.models import API_VERSION, KIND, ModelDeployment
+from respublica.api.models import API_VERSION, KIND, ModelDeployment
+from respublica.api.telemetry_env import TELEMETRY_OFF_ENV
 from respublica.operator.render.options import RenderOptions
 
 Obj = dict[str, Any]
@@ -20,13 +21,6 @@ DEFAULT_NAMESPACE = "default"
 
 # The name of the one Serve application in serveConfigV2 (KubeRay reports status per application).
 SERVE_APP_NAME = "llm"
-
-USAGE_STATS_ENV: tuple[tuple[str, str], ...] = (
-    ("RAY_USAGE_STATS_ENABLED", "0"),
-    ("VLLM_NO_USAGE_STATS", "1"),
-    ("DO_NOT_TRACK", "1"),
-    ("HF_HUB_DISABLE_TELEMETRY", "1"),
-)
 
 
 def spec_hash(md: ModelDeployment) -> str:
@@ -116,7 +110,7 @@ def pod_security_context(options: RenderOptions) -> Obj:
 
 
 def usage_stats_env() -> list[Obj]:
-    return [{"name": name, "value": value} for name, value in USAGE_STATS_ENV]
+    return [{"name": name, "value": value} for name, value in TELEMETRY_OFF_ENV.items()]
 
 
 def image_ref(default: str, options: RenderOptions) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from respublica.operator.api.models import ModelDeployment
+from respublica.api.models import ModelDeployment
 from respublica.operator.render.common import COMPONENT_LABEL, MODEL_LABEL, Obj, metadata
 from respublica.operator.render.options import RenderOptions
 from respublica.operator.render.rayservice import HEAD_COMPONENT, WORKER_COMPONENT

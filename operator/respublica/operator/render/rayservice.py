@@ -14,7 +14,8 @@ from typing import Any
 
 import yaml
 
-from respublica.operator.api.models import ModelDeployment
+from respublica.api.engine_args import build_serving_args
+from respublica.api.models import ModelDeployment
 from respublica.operator.render.common import (
     SERVE_APP_NAME,
     Obj,
@@ -34,7 +35,6 @@ from respublica.operator.render.storage import (
     adapter_storage_access,
     model_storage,
 )
-from respublica.serving.engine.args import build_serving_args
 
 COMPONENT = "ray"
 HEAD_COMPONENT = "ray-head"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from respublica.operator.api.models import ModelDeployment
+from respublica.api.models import ModelDeployment
 from respublica.operator.render.common import Obj
 from respublica.operator.render.options import RenderOptions
 

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from respublica.operator.api.models import ModelDeployment
+from respublica.api.engine_args import Accelerator, build_serving_args
+from respublica.api.models import ModelDeployment
+from respublica.api.telemetry_env import TELEMETRY_OFF_ENV
 from respublica.serving.engine import processes
-from respublica.serving.engine.args import USAGE_STATS_ENV, Accelerator, build_serving_args
 
 LOOPBACK = "127.0.0.1"
 APP_NAME = "respublica"
@@ -96,7 +97,7 @@ SINGLE_NODE_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 def engine_env(run_id: str) -> dict[str, str]:
     """Environment for Ray and everything it starts."""
-    return {**USAGE_STATS_ENV, **OFFLINE_ENV, **SINGLE_NODE_ENV, processes.RUN_ID_ENV: run_id}
+    return {**TELEMETRY_OFF_ENV, **OFFLINE_ENV, **SINGLE_NODE_ENV, processes.RUN_ID_ENV: run_id}
 
 
 def get_json(url: str, timeout: float = 5.0) -> Any:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from respublica.operator.api.models import ModelDeployment
+from respublica.api.models import ModelDeployment
 from respublica.serving.engine import tiny_model
 
 SAMPLE_NAME = "tiny-llama"

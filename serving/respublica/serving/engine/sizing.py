@@ -12,7 +12,7 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
-from respublica.serving.engine.args import Accelerator
+from respublica.api.engine_args import Accelerator
 
 AcceleratorChoice = Literal["auto", "gpu", "cpu"]
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from respublica.operator.api.models import ModelSpec
+from respublica.api.models import ModelSpec
 from respublica.serving.engine import digest as digests
 
 _TRUE = {"1", "true", "yes", "on"}

@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from rich.console import Console
 
-from respublica.operator.api.models import ModelDeployment
+from respublica.api.engine_args import Accelerator
+from respublica.api.models import ModelDeployment
 from respublica.serving.engine import digest as digests
 from respublica.serving.engine import sizing, sources, state, tiny_model
-from respublica.serving.engine.args import Accelerator
 from respublica.serving.engine.local import LOOPBACK, EngineError, LocalEngine, LocalModel, detect_gpus
 from respublica.serving.engine.progress import Waiting
 
@@ -95,7 +95,7 @@ def free_port(host: str = LOOPBACK) -> int:
 
 def load_deployments(options: UpOptions, gpus: int) -> tuple[list[ModelDeployment], Path]:
     """The file's ModelDeployments, or the bundled sample's; and the file they came from."""
-    from respublica.operator.api.load import InputError, SpecError, load_file
+    from respublica.api.load import InputError, SpecError, load_file
 
     if options.file is None:
         from respublica.serving.engine.sample import write_sample

@@ -14,7 +14,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
-from respublica.operator.api.models import TENANT_PATTERN
+from respublica.api.load import describe_in_one_line
+from respublica.api.models import TENANT_PATTERN
 from respublica.serving.gateway.contracts import Limits
 
 # One tenant-name rule for the whole project: the ModelDeployment API's `access.tenants` pattern,
@@ -70,18 +71,11 @@ def limits_from_mapping(data: Any) -> Limits:
     try:
         return LimitsModel.model_validate(data if data is not None else {}).to_limits()
     except ValidationError as exc:
-        raise ValueError(validation_message(exc)) from None
+        raise ValueError(describe_in_one_line(exc, LimitsModel)) from None
 
 
 def limits_as_dict(limits: Limits) -> dict[str, Any]:
     return LimitsModel.of(limits).model_dump(mode="json")
-
-
-def validation_message(exc: ValidationError) -> str:
-    """Pydantic's first error in one line: `field.path: what is wrong`."""
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "body"
-    return f"{where}: {first['msg']}"
 
 
 def check_tenant_name(name: str) -> str:

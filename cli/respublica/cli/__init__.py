@@ -1,0 +1,31 @@
+"""The `respublica` command: one typer app, each group of commands in a module of its own.
+
+Every module exposes `register(app)`; this file only assembles them, so the CLI imports nothing
+heavy (Ray, vLLM, FastAPI) until a command that needs it runs.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from respublica.cli import admin, gateway, local, operator_cmd, spec
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="respublica: open, sovereign model serving on Kubernetes and on one machine.",
+)
+
+
+@app.callback()
+def _root() -> None:
+    """respublica: open, sovereign model serving on Kubernetes and on one machine."""
+
+
+for module in (spec, operator_cmd, gateway, admin, local):
+    module.register(app)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,170 @@
+"""`respublica render`, `respublica crd`, `respublica validate`: the ModelDeployment file, offline.
+
+Exit codes: 0 fine; 1 the spec has problems (each printed on its own line); 2 the input is not a
+ModelDeployment to work on (no such file, not YAML, another kind) or the command cannot run.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+
+if TYPE_CHECKING:
+    from respublica.api.models import ModelDeployment
+
+FileOption = Annotated[
+    str,
+    typer.Option(
+        "--file", "-f", help="The ModelDeployment YAML file (several documents allowed); - reads stdin."
+    ),
+]
+
+EXIT_INVALID = 1
+EXIT_INPUT = 2
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the CLI."""
+    app.command("render")(render_command)
+    app.command("crd")(crd_command)
+    app.command("validate")(validate_command)
+
+
+def _setting(help_text: str) -> Any:
+    return typer.Option(help=help_text)
+
+
+Text = str | None
+
+
+def render_command(
+    file: FileOption,
+    namespace: Annotated[
+        str | None,
+        typer.Option("--namespace", "-n", help="Namespace for a file that names none (default: default)."),
+    ] = None,
+    ray_image: Annotated[
+        Text, _setting("Ray + vLLM image of the head and replicas (a spec's own image still wins).")
+    ] = None,
+    downloader_image: Annotated[
+        Text, _setting("Image of the cache download Job (needs huggingface_hub); default: the Ray image.")
+    ] = None,
+    image_registry: Annotated[
+        Text, _setting("Registry that replaces the default images' registry, e.g. a local mirror.")
+    ] = None,
+    image_pull_policy: Annotated[Text, _setting("Always, IfNotPresent or Never.")] = None,
+    image_pull_secrets: Annotated[
+        Text, _setting("Secrets for pulling the images, comma-separated (in each model's namespace).")
+    ] = None,
+    gateway_namespace: Annotated[
+        Text, _setting("Namespace of the respublica gateway, admitted to the Serve port.")
+    ] = None,
+    gateway_labels: Annotated[
+        Text, _setting("Labels of the gateway's pods (key=value,...), admitted to the Serve port.")
+    ] = None,
+    kuberay_namespace: Annotated[
+        Text, _setting("Namespace of the KubeRay operator, admitted to the dashboard port (default: any).")
+    ] = None,
+    kuberay_labels: Annotated[
+        Text, _setting("Labels of the KubeRay operator's pods (key=value,...).")
+    ] = None,
+    hf_token_secret: Annotated[
+        Text, _setting("Secret (key `token`) with a Hugging Face token for gated repositories.")
+    ] = None,
+) -> None:
+    """Print, as multi-document YAML, the Kubernetes objects the operator creates for a ModelDeployment.
+
+    Each setting is also read from the operator's variable of the same name (--ray-image:
+    RESPUBLICA_RAY_IMAGE); a flag wins. With the operator's settings this prints exactly what it creates.
+    """
+    import os
+
+    import yaml
+
+    from respublica.api.load import InputError, SpecError, load_file
+    from respublica.operator.render import RenderError, render
+    from respublica.operator.render.configure import OptionError, render_options
+
+    flags = {
+        "ray-image": ray_image,
+        "downloader-image": downloader_image,
+        "image-registry": image_registry,
+        "image-pull-policy": image_pull_policy,
+        "image-pull-secrets": image_pull_secrets,
+        "gateway-namespace": gateway_namespace,
+        "gateway-labels": gateway_labels,
+        "kuberay-namespace": kuberay_namespace,
+        "kuberay-labels": kuberay_labels,
+        "hf-token-secret": hf_token_secret,
+    }
+    try:
+        options = render_options(os.environ, flags)
+    except OptionError as error:
+        _fail(str(error), EXIT_INPUT)
+    try:
+        models = load_file(file)
+    except InputError as error:
+        _fail(str(error), EXIT_INPUT)
+    except SpecError as error:
+        for line in str(error).splitlines():
+            typer.echo(line, err=True)
+        _fail(
+            f"{file}: not rendered; fix the problems above (`respublica validate -f {file}` lists them)",
+            EXIT_INVALID,
+        )
+    objects: list[dict[str, Any]] = []
+    for model in models:
+        try:
+            objects.extend(render(_in_namespace(model, namespace, file), options))
+        except RenderError as error:
+            _fail(f"{file}: {model.metadata.name}: {error}", EXIT_INVALID)
+    typer.echo(yaml.safe_dump_all(objects, sort_keys=False, explicit_start=True), nl=False)
+
+
+def crd_command() -> None:
+    """Print the ModelDeployment CustomResourceDefinition (kubectl apply -f - installs it)."""
+    from respublica.api.crd import crd_yaml
+
+    typer.echo(crd_yaml(), nl=False)
+
+
+def validate_command(file: FileOption) -> None:
+    """Check a ModelDeployment file and print every problem at once ("ok: <name>" when there is none)."""
+    from respublica.api.load import InputError, read_text, validate_text
+
+    try:
+        results = validate_text(read_text(file), file)
+    except InputError as error:
+        _fail(str(error), EXIT_INPUT)
+    for result in results:
+        if result.ok:
+            typer.echo(f"ok: {result.name}")
+            continue
+        count = len(result.problems)
+        typer.echo(f"invalid: {result.name} ({count} problem{'s' if count != 1 else ''})")
+        for problem in result.problems:
+            typer.echo(f"  - {problem}")
+    if not all(result.ok for result in results):
+        raise typer.Exit(EXIT_INVALID)
+
+
+def _in_namespace(model: ModelDeployment, namespace: str | None, file: str) -> ModelDeployment:
+    """The model with its namespace settled like `kubectl apply -n` does: the file's, else the flag's."""
+    declared = model.metadata.namespace
+    if declared and namespace and declared != namespace:
+        _fail(
+            f"{file}: {model.metadata.name} declares namespace {declared!r} but --namespace is "
+            f"{namespace!r}; drop one of them",
+            EXIT_INPUT,
+        )
+    if declared:
+        return model
+    copy = model.model_copy(deep=True)
+    copy.metadata.namespace = namespace or "default"
+    return copy
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)

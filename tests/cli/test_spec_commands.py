@@ -1,0 +1,205 @@
+"""`respublica validate`, `render` and `crd` on good and bad files: exit codes, messages, no tracebacks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from helpers.paths import REPO, SAMPLES_DIR
+from respublica.api.crd import crd_yaml
+from respublica.cli import app
+
+GOOD = """\
+apiVersion: respublica.dev/v1alpha1
+kind: ModelDeployment
+metadata: {name: good}
+spec:
+  model: {source: "pvc://weights/qwen", servedName: qwen}
+"""
+
+BAD = """\
+apiVersion: respublica.dev/v1alpha1
+kind: ModelDeployment
+metadata: {name: bad}
+spec:
+  model: {source: "s3://bucket/qwen", servedName: qwen}
+  scaling: {minReplicas: -1}
+  engine: {tensorParallelSize: 2}
+"""
+
+
+def run(*args: str, stdin: str | None = None) -> Any:
+    return CliRunner().invoke(app, list(args), input=stdin)
+
+
+def no_traceback(result: Any) -> None:
+    assert "Traceback" not in result.output and "Traceback" not in result.stderr
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def write(tmp_path: Path, text: str, name: str = "md.yaml") -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_validate_good(tmp_path: Path) -> None:
+    result = run("validate", "-f", write(tmp_path, GOOD))
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "ok: good\n"
+
+
+def test_validate_every_sample() -> None:
+    for path in sorted(SAMPLES_DIR.glob("*.yaml")):
+        result = run("validate", "-f", str(path))
+        assert result.exit_code == 0, (path.name, result.output)
+        assert result.stdout.startswith("ok: ")
+
+
+def test_validate_bad_lists_every_problem(tmp_path: Path) -> None:
+    result = run("validate", "-f", write(tmp_path, GOOD + "---\n" + BAD))
+    no_traceback(result)
+    assert result.exit_code == 1
+    lines = result.stdout.splitlines()
+    assert lines[0] == "ok: good"
+    assert lines[1] == "invalid: bad (3 problems)"
+    assert lines[2:] == [
+        "  - spec.scaling.minReplicas: must be at least 0 (got -1)",
+        "  - spec.model.source must start with hf://, pvc:// or file:// "
+        "(s3:// and oci:// are not supported yet)",
+        "  - spec.engine.tensorParallelSize must equal spec.resources.gpus "
+        "(the GPUs of one replica; 1 when gpus is 0): tensor parallelism stays inside one pod",
+    ]
+
+
+def test_validate_reads_stdin() -> None:
+    result = run("validate", "-f", "-", stdin=GOOD)
+    assert result.exit_code == 0 and result.stdout == "ok: good\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (None, "no such file"),
+        ("spec: [unclosed\n", "not valid YAML at line 2"),
+        ("", "the file is empty"),
+        ("- a\n- b\n", "is a list, not a ModelDeployment"),
+        (
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\n",
+            "is Deployment (apps/v1), not a ModelDeployment",
+        ),
+        (
+            "apiVersion: respublica.dev/v1\nkind: ModelDeployment\n",
+            "set `apiVersion: respublica.dev/v1alpha1`",
+        ),
+    ],
+    ids=["missing", "bad-yaml", "empty", "list", "other-kind", "other-version"],
+)
+@pytest.mark.parametrize("command", ["validate", "render"])
+def test_bad_input_is_one_line_exit_2(tmp_path: Path, command: str, text: str | None, expected: str) -> None:
+    path = str(tmp_path / "absent.yaml") if text is None else write(tmp_path, text)
+    result = run(command, "-f", path)
+    no_traceback(result)
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith("error: ") and expected in result.stderr
+
+
+def test_render_refuses_an_invalid_spec(tmp_path: Path) -> None:
+    result = run("render", "-f", write(tmp_path, BAD))
+    no_traceback(result)
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert "bad: spec.scaling.minReplicas: must be at least 0 (got -1)" in result.stderr
+    assert "not rendered" in result.stderr
+
+
+def test_render_namespace_conflict(tmp_path: Path) -> None:
+    text = GOOD.replace("metadata: {name: good}", "metadata: {name: good, namespace: ai}")
+    result = run("render", "-f", write(tmp_path, text), "--namespace", "other")
+    no_traceback(result)
+    assert result.exit_code == 2
+    assert "declares namespace 'ai' but --namespace is 'other'" in result.stderr
+
+
+def test_crd_prints_the_committed_crd() -> None:
+    result = run("crd")
+    assert result.exit_code == 0
+    assert result.stdout == crd_yaml()
+    assert result.stdout == (REPO / "manifests" / "crds" / "respublica.dev_modeldeployments.yaml").read_text()
+
+
+def test_console_script_has_no_traceback(tmp_path: Path) -> None:
+    """The real process, not the test runner: a bad file gives one line and exit 1/2, never a traceback."""
+    command = [sys.executable, "-c", "from respublica.cli import main; main()"]
+    bad = write(tmp_path, BAD)
+    done = subprocess.run([*command, "validate", "-f", bad], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "invalid: bad (3 problems)" in done.stdout
+    done = subprocess.run(
+        [*command, "render", "-f", str(tmp_path / "nope.yaml")], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [f"error: {tmp_path / 'nope.yaml'}: no such file"]
+
+
+def test_render_every_sample() -> None:
+    for path in sorted(SAMPLES_DIR.glob("*.yaml")):
+        result = run("render", "-f", str(path), "--namespace", "ai")
+        no_traceback(result)
+        spec = yaml.safe_load(path.read_text())["spec"]
+        if spec["resources"].get("gpus") == 0 and not spec.get("image"):
+            # A local-only sample (`respublica up`): the cluster's default image is CUDA-only.
+            assert result.exit_code == 1, (path.name, result.stdout)
+            assert result.stderr.strip().splitlines() == [
+                f"error: {path}: {yaml.safe_load(path.read_text())['metadata']['name']}: "
+                "spec.resources.gpus is 0 but the default serving image is a CUDA build of vLLM, which "
+                "needs a GPU: set spec.image to a Ray Serve LLM image with vLLM's CPU build (or run the "
+                "operator with RESPUBLICA_RAY_IMAGE / render with --ray-image set to one)"
+            ]
+            assert run("render", "-f", str(path), "--ray-image", "x.example/vllm-cpu:1").exit_code == 0
+            continue
+        assert result.exit_code == 0, (path.name, result.stderr)
+        objects = [o for o in yaml.safe_load_all(result.stdout) if o is not None]
+        kinds = {o["kind"] for o in objects}
+        assert "RayService" in kinds, (path.name, kinds)
+        name = yaml.safe_load(path.read_text())["metadata"]["name"]
+        for obj in objects:
+            assert obj["apiVersion"] and obj["metadata"]["name"], obj
+            assert obj["metadata"].get("namespace") in (None, "ai"), (path.name, obj["metadata"])
+        assert any(o["metadata"]["name"].startswith(name) for o in objects)
+
+
+def test_render_multi_document_and_default_namespace(tmp_path: Path) -> None:
+    second = GOOD.replace("name: good", "name: second")
+    result = run("render", "-f", write(tmp_path, GOOD + "---\n" + second))
+    assert result.exit_code == 0, result.stderr
+    services = [o for o in yaml.safe_load_all(result.stdout) if o and o["kind"] == "RayService"]
+    assert sorted(s["metadata"]["name"] for s in services)[0].startswith("good")
+    assert len(services) == 2
+    assert {s["metadata"].get("namespace") for s in services} <= {"default", None}
+
+
+def test_render_passes_operator_settings(tmp_path: Path) -> None:
+    result = run(
+        "render",
+        "-f",
+        write(tmp_path, GOOD),
+        "--ray-image",
+        "registry.example.org/ray-llm:test",
+        "--gateway-namespace",
+        "gw",
+    )
+    assert result.exit_code == 0, result.stderr
+    assert "registry.example.org/ray-llm:test" in result.stdout
+    assert "kubernetes.io/metadata.name: gw" in result.stdout
+    default = run("render", "-f", write(tmp_path, GOOD))
+    assert "registry.example.org" not in default.stdout
+    assert "namespace: default" in default.stdout

@@ -1,0 +1,85 @@
+"""The operator's API client against kmock: answers, errors, discovery, logging in again."""
+
+from __future__ import annotations
+
+import kmock
+import kopf
+import pytest
+
+from helpers import kmock_api as kapi
+from respublica.operator.kube import ApiError, Kube
+
+
+def client(server: kmock.KubernetesEmulator, logins: list[int] | None = None) -> Kube:
+    async def login() -> kopf.ConnectionInfo:
+        if logins is not None:
+            logins.append(1)
+        return kopf.ConnectionInfo(server=str(server.url), token=f"token-{len(logins or [])}")
+
+    return Kube(login)
+
+
+async def test_missing_object_is_none_and_writes_are_merge_patches(k8s: kmock.KubernetesEmulator) -> None:
+    kube = client(k8s)
+    try:
+        assert await kube.get("Job", kapi.NS, "nope") is None
+        created = await kube.create(
+            {
+                "apiVersion": "batch/v1",
+                "kind": "Job",
+                "metadata": {"name": "j", "namespace": kapi.NS},
+                "spec": {"a": 1},
+            }
+        )
+        assert created["metadata"]["name"] == "j"
+        await kube.patch("Job", kapi.NS, "j", {"spec": {"b": 2}})
+        patch = [r for r in list(k8s._requests) if r.method == kmock.method.PATCH][-1]
+        assert patch.headers["Content-Type"] == "application/merge-patch+json"
+        assert kapi.objects_of(k8s, "batch/v1/jobs")["j"]["spec"] == {"a": 1, "b": 2}
+        await kube.delete("Job", kapi.NS, "j")
+        assert await kube.get("Job", kapi.NS, "j") is None
+    finally:
+        await kube.close()
+
+
+@pytest.mark.parametrize(
+    ("code", "temporary"), [(409, True), (429, True), (500, True), (503, True), (403, False), (422, False)]
+)
+async def test_errors_say_whether_they_pass(
+    k8s: kmock.KubernetesEmulator, code: int, temporary: bool
+) -> None:
+    k8s["get", kmock.resource("batch/v1/jobs")] << code << {"Retry-After": "3"} << {"message": f"no ({code})"}
+    kube = client(k8s)
+    try:
+        with pytest.raises(ApiError) as caught:
+            await kube.get("Job", kapi.NS, "j")
+    finally:
+        await kube.close()
+    assert caught.value.status == code
+    assert caught.value.temporary is temporary
+    assert caught.value.retry_after == 3
+    assert f"no ({code})" in caught.value.message
+
+
+async def test_discovery_tells_whether_kuberay_is_installed(kmock: kmock.KubernetesEmulator) -> None:
+    kapi.declare(kmock, kuberay=False)
+    kube = client(kmock)
+    try:
+        assert await kube.has_resource("ray.io/v1", "rayservices") is False
+        assert await kube.has_resource("batch/v1", "jobs") is True
+    finally:
+        await kube.close()
+
+
+async def test_a_rotated_token_logs_in_again(k8s: kmock.KubernetesEmulator) -> None:
+    def stale_token(request: kmock.Request) -> bool:
+        return request.headers.get("Authorization") == "Bearer token-1"
+
+    k8s[stale_token] << 401 << {"message": "Unauthorized"}
+    logins: list[int] = []
+    kube = client(k8s, logins)
+    try:
+        assert await kube.get("Job", kapi.NS, "missing") is None
+    finally:
+        await kube.close()
+    assert len(logins) == 2

@@ -1,0 +1,226 @@
+"""The parts of `respublica up` that need no engine: input, ports, state, processes, messages."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from respublica.cli import app
+from respublica.serving.engine import processes, state
+from respublica.serving.engine.local import (
+    CPU_KV_CACHE_BYTES,
+    LocalModel,
+    engine_env,
+    local_engine_kwargs,
+    root_cause,
+    serving_args,
+)
+from respublica.serving.engine.sample import sample_deployment, write_sample
+from respublica.serving.engine.up import (
+    Endpoint,
+    UpError,
+    UpOptions,
+    free_port,
+    load_deployments,
+    port_is_free,
+    snippets,
+)
+
+
+def test_sample_is_a_valid_deployment_of_the_tiny_model(private_cache: Path) -> None:
+    path = write_sample()
+    text = path.read_text()
+    assert "SMOKE-TEST" in text
+    (deployment,), loaded_from = load_deployments(UpOptions(file=path), gpus=0)
+    assert loaded_from == path
+    assert deployment.spec.model.source == f"file://{private_cache / 'respublica' / 'models' / 'tiny-llama'}"
+    assert deployment.spec.resources.gpus == 0
+    assert sample_deployment(Path("/m"), gpus=1).spec.resources.gpus == 1
+
+
+def test_bad_files_are_refused_with_a_reason(tmp_path: Path) -> None:
+    not_yaml = tmp_path / "bad.yaml"
+    not_yaml.write_text("spec: [unclosed")
+    with pytest.raises(UpError, match="not valid YAML"):
+        load_deployments(UpOptions(file=not_yaml), gpus=0)
+    invalid = tmp_path / "invalid.yaml"
+    doc = sample_deployment(Path("/m")).to_dict()
+    doc["spec"]["scaling"] = {"minReplicas": 3, "maxReplicas": 1}
+    invalid.write_text(yaml.safe_dump(doc))
+    with pytest.raises(UpError, match="respublica validate"):
+        load_deployments(UpOptions(file=invalid), gpus=0)
+    twice = tmp_path / "twice.yaml"
+    other = sample_deployment(Path("/m")).to_dict()
+    other["metadata"]["name"] = "other"
+    twice.write_text(yaml.safe_dump_all([sample_deployment(Path("/m")).to_dict(), other]))
+    with pytest.raises(UpError, match="servedName must be unique"):
+        load_deployments(UpOptions(file=twice), gpus=0)
+
+
+def test_cli_errors_are_one_line_without_traceback(tmp_path: Path, private_cache: Path) -> None:
+    runner = CliRunner()
+    missing = runner.invoke(app, ["up", "-f", str(tmp_path / "absent.yaml")])
+    assert missing.exit_code == 2
+    assert "no such file" in missing.stderr and "Traceback" not in missing.stderr
+    wrong = runner.invoke(app, ["up", "--accelerator", "tpu"])
+    assert wrong.exit_code == 2 and "--accelerator must be auto, gpu or cpu" in wrong.stderr
+
+
+def test_a_busy_gateway_port_is_refused_before_anything_starts(private_cache: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert not port_is_free(port)
+        result = CliRunner().invoke(app, ["up", "--port", str(port)])
+    assert result.exit_code == 1
+    assert f"port {port} on 127.0.0.1 is in use" in result.stderr
+    assert not state.state_file().exists()
+    assert port_is_free(free_port())
+
+
+def test_snippets_are_ready_to_paste() -> None:
+    text = snippets(Endpoint("http://127.0.0.1:8080", "rp_secret"), "tiny-llama")
+    assert "curl http://127.0.0.1:8080/v1/chat/completions" in text
+    assert '-H "Authorization: Bearer rp_secret"' in text
+    assert 'OpenAI(base_url="http://127.0.0.1:8080/v1", api_key="rp_secret")' in text
+    assert '"model": "tiny-llama"' in text and 'model="tiny-llama"' in text
+    program = text.split("\n\n", 1)[1]
+    compile(program, "<snippet>", "exec")  # the SDK part is valid Python
+    assert "Authorization" not in snippets(Endpoint("http://127.0.0.1:9", None), "m")
+
+
+def test_cpu_engines_get_a_fixed_kv_cache_unless_the_spec_sets_one(tmp_path: Path) -> None:
+    model = LocalModel(sample_deployment(tmp_path), tmp_path)
+    config = serving_args([model, model], "cpu")["llm_configs"][0]
+    assert config["engine_kwargs"]["kv_cache_memory_bytes"] == CPU_KV_CACHE_BYTES
+    assert local_engine_kwargs({"kv_cache_memory_bytes": 5}, "cpu")["kv_cache_memory_bytes"] == 5
+    assert "kv_cache_memory_bytes" not in local_engine_kwargs({}, "gpu")
+
+
+def test_engine_environment_is_private_and_quiet() -> None:
+    env = engine_env("abc")
+    assert env["RAY_USAGE_STATS_ENABLED"] == "0" and env["VLLM_NO_USAGE_STATS"] == "1"
+    assert env["DO_NOT_TRACK"] == "1" and env["HF_HUB_OFFLINE"] == "1"
+    assert env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"  # node address stays 127.0.0.1
+    assert env[processes.RUN_ID_ENV] == "abc"
+
+
+def test_state_file_round_trip_and_staleness(private_cache: Path) -> None:
+    current = state.UpState(
+        pid=os.getpid(), run_id="r", started_at=time.time(), phase="ready", engine_url="http://127.0.0.1:1"
+    )
+    state.write(current)
+    assert state.read() == current and state.is_running(current)
+    state.remove(pid=os.getpid() + 1)  # another run's file is left alone
+    assert state.read() == current
+    state.remove(pid=os.getpid())
+    assert state.read() is None
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    state.write(state.UpState(pid=dead.pid, run_id="r", started_at=0, phase="ready", engine_url="x"))
+    result = CliRunner().invoke(app, ["status"])
+    assert result.exit_code == 3 and "stale state" in result.stdout
+
+
+def test_processes_of_a_run_are_found_and_ended() -> None:
+    run_id = uuid.uuid4().hex
+    env = {**os.environ, processes.RUN_ID_ENV: run_id}
+    # one that ends on SIGTERM, one that ignores it and needs SIGKILL
+    polite = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env=env)
+    stubborn = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            "print('ready', flush=True); time.sleep(60)",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+    )
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert stubborn.stdout is not None and stubborn.stdout.readline() == b"ready\n"
+        found = processes.pids_with_env(processes.RUN_ID_ENV, run_id)
+        assert found == sorted([polite.pid, stubborn.pid])
+        ended = processes.end_processes(found, grace_s=1.0)
+        assert sorted(ended) == found
+        assert polite.wait(timeout=10) == -15 and stubborn.wait(timeout=10) == -9
+        assert other.poll() is None  # not ours: untouched
+    finally:
+        for proc in (polite, stubborn, other):
+            proc.kill()
+            proc.wait()
+
+
+def test_root_cause_is_the_engines_own_error(tmp_path: Path) -> None:
+    (tmp_path / "worker-1.err").write_text(
+        "(VllmWorker-0 pid=1) ERROR [x.py:1] ValueError: Available memory is less than desired\n"
+        "RuntimeError: Engine core initialization failed. See root cause above.\n"
+        "ray.exceptions.RayTaskError(RuntimeError): wrapped\n"
+    )
+    assert root_cause(tmp_path) == "ValueError: Available memory is less than desired"
+    assert root_cause(tmp_path / "absent") is None
+
+
+def test_a_second_up_is_refused_while_one_runs(private_cache: Path) -> None:
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        state.write(
+            state.UpState(
+                pid=other.pid,
+                run_id="r",
+                started_at=time.time(),
+                phase="ready",
+                engine_url="http://127.0.0.1:1",
+                gateway_url="http://127.0.0.1:8080",
+            )
+        )
+        result = CliRunner().invoke(app, ["up", "--port", str(free_port())])
+        assert result.exit_code == 1
+        assert f"respublica up is already running (pid {other.pid}, http://127.0.0.1:8080)" in result.stderr
+        assert state.read() is not None  # the running one's state is left alone
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_weights_that_do_not_match_their_digest_are_not_served(
+    tiny_model_dir: Path, tmp_path: Path, private_cache: Path
+) -> None:
+    document = sample_deployment(tiny_model_dir).to_dict()
+    document["spec"]["model"]["digest"] = "sha256:" + "0" * 64
+    spec = tmp_path / "model.yaml"
+    spec.write_text(yaml.safe_dump(document))
+    result = CliRunner().invoke(app, ["up", "-f", str(spec), "--port", str(free_port())])
+    assert result.exit_code == 1
+    assert "tiny-llama: the model files in" in result.stderr
+    assert "do not match spec.model.digest" in result.stderr and "Traceback" not in result.stderr
+    assert not state.state_file().exists()  # refused before anything started
+
+
+def test_a_missing_engine_or_gateway_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, private_cache: Path
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    absent: set[str] = {"vllm"}
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name in absent else real(name, *a)
+    )
+    result = CliRunner().invoke(app, ["up", "--port", str(free_port())])
+    assert result.exit_code == 1 and "pip install -e '.[gateway,engine-cpu]'" in result.stderr
+    absent = {"uvicorn"}
+    result = CliRunner().invoke(app, ["up", "--port", str(free_port())])
+    assert result.exit_code == 1 and "the gateway is not installed" in result.stderr
+    assert "Traceback" not in result.stderr
