@@ -56,7 +56,9 @@ def test_validate_good(tmp_path: Path) -> None:
 
 
 def test_validate_every_sample() -> None:
-    for path in sorted(SAMPLES_DIR.glob("*.yaml")):
+    samples = sorted(SAMPLES_DIR.glob("*.yaml"))
+    assert len(samples) >= 5, SAMPLES_DIR
+    for path in samples:
         result = run("validate", "-f", str(path))
         assert result.exit_code == 0, (path.name, result.output)
         assert result.stdout.startswith("ok: ")
@@ -151,7 +153,9 @@ def test_console_script_has_no_traceback(tmp_path: Path) -> None:
 
 
 def test_render_every_sample() -> None:
-    for path in sorted(SAMPLES_DIR.glob("*.yaml")):
+    samples = sorted(SAMPLES_DIR.glob("*.yaml"))
+    assert len(samples) >= 5, SAMPLES_DIR
+    for path in samples:
         result = run("render", "-f", str(path), "--namespace", "ai")
         no_traceback(result)
         spec = yaml.safe_load(path.read_text())["spec"]

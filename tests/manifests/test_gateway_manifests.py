@@ -27,12 +27,14 @@ READ_ONLY = {"get", "list", "watch"}
 
 
 def documents(folder: Path = GATEWAY) -> list[tuple[str, dict[str, Any]]]:
-    return [
+    found = [
         (path.name, doc)
         for path in sorted(folder.glob("*.yaml"))
         for doc in yaml.safe_load_all(path.read_text())
         if doc
     ]
+    assert found, f"no manifests under {folder}"
+    return found
 
 
 def one(kind: str, folder: Path = GATEWAY) -> dict[str, Any]:

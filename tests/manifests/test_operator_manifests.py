@@ -36,6 +36,7 @@ def documents() -> list[tuple[str, dict[str, Any]]]:
         for doc in yaml.safe_load_all(path.read_text()):
             if doc:
                 docs.append((str(path.relative_to(ROOT)), doc))
+    assert docs, f"no manifests under {ROOT}"
     return docs
 
 

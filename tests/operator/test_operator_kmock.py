@@ -7,6 +7,7 @@ from typing import Any
 
 import kmock
 import pytest
+import yaml
 
 from helpers import kmock_api as kapi
 from respublica.operator.render import SPEC_HASH_ANNOTATION
@@ -118,10 +119,8 @@ async def test_spec_change_updates_children_and_nothing_changed_writes_nothing(
             ),
             what="the RayService to follow the spec",
         )
-        assert (
-            "maxReplicas: 4" in rs["spec"]["serveConfigV2"]
-            or "max_replicas: 4" in rs["spec"]["serveConfigV2"]
-        )
+        (llm_config,) = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]["args"]["llm_configs"]
+        assert llm_config["deployment_config"]["autoscaling_config"]["max_replicas"] == 4
         await kapi.eventually(lambda: kapi.md_status(k8s).get("observedGeneration") == 2, what="generation 2")
         await kapi.quiet(k8s)
         patched = [w for w in kapi.child_writes(k8s) if w not in first]

@@ -143,6 +143,8 @@ def _samples(local: bool = False) -> dict[str, dict[str, Any]]:
         for doc in yaml.safe_load_all(path.read_text()):
             if isinstance(doc, dict) and doc.get("kind") == "ModelDeployment" and local_only(doc) == local:
                 found[f"sample-{path.stem}-{doc['metadata']['name']}"] = doc
+    # A moved samples folder must fail here, not shrink the parametrised cases to the matrix alone.
+    assert found, f"no {'local' if local else 'cluster'} ModelDeployment samples under {REPO / 'manifests'}"
     return found
 
 
