@@ -1,8 +1,11 @@
 """`respublica tenants ...`, `respublica keys ...`, `respublica usage`: administration on the database.
 
-The commands work directly on the gateway's database, named by `--db`, else `RESPUBLICA_DB`,
-else the gateway's own `RESPUBLICA_DATABASE_URL`, else `sqlite:///$XDG_DATA_HOME/respublica/gateway.db`.
-Every change is written to the audit log as `cli:<user>`.
+A thin edge over `respublica.serving.gateway.admin_service.AdminService`, which holds every use
+case (the admin HTTP API calls the same): a command parses its options, calls the service and
+prints the result. The commands work directly on the gateway's database, named by `--db`, else
+`RESPUBLICA_DB`, else the gateway's own `RESPUBLICA_DATABASE_URL`, else
+`sqlite:///$XDG_DATA_HOME/respublica/gateway.db`. The service writes every change to the audit
+log, here as `cli:<user>`.
 
 Exit codes: 0 done; 1 the thing named does not exist or exists already; 2 bad input or no database.
 """
@@ -13,15 +16,15 @@ import asyncio
 import getpass
 import json
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
 if TYPE_CHECKING:
+    from respublica.serving.gateway.admin_service import AdminService, LimitsPatch
     from respublica.serving.gateway.contracts import Limits
-    from respublica.serving.gateway.db import Repository
 
 EXIT_STATE = 1
 EXIT_INPUT = 2
@@ -52,7 +55,6 @@ MaxTok = Annotated[
     int | None,
     typer.Option(
         "--default-max-tokens",
-        min=1,
         help="Output cap written where a client sets none; unset: the tenant's, then the gateway's.",
     ),
 ]
@@ -70,18 +72,44 @@ def _fail(message: str, code: int = EXIT_INPUT) -> NoReturn:
     raise typer.Exit(code)
 
 
-class _StateError(Exception):
-    """Not found / exists already: exit 1."""
+# The service names a bad input as the HTTP API does; a user of this CLI typed an option.
+_OPTIONS = {
+    "limits.requestsPerMinute": "--rpm",
+    "limits.tokensPerMinute": "--tpm",
+    "limits.tokensPerDay": "--tokens-per-day",
+    "limits.tokensPerMonth": "--tokens-per-month",
+    "limits.maxConcurrent": "--max-concurrent",
+    "limits.allowedModels": "--models",
+    "limits.defaultMaxTokens": "--default-max-tokens",
+    "expires_at": "--expires-at",
+    "expires_in_days": "--expires-in-days",
+    "since": "--since",
+    "until": "--until",
+}
+# What to try next, by failure code.
+_HINTS = {
+    "tenant_exists": "change it with `respublica tenants set-limits`",
+    "tenant_not_found": "see `respublica tenants list`",
+    "key_not_found": "see `respublica keys list`",
+}
 
 
-def _run(url: str, work: Callable[[Repository], Awaitable[T]]) -> T:
+def _run(
+    url: str,
+    work: Callable[[AdminService], Awaitable[T]],
+    *,
+    declared: Mapping[str, Limits] | None = None,
+    hints: Mapping[str, str] = _HINTS,
+) -> T:
+    """Open the database, run one use case of the service, close; a failure is one line and an exit code."""
+    from respublica.serving.gateway.admin_service import AdminFailure, AdminService, InvalidInput
     from respublica.serving.gateway.db import DatabaseError, Repository, open_database
     from respublica.serving.gateway.db.base import describe_url
 
     async def main() -> T:
         db = await open_database(url)
         try:
-            return await work(Repository(db))
+            return await work(AdminService(Repository(db), declared=declared))
         finally:
             await db.close()
 
@@ -89,8 +117,16 @@ def _run(url: str, work: Callable[[Repository], Awaitable[T]]) -> T:
         return asyncio.run(main())
     except DatabaseError as exc:
         _fail(f"database {describe_url(url)}: {exc}", EXIT_INPUT)
-    except _StateError as exc:
-        _fail(str(exc), EXIT_STATE)
+    except AdminFailure as exc:
+        message = exc.message
+        option = _OPTIONS.get(exc.param or "")
+        if option is not None:
+            message = f"{option}: {message.removeprefix(f'{exc.param}: ')}"
+        hint = hints.get(exc.code)
+        _fail(
+            f"{message} ({hint})" if hint else message,
+            EXIT_INPUT if isinstance(exc, InvalidInput) else EXIT_STATE,
+        )
     except ValueError as exc:
         _fail(str(exc), EXIT_INPUT)
 
@@ -102,23 +138,17 @@ def _actor() -> str:
         return f"cli:uid-{os.getuid()}"
 
 
-def _limit_value(name: str, raw: str | None) -> int | str | None:
-    """An int, None for 'unlimited', or the marker 'unset' when the option was not given."""
-    if raw is None:
-        return "unset"
+def _limit_value(name: str, raw: str) -> int | None:
+    """A whole number, or None for 'unlimited'; the service checks the range."""
     if raw.strip().lower() in ("unlimited", "none", "-"):
         return None
     try:
-        value = int(raw)
+        return int(raw)
     except ValueError:
         _fail(f"{name} must be a whole number or 'unlimited', not '{raw}'")
-    if value < 0:
-        _fail(f"{name} can not be negative")
-    return value
 
 
-def _limits(
-    base: Limits,
+def _patch(
     rpm: str | None,
     tpm: str | None,
     tpd: str | None,
@@ -126,8 +156,9 @@ def _limits(
     conc: str | None,
     models: str | None,
     max_tokens: int | None,
-) -> Limits:
-    import dataclasses
+) -> LimitsPatch:
+    """The limit options given, as a patch: an option not given leaves its limit as it is."""
+    from respublica.serving.gateway.admin_service import LimitsPatch
 
     changes: dict[str, Any] = {}
     for field, option, raw in (
@@ -137,17 +168,13 @@ def _limits(
         ("tokens_per_month", "--tokens-per-month", tpmo),
         ("max_concurrent", "--max-concurrent", conc),
     ):
-        value = _limit_value(option, raw)
-        if value != "unset":
-            changes[field] = value
+        if raw is not None:
+            changes[field] = _limit_value(option, raw)
     if models is not None:
-        names = tuple(m.strip() for m in models.split(",") if m.strip())
-        if not names:
-            _fail("--models needs at least one model name, or '*'")
-        changes["allowed_models"] = names
+        changes["allowed_models"] = tuple(m.strip() for m in models.split(",") if m.strip())
     if max_tokens is not None:
         changes["default_max_tokens"] = max_tokens
-    return dataclasses.replace(base, **changes)
+    return LimitsPatch(**changes)
 
 
 def _num(value: int | None) -> str:
@@ -180,15 +207,6 @@ tenants_app = typer.Typer(no_args_is_help=True, help="Tenants and their limits, 
 keys_app = typer.Typer(no_args_is_help=True, help="API keys (rp_...): create (shown once), list, revoke.")
 
 
-def _tenant_name(name: str) -> str:
-    from respublica.serving.gateway.db.codec import check_tenant_name
-
-    try:
-        return check_tenant_name(name)
-    except ValueError as exc:
-        _fail(str(exc))
-
-
 @tenants_app.command("create")
 def tenants_create(
     name: Annotated[str, typer.Argument(help="Tenant name (lowercase letters, digits, '-', '_', '.').")],
@@ -203,21 +221,9 @@ def tenants_create(
 ) -> None:
     """Create a tenant; limits not given are unlimited."""
     from respublica.serving.gateway.contracts import Limits
-    from respublica.serving.gateway.db.codec import limits_as_dict
 
-    _tenant_name(name)
-    limits = _limits(
-        Limits(), rpm, tpm, tokens_per_day, tokens_per_month, max_concurrent, models, default_max_tokens
-    )
-
-    async def work(repo: Repository) -> None:
-        if not await repo.create_tenant(name, limits):
-            raise _StateError(
-                f"tenant '{name}' exists already (change it with `respublica tenants set-limits`)"
-            )
-        await repo.audit(_actor(), "tenant.create", name, {"limits": limits_as_dict(limits)})
-
-    _run(db_url(db), work)
+    limits = _patch(rpm, tpm, tokens_per_day, tokens_per_month, max_concurrent, models, default_max_tokens)
+    _run(db_url(db), lambda service: service.create_tenant(_actor(), name, limits.apply(Limits())))
     typer.echo(f"created tenant {name}")
 
 
@@ -226,7 +232,7 @@ def tenants_list(db: DbOption = None, as_json: JsonOption = False) -> None:
     """List the database's tenants and their limits ('-' is unlimited)."""
     from respublica.serving.gateway.db.codec import limits_as_dict
 
-    rows = _run(db_url(db), lambda repo: repo.list_tenants())
+    rows = _run(db_url(db), lambda service: service.list_tenants())
     if as_json:
         typer.echo(json.dumps([{"name": t.name, "limits": limits_as_dict(t.limits)} for t in rows], indent=2))
         return
@@ -236,16 +242,8 @@ def tenants_list(db: DbOption = None, as_json: JsonOption = False) -> None:
 @tenants_app.command("delete")
 def tenants_delete(name: Annotated[str, typer.Argument(help="Tenant name.")], db: DbOption = None) -> None:
     """Delete a tenant and revoke all of its keys."""
-
-    async def work(repo: Repository) -> int:
-        owned = [k.key_id for k in await repo.list_keys(name) if k.revoked_at is None]
-        if not await repo.delete_tenant(name):
-            raise _StateError(f"tenant '{name}' does not exist (see `respublica tenants list`)")
-        await repo.audit(_actor(), "tenant.delete", name, {"revoked_keys": owned})
-        return len(owned)
-
-    revoked = _run(db_url(db), work)
-    typer.echo(f"deleted tenant {name}; revoked {revoked} key(s)")
+    deleted = _run(db_url(db), lambda service: service.delete_tenant(_actor(), name))
+    typer.echo(f"deleted tenant {name}; revoked {len(deleted.revoked_keys)} key(s)")
 
 
 @tenants_app.command("set-limits")
@@ -261,21 +259,10 @@ def tenants_set_limits(
     db: DbOption = None,
 ) -> None:
     """Change the limits given; the others stay. 'unlimited' removes a limit."""
-    from respublica.serving.gateway.db.codec import limits_as_dict
-
-    async def work(repo: Repository) -> Limits:
-        row = await repo.get_tenant(name)
-        if row is None:
-            raise _StateError(f"tenant '{name}' does not exist (create it with `respublica tenants create`)")
-        limits = _limits(
-            row.limits, rpm, tpm, tokens_per_day, tokens_per_month, max_concurrent, models, default_max_tokens
-        )
-        await repo.set_tenant_limits(name, limits)
-        await repo.audit(_actor(), "tenant.set_limits", name, {"limits": limits_as_dict(limits)})
-        return limits
-
-    limits = _run(db_url(db), work)
-    _table(["NAME", *LIMIT_HEADERS], [[name, *_limits_row(limits)]])
+    patch = _patch(rpm, tpm, tokens_per_day, tokens_per_month, max_concurrent, models, default_max_tokens)
+    hints = {**_HINTS, "tenant_not_found": "create it with `respublica tenants create`"}
+    tenant = _run(db_url(db), lambda service: service.set_limits(_actor(), name, patch), hints=hints)
+    _table(["NAME", *LIMIT_HEADERS], [[name, *_limits_row(tenant.limits)]])
 
 
 # -- keys -------------------------------------------------------------------------------------------
@@ -284,7 +271,7 @@ def keys_create(
     tenant: Annotated[str, typer.Option("--tenant", "-t", help="The tenant the key spends for.")],
     name: Annotated[str, typer.Option("--name", help="A label: who or what uses the key.")] = "",
     expires_in_days: Annotated[
-        float | None, typer.Option("--expires-in-days", min=0.0, help="The key stops working after this.")
+        float | None, typer.Option("--expires-in-days", help="The key stops working after this.")
     ] = None,
     expires_at: Annotated[
         str | None, typer.Option("--expires-at", help="Expiry as 2026-12-31 or an ISO datetime (UTC).")
@@ -307,54 +294,37 @@ def keys_create(
     db: DbOption = None,
 ) -> None:
     """Create an API key and print it, once: it is stored only as a hash. Limits narrow the tenant's."""
-    import time
-
-    from respublica.serving.gateway.auth.keys import generate_key
+    from respublica.serving.gateway.admin_service import KeyRequest
     from respublica.serving.gateway.contracts import Limits
-    from respublica.serving.gateway.db.codec import format_instant, parse_instant
     from respublica.serving.gateway.tenants_file import TenantsFileError, load_tenants_file
 
-    if expires_in_days is not None and expires_at is not None:
-        _fail("give --expires-in-days or --expires-at, not both")
-    expires: float | None = None
-    try:
-        if expires_at is not None:
-            expires = parse_instant(expires_at)
-        elif expires_in_days is not None:
-            expires = time.time() + expires_in_days * 86400
-    except ValueError as exc:
-        _fail(f"--expires-at: {exc}")
-    if expires is not None and expires <= time.time():
-        _fail("the expiry is in the past")
-    key_limits = None
-    if any(
-        v is not None
-        for v in (rpm, tpm, tokens_per_day, tokens_per_month, max_concurrent, models, default_max_tokens)
-    ):
-        key_limits = _limits(
-            Limits(), rpm, tpm, tokens_per_day, tokens_per_month, max_concurrent, models, default_max_tokens
-        )
+    patch = _patch(rpm, tpm, tokens_per_day, tokens_per_month, max_concurrent, models, default_max_tokens)
     declared: dict[str, Limits] = {}
     if tenants_file is not None:
         try:
             declared = load_tenants_file(tenants_file)
         except TenantsFileError as exc:
             _fail(str(exc))
-    new = generate_key()
-
-    async def work(repo: Repository) -> None:
-        if tenant not in declared and await repo.get_tenant(tenant) is None:
-            hint = "" if tenants_file else " (declared in a tenants file? pass --tenants-file)"
-            raise _StateError(f"tenant '{tenant}' does not exist{hint}")
-        await repo.create_key(
-            new.key_id, tenant, new.secret_hash, name=name, limits=key_limits, expires_at=expires
-        )
-        detail = {"tenant": tenant, "name": name, "expires_at": format_instant(expires)}
-        await repo.audit(_actor(), "key.create", new.key_id, detail)
-
-    _run(db_url(db), work)
-    typer.echo(f"created key {new.key_id} for tenant {tenant}; it is shown once, store it now:", err=True)
-    typer.echo(new.key)
+    request = KeyRequest(
+        tenant=tenant,
+        name=name,
+        expires_at=expires_at,
+        expires_in_days=expires_in_days,
+        limits=None if patch.is_empty() else patch.apply(Limits()),
+    )
+    # A tenant the database does not know may be one of the file's.
+    hints = (
+        _HINTS
+        if tenants_file
+        else {**_HINTS, "tenant_not_found": "declared in a tenants file? pass --tenants-file"}
+    )
+    created = _run(
+        db_url(db), lambda service: service.create_key(_actor(), request), declared=declared, hints=hints
+    )
+    typer.echo(
+        f"created key {created.view.key_id} for tenant {tenant}; it is shown once, store it now:", err=True
+    )
+    typer.echo(created.key)
 
 
 @keys_app.command("list")
@@ -364,30 +334,21 @@ def keys_list(
     as_json: JsonOption = False,
 ) -> None:
     """List keys by id (never the key itself) with their state."""
-    import time
-
     from respublica.serving.gateway.db.codec import format_instant, limits_as_dict
 
-    rows = _run(db_url(db), lambda repo: repo.list_keys(tenant))
-    now = time.time()
-
-    def state(revoked: float | None, expires: float | None) -> str:
-        if revoked is not None:
-            return "revoked"
-        return "expired" if expires is not None and expires <= now else "active"
-
+    keys = _run(db_url(db), lambda service: service.list_keys(tenant))
     if as_json:
         data = [
             {
                 "id": k.key_id,
                 "tenant": k.tenant,
                 "name": k.name,
-                "state": state(k.revoked_at, k.expires_at),
+                "state": k.state,
                 "created_at": format_instant(k.created_at),
                 "expires_at": format_instant(k.expires_at),
                 "limits": limits_as_dict(k.limits) if k.limits else None,
             }
-            for k in rows
+            for k in keys
         ]
         typer.echo(json.dumps(data, indent=2))
         return
@@ -398,11 +359,11 @@ def keys_list(
                 k.key_id,
                 k.tenant,
                 k.name or "-",
-                state(k.revoked_at, k.expires_at),
+                k.state,
                 format_instant(k.created_at) or "-",
                 format_instant(k.expires_at) or "never",
             ]
-            for k in rows
+            for k in keys
         ],
     )
 
@@ -412,21 +373,7 @@ def keys_revoke(
     key_id: Annotated[str, typer.Argument(help="The key id (the part after 'rp_').")], db: DbOption = None
 ) -> None:
     """Revoke a key: gateways refuse it within their key cache's lifetime (seconds)."""
-    from respublica.serving.gateway.auth.keys import parse_key
-
-    parsed = parse_key(key_id)
-    if parsed is not None:
-        _fail("that is a whole key: pass only its id (the 16 characters after 'rp_')")
-
-    async def work(repo: Repository) -> None:
-        row = await repo.get_key(key_id)
-        if row is None:
-            raise _StateError(f"API key '{key_id}' does not exist (see `respublica keys list`)")
-        if not await repo.revoke_key(key_id):
-            raise _StateError(f"API key '{key_id}' was revoked already")
-        await repo.audit(_actor(), "key.revoke", key_id, {"tenant": row.tenant})
-
-    _run(db_url(db), work)
+    _run(db_url(db), lambda service: service.revoke_key(_actor(), key_id))
     typer.echo(f"revoked key {key_id}")
 
 
@@ -442,17 +389,7 @@ def usage_command(
     as_json: JsonOption = False,
 ) -> None:
     """Token usage from the ledger, by UTC day, tenant and model."""
-    import time
-
-    from respublica.serving.gateway.db.codec import parse_instant
-    from respublica.serving.gateway.quota.arithmetic import month_start
-
-    try:
-        start = parse_instant(since) if since else month_start(time.time())
-        end = parse_instant(until) if until else None
-    except ValueError as exc:
-        _fail(f"--since/--until: {exc}")
-    totals = _run(db_url(db), lambda repo: repo.usage_totals(start, tenant=tenant, until=end))
+    totals = _run(db_url(db), lambda service: service.usage(since, until=until, tenant=tenant))
     if as_json:
         typer.echo(json.dumps([t.__dict__ for t in totals], indent=2))
         return

@@ -1,8 +1,12 @@
 """The admin API, `/admin/...`: tenants, keys, usage and the audit log, behind its own credential.
 
+A thin edge over `admin_service.AdminService`, which holds every use case (and the CLI calls the
+same): a route parses its input, calls the service and formats the result as JSON.
+
 The credential is one admin key from the settings, sent as `Authorization: Bearer <admin key>`
-and compared in constant time. Every change is written to the audit log (who, what, when; never
-a key). Errors are OpenAI-shaped: `{"error": {"message", "type", "param", "code"}}`.
+and compared in constant time. Every change is written to the audit log by the service (who,
+what, when; never a key) with actor `admin-api@<client address>`. Errors are OpenAI-shaped:
+`{"error": {"message", "type", "param", "code"}}`.
 
 Tenants declared in the tenants file are read-only here: the file is their source of truth.
 """
@@ -10,7 +14,6 @@ Tenants declared in the tenants file are read-only here: the file is their sourc
 from __future__ import annotations
 
 import hmac
-import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -18,21 +21,24 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
 
+from respublica.serving.gateway.admin_service import (
+    AdminFailure,
+    AdminService,
+    Conflict,
+    KeyRequest,
+    KeyView,
+    NotFound,
+    TenantView,
+)
 from respublica.serving.gateway.auth.api_keys import ApiKeyAuthenticator
-from respublica.serving.gateway.auth.keys import generate_key
 from respublica.serving.gateway.auth.tenants import TenantDirectory
 from respublica.serving.gateway.contracts import Limits
 from respublica.serving.gateway.db.base import DatabaseError
-from respublica.serving.gateway.db.codec import (
-    TENANT_NAME_HELP,
-    LimitsModel,
-    check_tenant_name,
-    format_instant,
-    parse_instant,
-)
-from respublica.serving.gateway.db.repo import KeyRow, Repository
+from respublica.serving.gateway.db.codec import TENANT_NAME_HELP, LimitsModel, format_instant
+from respublica.serving.gateway.db.repo import Repository
 
 _TYPES = {
     400: "invalid_request_error",
@@ -44,7 +50,15 @@ _TYPES = {
 }
 
 
+def _status(failure: AdminFailure) -> int:
+    if isinstance(failure, NotFound):
+        return 404
+    return 409 if isinstance(failure, Conflict) else 400
+
+
 class AdminError(Exception):
+    """A failure of the HTTP edge itself: the admin credential."""
+
     def __init__(self, status: int, code: str, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.param = status, code, message, param
@@ -76,6 +90,8 @@ class _AdminRoute(APIRoute):
                 return await handler(request)
             except AdminError as exc:
                 return exc.response()
+            except AdminFailure as exc:
+                return error_response(_status(exc), exc.code, exc.message, exc.param)
             except RequestValidationError as exc:
                 first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
                 loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
@@ -89,21 +105,20 @@ class _AdminRoute(APIRoute):
 
 
 class TenantCreate(BaseModel):
+    """The shape of the body; the service checks the name and the limits' bounds."""
+
     model_config = ConfigDict(extra="forbid")
     name: str = Field(description=TENANT_NAME_HELP)
     limits: LimitsModel = Field(default_factory=LimitsModel)
 
-    @field_validator("name")
-    @classmethod
-    def _tenant_name(cls, name: str) -> str:
-        return check_tenant_name(name)
-
 
 class KeyCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str = Field(default="", max_length=200)
-    expires_at: str | None = Field(default=None, description="ISO date/datetime or unix seconds")
-    expires_in_days: float | None = Field(default=None, gt=0)
+    """The shape of the body (snake_case or camelCase); the service checks the values."""
+
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True)
+    name: str = ""
+    expires_at: str | float | None = Field(default=None, description="ISO date/datetime or unix seconds")
+    expires_in_days: float | None = None
     limits: LimitsModel | None = None
 
 
@@ -111,17 +126,30 @@ def _limits_json(limits: Limits) -> dict[str, Any]:
     return LimitsModel.of(limits).model_dump(mode="json", by_alias=True)
 
 
-def key_json(row: KeyRow) -> dict[str, Any]:
+def key_json(key: KeyView) -> dict[str, Any]:
     """A key's public view: never its secret or hash."""
     return {
-        "id": row.key_id,
-        "tenant": row.tenant,
-        "name": row.name,
-        "limits": _limits_json(row.limits) if row.limits else None,
-        "created_at": format_instant(row.created_at),
-        "expires_at": format_instant(row.expires_at),
-        "revoked_at": format_instant(row.revoked_at),
+        "id": key.key_id,
+        "tenant": key.tenant,
+        "name": key.name,
+        "state": key.state,
+        "limits": _limits_json(key.limits) if key.limits else None,
+        "created_at": format_instant(key.created_at),
+        "expires_at": format_instant(key.expires_at),
+        "revoked_at": format_instant(key.revoked_at),
     }
+
+
+def tenant_json(tenant: TenantView) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "name": tenant.name,
+        "source": tenant.source,
+        "limits": _limits_json(tenant.limits),
+    }
+    if tenant.source == "database":
+        view["created_at"] = format_instant(tenant.created_at)
+        view["updated_at"] = format_instant(tenant.updated_at)
+    return view
 
 
 def admin_router(
@@ -136,6 +164,12 @@ def admin_router(
         raise ValueError("the admin key must be at least 16 characters long")
     expected = admin_key.encode()
     directory = tenants or TenantDirectory(repo)
+    service = AdminService(
+        repo,
+        declared=directory.declared,
+        forget_tenant=directory.forget,
+        forget_key=keys.forget if keys is not None else lambda _: None,
+    )
 
     def actor(request: Request) -> str:
         host = request.client.host if request.client else "unknown"
@@ -154,116 +188,52 @@ def admin_router(
 
     router = APIRouter(prefix="/admin", route_class=_AdminRoute, tags=["admin"])
 
-    async def _tenant_view(name: str) -> dict[str, Any] | None:
-        if directory.is_declared(name):
-            return {"name": name, "source": "file", "limits": _limits_json(directory.declared[name])}
-        row = await repo.get_tenant(name)
-        if row is None:
-            return None
-        return {
-            "name": name,
-            "source": "database",
-            "limits": _limits_json(row.limits),
-            "created_at": format_instant(row.created_at),
-            "updated_at": format_instant(row.updated_at),
-        }
-
-    def _not_in_file(name: str, what: str) -> None:
-        if directory.is_declared(name):
-            raise AdminError(
-                409,
-                "tenant_declared_in_file",
-                f"tenant '{name}' is declared in the tenants file: {what} it there",
-            )
-
     @router.get("/tenants")
     async def list_tenants(who: str = Depends(actor)) -> dict[str, Any]:
-        names = sorted(set(directory.declared) | {t.name for t in await repo.list_tenants()})
-        return {"object": "list", "data": [await _tenant_view(n) for n in names]}
+        return {"object": "list", "data": [tenant_json(t) for t in await service.list_tenants()]}
 
     @router.post("/tenants", status_code=201)
     async def create_tenant(body: TenantCreate, who: str = Depends(actor)) -> dict[str, Any]:
-        _not_in_file(body.name, "change")
-        if not await repo.create_tenant(body.name, body.limits.to_limits()):
-            raise AdminError(409, "tenant_exists", f"tenant '{body.name}' exists already", "name")
-        await repo.audit(who, "tenant.create", body.name, {"limits": _limits_json(body.limits.to_limits())})
-        directory.forget(body.name)
-        return await _tenant_view(body.name) or {}
+        return tenant_json(await service.create_tenant(who, body.name, body.limits.to_limits()))
 
     @router.get("/tenants/{name}")
     async def get_tenant(name: str, who: str = Depends(actor)) -> dict[str, Any]:
-        view = await _tenant_view(name)
-        if view is None:
-            raise AdminError(404, "tenant_not_found", f"tenant '{name}' does not exist")
-        return view
+        return tenant_json(await service.get_tenant(name))
 
     @router.put("/tenants/{name}/limits")
     async def set_limits(name: str, body: LimitsModel, who: str = Depends(actor)) -> dict[str, Any]:
-        _not_in_file(name, "change its limits")
-        if not await repo.set_tenant_limits(name, body.to_limits()):
-            raise AdminError(404, "tenant_not_found", f"tenant '{name}' does not exist")
-        await repo.audit(who, "tenant.set_limits", name, {"limits": _limits_json(body.to_limits())})
-        directory.forget(name)
-        return await _tenant_view(name) or {}
+        return tenant_json(await service.set_limits(who, name, body.to_limits()))
 
     @router.delete("/tenants/{name}")
     async def delete_tenant(name: str, who: str = Depends(actor)) -> dict[str, Any]:
-        _not_in_file(name, "remove")
-        owned = [k.key_id for k in await repo.list_keys(name) if k.revoked_at is None]
-        if not await repo.delete_tenant(name):
-            raise AdminError(404, "tenant_not_found", f"tenant '{name}' does not exist")
-        await repo.audit(who, "tenant.delete", name, {"revoked_keys": owned})
-        directory.forget(name)
-        for key_id in owned:
-            if keys is not None:
-                keys.forget(key_id)
-        return {"name": name, "deleted": True, "revoked_keys": owned}
+        deleted = await service.delete_tenant(who, name)
+        return {"name": deleted.name, "deleted": True, "revoked_keys": list(deleted.revoked_keys)}
 
     @router.post("/tenants/{name}/keys", status_code=201)
     async def create_key(name: str, body: KeyCreate, who: str = Depends(actor)) -> dict[str, Any]:
-        if await directory.limits(name) is None:
-            raise AdminError(404, "tenant_not_found", f"tenant '{name}' does not exist")
-        if body.expires_at is not None and body.expires_in_days is not None:
-            raise AdminError(
-                400, "invalid_request", "give expires_at or expires_in_days, not both", "expires_at"
-            )
-        expires: float | None = None
-        if body.expires_at is not None:
-            try:
-                expires = parse_instant(body.expires_at)
-            except ValueError as exc:
-                raise AdminError(400, "invalid_request", str(exc), "expires_at") from None
-        elif body.expires_in_days is not None:
-            expires = time.time() + body.expires_in_days * 86400
-        new = generate_key()
-        limits = body.limits.to_limits() if body.limits else None
-        row = await repo.create_key(
-            new.key_id, name, new.secret_hash, name=body.name, limits=limits, expires_at=expires
+        request = KeyRequest(
+            tenant=name,
+            name=body.name,
+            expires_at=body.expires_at,
+            expires_in_days=body.expires_in_days,
+            limits=body.limits.to_limits() if body.limits is not None else None,
         )
-        await repo.audit(
-            who,
-            "key.create",
-            new.key_id,
-            {"tenant": name, "name": body.name, "expires_at": format_instant(expires)},
-        )
-        return {**key_json(row), "key": new.key, "note": "store this key now: it is not shown again"}
+        created = await service.create_key(who, request)
+        return {
+            **key_json(created.view),
+            "key": created.key,
+            "note": "store this key now: it is not shown again",
+        }
 
     @router.get("/keys")
     async def list_keys(
         tenant: str | None = Query(default=None), who: str = Depends(actor)
     ) -> dict[str, Any]:
-        return {"object": "list", "data": [key_json(k) for k in await repo.list_keys(tenant)]}
+        return {"object": "list", "data": [key_json(k) for k in await service.list_keys(tenant)]}
 
     @router.delete("/keys/{key_id}")
     async def revoke_key(key_id: str, who: str = Depends(actor)) -> dict[str, Any]:
-        row = await repo.get_key(key_id)
-        if row is None:
-            raise AdminError(404, "key_not_found", f"API key '{key_id}' does not exist")
-        if not await repo.revoke_key(key_id):
-            raise AdminError(409, "key_revoked", f"API key '{key_id}' was revoked already")
-        await repo.audit(who, "key.revoke", key_id, {"tenant": row.tenant})
-        if keys is not None:
-            keys.forget(key_id)
+        await service.revoke_key(who, key_id)
         return {"id": key_id, "revoked": True}
 
     @router.get("/usage")
@@ -273,12 +243,7 @@ def admin_router(
         tenant: str | None = Query(default=None),
         who: str = Depends(actor),
     ) -> dict[str, Any]:
-        try:
-            start = parse_instant(since)
-            end = parse_instant(until) if until else None
-        except ValueError as exc:
-            raise AdminError(400, "invalid_request", str(exc), "since") from None
-        totals = await repo.usage_totals(start, tenant=tenant, until=end)
+        totals = await service.usage(since, until=until, tenant=tenant)
         return {
             "object": "list",
             "data": [
@@ -297,10 +262,6 @@ def admin_router(
 
     @router.get("/audit")
     async def audit(since: str = Query(default="0"), who: str = Depends(actor)) -> dict[str, Any]:
-        try:
-            start = parse_instant(since)
-        except ValueError as exc:
-            raise AdminError(400, "invalid_request", str(exc), "since") from None
         return {
             "object": "list",
             "data": [
@@ -311,7 +272,7 @@ def admin_router(
                     "target": e.target,
                     "detail": e.detail,
                 }
-                for e in await repo.audit_log(start)
+                for e in await service.audit_log(since)
             ],
         }
 

@@ -31,16 +31,22 @@ def is_tenant_name(name: str) -> bool:
     return name != "*" and len(name) <= TENANT_NAME_MAX and _API_TENANT.fullmatch(name) is not None
 
 
+# The largest value any limit may have. Far above any real budget (a million tokens a second for
+# 30 years is about 10^15) and far below 2^63, where the quota store's counters overflow: a limit
+# beyond it is a typo, and refusing it keeps every sum of limits and reservations in range.
+LIMIT_MAX = 10**15
+
+
 class LimitsModel(BaseModel):
     model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True)
 
-    requests_per_minute: int | None = Field(default=None, ge=0)
-    tokens_per_minute: int | None = Field(default=None, ge=0)
-    tokens_per_day: int | None = Field(default=None, ge=0)
-    tokens_per_month: int | None = Field(default=None, ge=0)
-    max_concurrent: int | None = Field(default=None, ge=0)
+    requests_per_minute: int | None = Field(default=None, ge=0, le=LIMIT_MAX)
+    tokens_per_minute: int | None = Field(default=None, ge=0, le=LIMIT_MAX)
+    tokens_per_day: int | None = Field(default=None, ge=0, le=LIMIT_MAX)
+    tokens_per_month: int | None = Field(default=None, ge=0, le=LIMIT_MAX)
+    max_concurrent: int | None = Field(default=None, ge=0, le=LIMIT_MAX)
     allowed_models: tuple[str, ...] = Field(default=("*",), min_length=1)
-    default_max_tokens: int | None = Field(default=None, ge=1)  # None: inherit
+    default_max_tokens: int | None = Field(default=None, ge=1, le=LIMIT_MAX)  # None: inherit
 
     def to_limits(self) -> Limits:
         return Limits(**self.model_dump())
