@@ -24,6 +24,7 @@ MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
 GATEWAY = MANIFESTS / "gateway"
 VERSIONS = ["1.29", "1.33"]
 READ_ONLY = {"get", "list", "watch"}
+NAME_LABEL = "app.kubernetes.io/name"
 
 
 def documents(folder: Path = GATEWAY) -> list[tuple[str, dict[str, Any]]]:
@@ -38,7 +39,12 @@ def documents(folder: Path = GATEWAY) -> list[tuple[str, dict[str, Any]]]:
 
 
 def one(kind: str, folder: Path = GATEWAY) -> dict[str, Any]:
-    (found,) = [doc for _, doc in documents(folder) if doc["kind"] == kind]
+    """The one object of a kind, leaving out Redis' (80-redis.yaml, the gateway's quota store)."""
+    (found,) = [
+        doc
+        for _, doc in documents(folder)
+        if doc["kind"] == kind and doc["metadata"].get("labels", {}).get(NAME_LABEL) != "respublica-redis"
+    ]
     return found
 
 

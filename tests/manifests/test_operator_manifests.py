@@ -16,7 +16,7 @@ MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
 ROOT = MANIFESTS / "operator"
 VERSIONS = ["1.29", "1.33"]
 # What must exist before what: the namespace before anything in it, the account and its grants and
-# the configuration before the pods that use them.
+# the configuration before the pods that use them (the rest in any order).
 APPLY_RANK = {
     "Namespace": 0,
     "ServiceAccount": 1,
@@ -26,7 +26,11 @@ APPLY_RANK = {
     "RoleBinding": 2,
     "ConfigMap": 3,
     "Deployment": 4,
-    "Service": 5,
+    "StatefulSet": 4,
+    "Service": 4,
+    "HorizontalPodAutoscaler": 4,
+    "PodDisruptionBudget": 4,
+    "NetworkPolicy": 4,
 }
 
 
