@@ -236,9 +236,12 @@ def instant(value: str | float, param: str) -> float:
             raise InvalidInput(str(exc), param) from None
     # bool is an int: `true` is no instant.
     if isinstance(value, bool) or not math.isfinite(value) or not 0 <= value <= INSTANT_MAX:
+        hint = (
+            " (unix milliseconds given for seconds?)" if math.isfinite(value) and value > INSTANT_MAX else ""
+        )
         raise InvalidInput(
-            f"{value!r} is not an instant: give a date (2026-11-01), an ISO datetime or unix seconds "
-            "between 1970 and 9999",
+            f"{value!r} is not an instant between 1970 and 9999{hint}: give a date (2026-11-01), "
+            "an ISO datetime or unix seconds",
             param,
         )
     return float(value)
