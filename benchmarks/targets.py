@@ -1,0 +1,301 @@
+"""Start, probe and stop the processes a run measures: the fake upstream, the OTLP receiver, and each
+target (direct, the pass-through, respublica's gateway, LiteLLM's proxy, vllm-router).
+
+Every process gets its own session (process group), so a stop reaches a whole tree (LiteLLM's
+workers) by that one group id. respublica is started through its public CLI only (`respublica
+tenants|keys create`, `respublica gateway`), never through internal imports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+PACED_MODEL = "paced-5"  # the fake upstream waits 5 ms between this model's tokens
+MODELS = ("m", PACED_MODEL)
+LITELLM_MASTER_KEY = "sk-bench-master-key"
+
+
+class Unavailable(Exception):
+    """A target that could not be installed or started; the message is the reason shown."""
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def log_tail(self, chars: int = 600) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-chars:].strip()
+        except OSError:
+            return ""
+
+
+@dataclass
+class Target:
+    name: str
+    url: str  # base URL, without /v1
+    headers: dict[str, str] = field(default_factory=dict)
+    proc: Proc | None = None  # whose tree is measured; None: not started
+    version: str = ""
+    note: str = ""
+    unavailable: str | None = None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The caller's environment less what would reconfigure a target behind the run's back."""
+    prefixes = ("RESPUBLICA_", "PROMETHEUS_", "LITELLM_", "OTEL_", "DATABASE_URL", "VIRTUAL_ENV")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+    env.update(extra)
+    return env
+
+
+def spawn(name: str, args: list[str], workdir: Path, env: dict[str, str] | None = None) -> Proc:
+    log = workdir / f"{name}.log"
+    with log.open("wb") as out:
+        popen = subprocess.Popen(
+            args,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env if env is not None else clean_env(),
+            cwd=workdir,
+            start_new_session=True,
+        )
+    return Proc(name, popen, log)
+
+
+def wait_ready(proc: Proc, url: str, within_s: float, headers: dict[str, str] | None = None) -> None:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if proc.popen.poll() is not None:
+            raise Unavailable(f"exited {proc.popen.returncode} at start: {proc.log_tail(300)}")
+        try:
+            request = urllib.request.Request(url, headers=headers or {})
+            with urllib.request.urlopen(request, timeout=2) as reply:
+                if reply.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.25)
+    stop(proc)
+    raise Unavailable(f"not ready in {within_s:.0f} s: {proc.log_tail(300)}")
+
+
+def stop(proc: Proc, within_s: float = 15.0) -> None:
+    """SIGTERM the process group (a clean stop flushes a gateway's ledger and traces), then SIGKILL."""
+    if proc.popen.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.popen.wait(within_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.popen.wait(10)
+    try:  # workers left behind by their parent
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def get_json(url: str) -> object:
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        return json.loads(reply.read())
+
+
+# The processes of the run itself.
+
+
+def start_upstream(workdir: Path, python: str, tokens: int) -> Target:
+    port = free_port()
+    proc = spawn("upstream", [python, str(HERE / "fake_upstream.py"), "--port", str(port), "--tokens", str(tokens)], workdir)
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(proc, url + "/health", 30)
+    return Target("direct", url, proc=proc, note="the fake upstream itself")
+
+
+def start_otlp_receiver(workdir: Path, python: str) -> tuple[Proc, str]:
+    port = free_port()
+    proc = spawn("otlp", [python, str(HERE / "otlp_receiver.py"), "--port", str(port)], workdir)
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(proc, url + "/stats", 30)
+    return proc, url
+
+
+# The targets.
+
+
+def start_passthrough(workdir: Path, python: str, upstream: str) -> Target:
+    import aiohttp
+
+    port = free_port()
+    args = [python, str(HERE / "passthrough.py"), "--port", str(port), "--upstream", upstream]
+    proc = spawn("passthrough", args, workdir)
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(proc, url + "/healthz", 30)
+    return Target("passthrough", url, proc=proc, version=f"aiohttp {aiohttp.__version__}", note="no features")
+
+
+def respublica_bin() -> Path:
+    explicit = os.environ.get("RESPUBLICA_BIN_FOR_BENCH")
+    candidates = [Path(explicit)] if explicit else []
+    candidates += [Path(sys.executable).parent / "respublica", REPO / ".venv" / "bin" / "respublica"]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise Unavailable("no respublica CLI: install the project (.venv) or set RESPUBLICA_BIN_FOR_BENCH")
+
+
+def _cli(binary: Path, args: list[str], workdir: Path) -> str:
+    done = subprocess.run(
+        [str(binary), *args], capture_output=True, text=True, cwd=workdir, env=clean_env(), timeout=120
+    )
+    if done.returncode != 0:
+        raise Unavailable(f"respublica {' '.join(args[:2])} failed: {done.stderr.strip()[-300:]}")
+    return done.stdout.strip()
+
+
+def start_respublica(workdir: Path, upstream: str, otlp: str) -> Target:
+    """Every feature on: a key from the database, a tenant with limits (so each request reserves and
+    settles quota), metrics, tracing exported over OTLP/HTTP, the SQLite ledger."""
+    binary = respublica_bin()
+    home = workdir / "respublica"
+    home.mkdir(exist_ok=True)
+    db = f"sqlite:///{home / 'gateway.db'}"
+    # Limits far above what a run spends, but set: an unlimited tenant would skip the quota path.
+    _cli(binary, ["tenants", "create", "bench", "--db", db, "--rpm", "1000000000", "--tokens-per-day", "1000000000000"], home)
+    key = _cli(binary, ["keys", "create", "--tenant", "bench", "--name", "benchmark", "--db", db], home)
+    routes = home / "routes.yaml"
+    routes.write_text(yaml.safe_dump({"models": [{"name": m, "endpoints": [upstream]} for m in MODELS]}))
+    config = home / "gateway.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "database_url": db,
+                "quota": {"store": "memory"},
+                "telemetry": {"otlp_endpoint": otlp, "metrics": True},
+            }
+        )
+    )
+    port = free_port()
+    args = [str(binary), "gateway", "--config", str(config), "--routes", str(routes), "--port", str(port)]
+    args += ["--log-level", "warning"]
+    proc = spawn("respublica", args, home)
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(proc, url + "/healthz", 90)
+    version = _cli(binary, ["version"], home)
+    return Target(
+        "respublica",
+        url,
+        headers={"Authorization": f"Bearer {key}"},
+        proc=proc,
+        version=version,
+        note="DB key auth, quota reserve/settle, metrics, OTLP tracing, SQLite ledger; 1 worker",
+    )
+
+
+def peers_bin(name: str) -> Path:
+    venv = Path(os.environ.get("PEERS_VENV", HERE / ".venv-peers"))
+    failed = venv / f"{name}.failed"
+    if failed.is_file():
+        raise Unavailable(f"install failed: {failed.read_text().strip()[:200]}")
+    path = venv / "bin" / name
+    if not path.is_file():
+        raise Unavailable(f"not installed: run benchmarks/setup_peers.sh ({path} missing)")
+    return path
+
+
+def peer_version(package: str) -> str:
+    venv = Path(os.environ.get("PEERS_VENV", HERE / ".venv-peers"))
+    done = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "show", package], capture_output=True, text=True, timeout=60
+    )
+    for line in done.stdout.splitlines():
+        if line.startswith("Version:"):
+            return f"{package} {line.split(':', 1)[1].strip()}"
+    return package
+
+
+def start_litellm(workdir: Path, upstream: str, workers: int) -> Target:
+    """LiteLLM's proxy, offline: the local cost map, no telemetry, a master key, no database."""
+    binary = peers_bin("litellm")
+    home = workdir / "litellm"
+    home.mkdir(exist_ok=True)
+    config = home / "config.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "model_list": [
+                    {
+                        "model_name": m,
+                        "litellm_params": {"model": f"openai/{m}", "api_base": upstream + "/v1", "api_key": "none"},
+                    }
+                    for m in MODELS
+                ],
+                "general_settings": {"master_key": LITELLM_MASTER_KEY},
+                "litellm_settings": {"telemetry": False, "drop_params": True},
+            }
+        )
+    )
+    port = free_port()
+    env = clean_env(
+        LITELLM_LOCAL_MODEL_COST_MAP="True",
+        LITELLM_TELEMETRY="False",
+        LITELLM_LOG="ERROR",
+        DISABLE_ADMIN_UI="True",
+        NO_DOCS="True",
+    )
+    args = [str(binary), "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
+    args += ["--num_workers", str(workers)]
+    proc = spawn("litellm", args, home, env)
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(proc, url + "/health/liveliness", 240)
+    return Target(
+        "litellm",
+        url,
+        headers={"Authorization": f"Bearer {LITELLM_MASTER_KEY}"},
+        proc=proc,
+        version=peer_version("litellm"),
+        note=f"master key, no DB, local cost map, {workers} workers",
+    )
+
+
+def start_vllm_router(workdir: Path, upstream: str) -> Target:
+    binary = peers_bin("vllm-router")
+    home = workdir / "vllm-router"
+    home.mkdir(exist_ok=True)
+    port = free_port()
+    args = [str(binary), "--worker-urls", upstream, "--host", "127.0.0.1", "--port", str(port)]
+    args += ["--policy", "round_robin"]
+    proc = spawn("vllm-router", args, home)
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(proc, url + "/health", 60)
+    return Target("vllm-router", url, proc=proc, version=peer_version("vllm-router"), note="round robin, 1 worker")
