@@ -91,8 +91,9 @@ def serving_args(models: Sequence[LocalModel], accelerator: Accelerator) -> dict
 
 # Left alone, Ray turns 127.0.0.1 into "the address reachable from elsewhere", found by opening a
 # socket towards a public DNS server. Single-node mode (Ray's default on macOS and Windows) keeps the
-# node on the loopback address and never asks.
-SINGLE_NODE_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+# node on the loopback address and never asks. vLLM's engine asks the same way (8.8.8.8 and
+# 2001:4860:4860::8888, vllm/utils/network_utils.py `get_ip`) unless VLLM_HOST_IP names the address.
+SINGLE_NODE_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "VLLM_HOST_IP": LOOPBACK}
 
 
 def engine_env(run_id: str) -> dict[str, str]:
