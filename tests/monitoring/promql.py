@@ -63,6 +63,22 @@ def tokenize(expr: str) -> list[Token]:
     return tokens
 
 
+_PAIRS = {")": "(", "]": "[", "}": "{"}
+
+
+def _check_balanced(tokens: list[Token]) -> None:
+    stack: list[str] = []
+    for token in tokens:
+        if token.kind != "op":
+            continue
+        if token.text in _PAIRS.values():
+            stack.append(token.text)
+        elif token.text in _PAIRS and (not stack or stack.pop() != _PAIRS[token.text]):
+            raise PromQLSyntaxError(f"unbalanced {token.text!r}")
+    if stack:
+        raise PromQLSyntaxError(f"unclosed {stack[-1]!r}")
+
+
 def _skip_group(tokens: list[Token], i: int, open_: str, close: str) -> int:
     """The index after the `close` that matches the `open_` at i."""
     depth = 0
@@ -88,6 +104,7 @@ def _name_in_matchers(tokens: list[Token]) -> list[str]:
 def metric_names(expr: str) -> set[str]:
     """Every metric name `expr` selects (empty for an expression of literals only)."""
     tokens = tokenize(expr)
+    _check_balanced(tokens)
     names: set[str] = set()
     i = 0
     while i < len(tokens):
