@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
+from fastapi import FastAPI
 from typer.testing import CliRunner
 
 from respublica.cli import app
+from respublica.serving.gateway.admin import admin_router
 from respublica.serving.gateway.auth import ApiKeyAuthenticator, GatewayAuthenticator, TenantDirectory
 from respublica.serving.gateway.contracts import AuthError, Limits, UsageRecord
 from respublica.serving.gateway.db import Repository, open_database
@@ -162,3 +166,123 @@ def test_usage(url: str) -> None:
 def test_bad_database_url(tmp_path: Path) -> None:
     _, err = run("tenants", "list", "--db", "mysql://u:pw@h/db", code=2)
     assert "unsupported database URL" in err and "pw" not in err
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["--expires-in-days", "nan"], "--expires-in-days"),
+        (["--expires-in-days", "inf"], "--expires-in-days"),
+        (["--expires-in-days", "1e300"], "--expires-in-days"),
+        (["--expires-at", "nan"], "--expires-at"),
+        (["--expires-at", "1795086430000"], "--expires-at"),  # milliseconds
+        (["--expires-at", "2001-01-01"], "--expires-at"),
+        (["--tokens-per-day", str(10**30)], "--tokens-per-day"),
+        (["--max-concurrent", "-1"], "--max-concurrent"),
+    ],
+)
+def test_bad_key_options_are_refused_before_the_key_is_saved(url: str, args: list[str], option: str) -> None:
+    """Issue 11: `nan` stored a key that never expires; other values broke every listing."""
+    run("tenants", "create", "acme", "--db", url)
+    _, err = run("keys", "create", "--tenant", "acme", *args, "--db", url, code=2)
+    assert err.startswith(f"error: {option}: ")
+    assert json.loads(run("keys", "list", "--json", "--db", url)[0]) == []
+
+
+ADMIN = "admin-key-0123456789abcdef"
+
+
+async def audit_entries(url: str) -> list[tuple[str, str, str, dict[str, Any]]]:
+    db = await open_database(url)
+    try:
+        return [(e.actor, e.action, e.target, e.detail) for e in await Repository(db).audit_log()]
+    finally:
+        await db.close()
+
+
+async def administer_over_http(url: str) -> None:
+    db = await open_database(url)
+    api = FastAPI()
+    api.include_router(admin_router(Repository(db), ADMIN))
+    transport = httpx.ASGITransport(app=api)
+    headers = {"authorization": f"Bearer {ADMIN}"}
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway", headers=headers) as c:
+        limits = {"tokensPerDay": 1000, "allowedModels": ["a", "b"]}
+        for response in (
+            await c.post("/admin/tenants", json={"name": "acme", "limits": limits}),
+            await c.put("/admin/tenants/acme/limits", json={**limits, "requestsPerMinute": 5}),
+            await c.post(
+                "/admin/tenants/acme/keys",
+                json={"name": "ci", "expires_at": "2030-01-01", "limits": {"maxConcurrent": 2}},
+            ),
+            gone := await c.post("/admin/tenants/acme/keys", json={}),
+            await c.delete(f"/admin/keys/{gone.json()['id']}"),
+            await c.delete("/admin/tenants/acme"),
+        ):
+            assert response.is_success, response.text
+    await db.close()
+
+
+def administer_with_the_cli(url: str) -> None:
+    run("tenants", "create", "acme", "--tokens-per-day", "1000", "--models", "a,b", "--db", url)
+    run("tenants", "set-limits", "acme", "--rpm", "5", "--db", url)
+    run(
+        "keys",
+        "create",
+        "-t",
+        "acme",
+        "--name",
+        "ci",
+        "--expires-at",
+        "2030-01-01",
+        "--max-concurrent",
+        "2",
+        "--db",
+        url,
+    )
+    gone = run("keys", "create", "--tenant", "acme", "--db", url)[0].strip()
+    run("keys", "revoke", gone.split("_")[1], "--db", url)
+    run("tenants", "delete", "acme", "--db", url)
+
+
+def test_http_and_cli_write_the_same_audit_payloads(db_url: str) -> None:
+    """The same six changes through each surface, on one database: the same audit entries.
+
+    Only the actor and the new keys' random ids may differ. (Before the admin service, the HTTP
+    API wrote the limits camelCase and the CLI snake_case.)
+    """
+    asyncio.run(administer_over_http(db_url))
+    administer_with_the_cli(db_url)
+    entries = asyncio.run(audit_entries(db_url))
+    assert len(entries) == 12
+    http, cli = entries[:6], entries[6:]
+    assert all(actor.startswith("admin-api@") for actor, *_ in http)
+    assert all(actor.startswith("cli:") for actor, *_ in cli)
+
+    def without_key_ids(part: list[tuple[str, str, str, dict[str, Any]]]) -> str:
+        text = json.dumps([entry[1:] for entry in part], sort_keys=True)
+        for n, key_id in enumerate(target for _, action, target, _ in part if action == "key.create"):
+            text = text.replace(key_id, f"key-{n}")
+        return text
+
+    assert without_key_ids(http) == without_key_ids(cli)
+    [create, set_limits, kept, _, revoke, delete] = [entry[1:] for entry in cli]
+    assert create == (
+        "tenant.create",
+        "acme",
+        {
+            "limits": {
+                "requestsPerMinute": None,
+                "tokensPerMinute": None,
+                "tokensPerDay": 1000,
+                "tokensPerMonth": None,
+                "maxConcurrent": None,
+                "allowedModels": ["a", "b"],
+                "defaultMaxTokens": None,
+            }
+        },
+    )
+    assert set_limits[2]["limits"]["requestsPerMinute"] == 5
+    assert kept[2]["expiresAt"] == "2030-01-01T00:00:00Z" and kept[2]["limits"]["maxConcurrent"] == 2
+    assert revoke[:1] == ("key.revoke",) and revoke[2] == {"tenant": "acme"}
+    assert delete == ("tenant.delete", "acme", {"revokedKeys": [kept[1]]})

@@ -187,3 +187,36 @@ async def test_usage_report(env: Env) -> None:
     assert (await env.client.get("/admin/usage", params={"since": "2026-11-19"})).json()["data"] == []
     error_of(await env.client.get("/admin/usage", params={"since": "last week"}), 400, "invalid_request")
     error_of(await env.client.get("/admin/usage"), 400, "invalid_request")
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ('{"expires_in_days": NaN}', "expires_in_days"),  # Python's JSON reader takes NaN and Infinity
+        ('{"expires_in_days": Infinity}', "expires_in_days"),
+        ('{"expires_in_days": 1e300}', "expires_in_days"),
+        ('{"expires_at": "nan"}', "expires_at"),
+        ('{"expiresAt": "inf"}', "expires_at"),
+        ('{"expires_at": 1795086430000}', "expires_at"),  # milliseconds
+        ('{"expires_at": "2001-01-01"}', "expires_at"),  # the past
+    ],
+)
+async def test_a_bad_expiry_is_refused_before_the_key_is_saved(env: Env, body: str, param: str) -> None:
+    """Issue 11: these gave a 500 after the key row was saved, and then every listing failed."""
+    c = env.client
+    await c.post("/admin/tenants", json={"name": "acme"})
+    response = await c.post(
+        "/admin/tenants/acme/keys", content=body, headers={"content-type": "application/json"}
+    )
+    assert error_of(response, 400, "invalid_request")["param"] == param
+    listed = await c.get("/admin/keys")
+    assert listed.status_code == 200 and listed.json()["data"] == []
+    assert [e["action"] for e in (await c.get("/admin/audit")).json()["data"]] == ["tenant.create"]
+
+
+async def test_a_limit_past_what_the_quota_store_can_count_is_refused(env: Env) -> None:
+    response = await env.client.post(
+        "/admin/tenants", json={"name": "acme", "limits": {"tokensPerDay": 10**30}}
+    )
+    assert error_of(response, 400, "invalid_request")["param"] == "limits.tokensPerDay"
+    assert await env.repo.get_tenant("acme") is None
