@@ -133,7 +133,7 @@ RULES: tuple[Rule, ...] = (
     Rule(
         where=("model",),
         cel="!has(self.revision) || self.source.startsWith('hf://')",
-        message="spec.model.revision applies to hf:// sources only; remove it for pvc:// and file://",
+        message="spec.model.revision applies to hf:// sources only; remove it for any other source",
         field="spec.model.revision",
         check=_revision_only_hf,
     ),

@@ -1,8 +1,9 @@
 """`respublica up`, `respublica status`, `respublica digest`, `respublica version`: one machine.
 
 Exit codes of `up`: 0 stopped cleanly (Ctrl-C, SIGTERM); 1 could not start (an invalid
-ModelDeployment, weights not found or not matching their digest, a busy port, an engine failure) or
-the first request failed; 2 bad command line (no such file, an unknown accelerator). `status`: 0
+ModelDeployment, GPUs asked for on a machine without one, weights not found or not matching their
+digest, a busy port, an engine failure) or the first request failed; 2 bad input (no such file, a file
+that is not YAML, an unknown accelerator), as `respublica validate`. `status`: 0
 running and answering, 1 running but not answering, 3 not running.
 """
 
@@ -52,7 +53,11 @@ def up_command(
         int, typer.Option("--engine-port", help="Ray Serve's port on 127.0.0.1; 0 picks a free one.")
     ] = 0,
     accelerator: Annotated[
-        str, typer.Option("--accelerator", help="auto (a GPU when there is one), gpu or cpu.")
+        str,
+        typer.Option(
+            "--accelerator",
+            help="auto (a GPU when there is one; a spec asking for GPUs is refused without one), gpu or cpu.",
+        ),
     ] = "auto",
     smoke: Annotated[
         bool, typer.Option("--smoke", help="Send a first chat completion once ready and show the answer.")
@@ -72,7 +77,7 @@ def up_command(
     """Serve a ModelDeployment file on this machine: local Ray, vLLM, the gateway in front."""
     from rich.console import Console
 
-    from respublica.serving.engine.up import Up, UpError, UpOptions
+    from respublica.serving.engine.up import Up, UpError, UpInputError, UpOptions
 
     if accelerator not in ("auto", "gpu", "cpu"):
         _fail(f"--accelerator must be auto, gpu or cpu, not {accelerator!r}", EXIT_INPUT)
@@ -97,7 +102,7 @@ def up_command(
     try:
         code = runner.run()
     except UpError as err:
-        _fail(str(err), EXIT_FAILED)
+        _fail(str(err), EXIT_INPUT if isinstance(err, UpInputError) else EXIT_FAILED)
     raise typer.Exit(code)
 
 

@@ -73,3 +73,25 @@ def test_replica_cpus_agree_with_ray_serve_llm(accelerator: str, spec: dict[str,
     bundles = llm.LLMConfig(**config).get_engine_config().placement_bundles
     ray_cpus = sizing.DEFAULT_REPLICA_CPUS + sum(float(b.get("CPU", 0)) for b in bundles)
     assert sizing.replica_cpus(config) == ray_cpus
+
+
+@pytest.mark.parametrize(
+    ("requested", "gpus", "asked", "refused"),
+    [
+        ("auto", 0, {"a": 1}, True),  # a GPU asked for, none here: refused, not quietly on the CPU
+        ("auto", 0, {"a": 0, "b": 2}, True),
+        ("cpu", 0, {"a": 1}, False),  # the CPU asked for: meant
+        ("auto", 1, {"a": 1}, False),
+        ("auto", 0, {"a": 0}, False),
+    ],
+)
+def test_gpus_asked_for_without_one(
+    requested: sizing.AcceleratorChoice, gpus: int, asked: dict[str, int], refused: bool
+) -> None:
+    if refused:
+        with pytest.raises(ValueError, match="--accelerator cpu") as info:
+            sizing.refuse_gpus_missing(requested, gpus, asked)
+        assert "\n" not in str(info.value)
+        assert all(f"{name} ({n})" in str(info.value) for name, n in asked.items() if n)
+    else:
+        sizing.refuse_gpus_missing(requested, gpus, asked)

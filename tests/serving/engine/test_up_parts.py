@@ -224,3 +224,93 @@ def test_a_missing_engine_or_gateway_says_what_to_install(
     result = CliRunner().invoke(app, ["up", "--port", str(free_port())])
     assert result.exit_code == 1 and "the gateway is not installed" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_broken_file_is_reported_before_looking_for_accelerators_and_exits_as_validate(
+    tmp_path: Path, private_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from respublica.serving.engine import up
+
+    def no_detection() -> int:
+        raise AssertionError("looked for accelerators before reading the file")
+
+    monkeypatch.setattr(up, "detect_gpus", no_detection)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("spec: [unclosed")
+    result = CliRunner().invoke(app, ["up", "-f", str(broken), "--port", str(free_port())])
+    validate = CliRunner().invoke(app, ["validate", "-f", str(broken)])
+    assert result.exit_code == validate.exit_code == 2, result.stderr + validate.stderr
+    assert "not valid YAML" in result.stderr and "looking for accelerators" not in result.stderr
+
+
+def _gpu_spec(tmp_path: Path) -> Path:
+    document = sample_deployment(Path("/m"), gpus=1).to_dict()
+    document["spec"]["model"] = {"source": "hf://org/model", "revision": "abc123", "servedName": "m"}
+    spec = tmp_path / "gpu.yaml"
+    spec.write_text(yaml.safe_dump(document))
+    return spec
+
+
+def test_a_spec_asking_for_gpus_is_refused_without_one_before_any_download(
+    tmp_path: Path, private_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from respublica.serving.engine import sources, up
+
+    def no_download(*args: object, **kwargs: object) -> object:
+        raise AssertionError("looked for the weights of a spec that cannot run here")
+
+    monkeypatch.setattr(up, "detect_gpus", lambda: 0)
+    monkeypatch.setattr(sources, "resolve", no_download)
+    result = CliRunner().invoke(app, ["up", "-f", str(_gpu_spec(tmp_path)), "--port", str(free_port())])
+    assert result.exit_code == 1, result.stderr
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("error:")]
+    assert "spec.resources.gpus asks for GPUs" in line and "--accelerator cpu" in line
+    assert "- looking for accelerators: no GPU, the CPU engine" in result.stderr  # a miss, not a ✓
+    assert "✓ looking for accelerators" not in result.stderr
+
+
+def test_a_spec_asking_for_gpus_goes_on_to_the_weights_with_accelerator_cpu(
+    tmp_path: Path, private_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from respublica.serving.engine import sources, up
+
+    def weights_wanted(*args: object, **kwargs: object) -> object:
+        raise sources.SourceError("reached the weights")
+
+    monkeypatch.setattr(up, "detect_gpus", lambda: 0)
+    monkeypatch.setattr(sources, "resolve", weights_wanted)
+    spec = _gpu_spec(tmp_path)
+    result = CliRunner().invoke(
+        app, ["up", "-f", str(spec), "--accelerator", "cpu", "--port", str(free_port())]
+    )
+    assert result.exit_code == 1 and "reached the weights" in result.stderr, result.stderr
+
+
+def test_no_ray_instance_starts_once_up_is_stopping() -> None:
+    """After forbid_new_ray, neither Serve's `ray.init` nor Ray's auto-init starts a Ray instance."""
+    program = """
+import ray
+from ray.serve import context
+from respublica.serving.engine.local import NewRayRefused, forbid_new_ray
+forbid_new_ray()
+try:
+    context._connect()  # Serve's path: ray.init(namespace=...) when Ray is not initialized
+except NewRayRefused:
+    print("serve refused")
+try:
+    ray.get(ray.put(1))  # the auto-init path
+except Exception as err:
+    print("auto-init refused:", type(err).__name__)
+print("initialized:", ray.is_initialized())
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", program],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "RAY_ADDRESS": ""},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "serve refused" in done.stdout and "auto-init refused" in done.stdout, done.stdout + done.stderr
+    assert "initialized: False" in done.stdout
+    assert "Started a local Ray instance" not in done.stdout + done.stderr

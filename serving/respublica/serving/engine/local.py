@@ -159,6 +159,9 @@ class LocalEngine:
             from ray._private import ray_constants
             from ray.serve.llm import build_openai_app
 
+            # A stop (Ctrl-C) may come while ray.init runs: stop() must then shut down what it began.
+            self._ray_started = True
+
             # Read when Ray is first imported; set here too in case something imported it earlier.
             ray_constants.ENABLE_RAY_CLUSTER = False
             ray.init(
@@ -171,7 +174,6 @@ class LocalEngine:
                 logging_level=logging.WARNING,
                 namespace=APP_NAME,
             )
-        self._ray_started = True
         # Serve logs every deployment's options at INFO on the driver: noise on the user's terminal.
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
         self.logs_dir = _logs_dir()
@@ -262,11 +264,15 @@ class LocalEngine:
             import ray
             from ray import serve
 
+            # The deploy thread may still be inside serve.run (a stop while the model loads): once Ray
+            # is down it would start a second, default Ray instance, which nothing would stop.
+            forbid_new_ray()
             # Ray's shutdown below ends every process even when Serve's own shutdown fails; the
             # raylet's notices about the actors it is killing are not news to the user.
             with _quiet_below(logging.ERROR):
-                with contextlib.suppress(Exception):
-                    serve.shutdown()  # type: ignore[no-untyped-call]
+                if ray.is_initialized():
+                    with contextlib.suppress(Exception):
+                        serve.shutdown()  # type: ignore[no-untyped-call]
                 ray.shutdown()
             self._ray_started = False
 
@@ -279,6 +285,30 @@ class LocalEngine:
         while time.monotonic() < deadline and left():
             time.sleep(0.5)
         return processes.end_processes(left())
+
+
+class NewRayRefused(RuntimeError):
+    """`up` is stopping: a late call into Ray may not start a Ray instance of its own."""
+
+
+def _refuse_ray_init(*args: object, **kwargs: object) -> None:
+    raise NewRayRefused("respublica up is stopping: no new Ray instance")
+
+
+def forbid_new_ray() -> None:
+    """From now on nothing in this process starts a Ray instance.
+
+    Two upstream paths start one when Ray is not initialized: `auto_init_ray` in
+    ray/_private/auto_init_hook.py (before ray.get, ray.remote, ...; its switch is read from
+    RAY_ENABLE_AUTO_CONNECT at import, so the module attribute is set), and Serve's own
+    `ray.init(namespace=SERVE_NAMESPACE)` in ray/serve/context.py `_connect` and
+    ray/serve/_private/api.py, which call it as `ray.init` (so the attribute is replaced).
+    """
+    import ray
+    from ray._private import auto_init_hook
+
+    auto_init_hook.enable_auto_connect = False
+    ray.init = _refuse_ray_init  # type: ignore[assignment]  # a refusal in its place, on purpose
 
 
 _ERROR_LINE = re.compile(r"\b([A-Z][A-Za-z]*(?:Error|Exception)): (.+)$")

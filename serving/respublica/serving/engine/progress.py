@@ -18,6 +18,8 @@ class Waiting:
         self.detail = ""
         self.started = time.monotonic()
         self._status: Status | None = None
+        self._outcome = ""
+        self._found = True
 
     def __enter__(self) -> Waiting:
         self.started = time.monotonic()
@@ -36,6 +38,11 @@ class Waiting:
         elif changed:
             self.console.print(f"  {self.elapsed():.0f}s {detail}", highlight=False)
 
+    def result(self, outcome: str, *, found: bool = True) -> None:
+        """What the wait ended with, shown on its last line; `found=False` marks it as a miss, not a ✓."""
+        self._outcome = outcome
+        self._found = found
+
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
@@ -52,4 +59,6 @@ class Waiting:
         if self._status is not None:
             self._status.stop()
         if exc_type is None:
-            self.console.print(f"[green]✓[/green] {self.what} ({self.elapsed():.0f}s)", highlight=False)
+            mark = "[green]✓[/green]" if self._found else "[yellow]-[/yellow]"
+            outcome = f": {self._outcome}" if self._outcome else ""
+            self.console.print(f"{mark} {self.what}{outcome} ({self.elapsed():.0f}s)", highlight=False)

@@ -38,6 +38,24 @@ def choose_accelerator(requested: AcceleratorChoice, gpus_found: int) -> Acceler
     return "gpu" if gpus_found > 0 else "cpu"
 
 
+def refuse_gpus_missing(requested: AcceleratorChoice, gpus_found: int, asked: Mapping[str, int]) -> None:
+    """A spec that asks for GPUs on a machine without one is refused unless the CPU is asked for.
+
+    `asked` is each deployment's `spec.resources.gpus` by name. Running such a spec on the CPU without
+    a word would surprise whoever wrote `gpus: 1`; `--accelerator cpu` says it is meant.
+    """
+    if requested == "cpu" or gpus_found > 0:
+        return
+    wanting = {name: n for name, n in asked.items() if n > 0}
+    if not wanting:
+        return
+    listed = ", ".join(f"{name} ({n})" for name, n in sorted(wanting.items()))
+    raise ValueError(
+        f"spec.resources.gpus asks for GPUs but this machine has none that torch can see: {listed}; "
+        "pass --accelerator cpu to run on the CPU, or set resources.gpus: 0"
+    )
+
+
 def _max_replicas(deployment_config: Mapping[str, Any]) -> int:
     autoscaling = deployment_config.get("autoscaling_config")
     if isinstance(autoscaling, Mapping) and "max_replicas" in autoscaling:

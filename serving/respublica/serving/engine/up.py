@@ -43,6 +43,10 @@ class UpError(Exception):
     """`up` cannot go on; the message says what is wrong and what to do."""
 
 
+class UpInputError(UpError):
+    """The file is no ModelDeployment file at all (not YAML, not readable): exit 2, as `validate`."""
+
+
 @dataclass(frozen=True)
 class UpOptions:
     file: Path | None = None
@@ -106,7 +110,7 @@ def load_deployments(options: UpOptions, gpus: int) -> tuple[list[ModelDeploymen
     try:
         deployments = load_file(str(path))
     except InputError as err:
-        raise UpError(str(err)) from None
+        raise UpInputError(str(err)) from None
     except SpecError as err:
         raise UpError(f"{path} has problems:\n{err}\n(`respublica validate -f {path}` lists them)") from None
     names = [d.spec.model.served_name for d in deployments]
@@ -163,25 +167,46 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM stops `up` the way Ctrl-C does: through the same cleanup."""
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _install_stop_handlers() -> None:
+    """SIGINT and SIGTERM both raise KeyboardInterrupt in the main thread, whatever came before.
+
+    Python installs its Ctrl-C handler only when SIGINT is not inherited ignored, and a shell starts
+    `cmd &` (without job control) and `nohup cmd` with SIGINT ignored: `up` sets its own so Ctrl-C and
+    `kill -INT` stop it however it was started. Ray's driver installs a crash handler for SIGTERM that
+    aborts the process mid-cleanup, so this runs again once Ray is up.
+    """
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _interrupt)
 
 
 @contextmanager
-def _shielded() -> Iterator[None]:
-    """While stopping, Ctrl-C and SIGTERM must not cut the cleanup short and leave processes behind."""
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+def _stop_signals_as_interrupt() -> Iterator[None]:
+    """Ctrl-C, `kill -INT` and SIGTERM stop `up` through the same cleanup."""
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    _install_stop_handlers()
     try:
         yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+@contextmanager
+def _shielded() -> Iterator[None]:
+    """While stopping, Ctrl-C and SIGTERM must not cut the cleanup short and leave processes behind."""
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _hint(logs_dir: str | None) -> str:
+    return f"; Ray's logs are in {logs_dir}" if logs_dir else ""
 
 
 class Up:
@@ -197,7 +222,7 @@ class Up:
         self.state: state.UpState | None = None
 
     def run(self) -> int:
-        with _sigterm_as_interrupt():
+        with _stop_signals_as_interrupt():
             try:
                 self._start_and_serve()
             except KeyboardInterrupt:
@@ -242,18 +267,39 @@ class Up:
         return engine_port
 
     def _models(self) -> tuple[list[LocalModel], Accelerator, int, Path]:
-        """The file's models with their weights found and checked, and where they will run."""
-        with Waiting(self.err, "looking for accelerators"):
-            gpus = detect_gpus()
+        """The file's models with their weights found and checked, and where they will run.
+
+        A file is read before anything slow (looking for accelerators, finding weights) so a broken
+        one is reported at once; the bundled sample needs the GPU count first, to be written for it.
+        """
+        if self.options.file is not None:
+            deployments, spec_path = load_deployments(self.options, gpus=0)  # gpus shapes only the sample
+            gpus = self._detect_gpus()
+        else:
+            gpus = self._detect_gpus()
+            if not tiny_model.is_current(tiny_model.default_model_dir()):
+                with Waiting(self.err, "generating the tiny smoke-test model (first run only)"):
+                    tiny_model.ensure_tiny_model()
+            deployments, spec_path = load_deployments(self.options, gpus)
         try:
             accelerator = sizing.choose_accelerator(self.options.accelerator, gpus)
+            sizing.refuse_gpus_missing(
+                self.options.accelerator,
+                gpus,
+                {d.metadata.name: d.spec.resources.gpus for d in deployments},
+            )
         except ValueError as err:
             raise UpError(str(err)) from None
-        if self.options.file is None and not tiny_model.is_current(tiny_model.default_model_dir()):
-            with Waiting(self.err, "generating the tiny smoke-test model (first run only)"):
-                tiny_model.ensure_tiny_model()
-        deployments, spec_path = load_deployments(self.options, gpus)
         return [self._resolve(d, spec_path) for d in deployments], accelerator, gpus, spec_path
+
+    def _detect_gpus(self) -> int:
+        with Waiting(self.err, "looking for accelerators") as wait:
+            gpus = detect_gpus()
+            if gpus:
+                wait.result(f"{gpus} GPU(s)")
+            else:
+                wait.result("no GPU, the CPU engine", found=False)
+        return gpus
 
     def _start_engine(
         self, models: list[LocalModel], accelerator: Accelerator, gpus: int, spec_path: Path, port: int
@@ -294,9 +340,11 @@ class Up:
             highlight=False,
         )
         with Waiting(self.err, "starting a private Ray instance on 127.0.0.1"):
-            engine.start()
-        # Ray's driver installs a crash handler for SIGTERM that aborts the process mid-cleanup.
-        signal.signal(signal.SIGTERM, _interrupt)
+            try:
+                engine.start()
+            except Exception as err:  # Ray's own, e.g. its node timing out on a loaded machine
+                raise UpError(f"Ray did not start: {err}{_hint(engine.logs_dir)}") from None
+        _install_stop_handlers()  # Ray's driver replaced the SIGTERM handler
         current.logs_dir = engine.logs_dir
         state.write(current)
         with Waiting(self.err, "loading the model(s) into vLLM under Ray Serve") as wait:
