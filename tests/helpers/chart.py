@@ -7,9 +7,12 @@ tests/charts/test_generated.py fails when they differ from a fresh render.
 
 from __future__ import annotations
 
+import functools
+import json
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import helm_python
@@ -61,9 +64,16 @@ def render(
     upgrade: bool = False,
 ) -> dict[str, str]:
     """Every template's text by its path under templates/ (empty ones left out)."""
+    key = json.dumps(dict(values or {}), sort_keys=True)
+    return dict(_render(key, release, namespace, upgrade))
+
+
+@functools.lru_cache(maxsize=64)
+def _render(values: str, release: str, namespace: str, upgrade: bool) -> Mapping[str, str]:
+    """One render per distinct input (the tests render the same values many times)."""
     with helm_python.Chart.load(CHART) as chart:
         rendered = chart.render(
-            values=dict(values or {}),
+            values=json.loads(values),
             name=release,
             namespace=namespace,
             revision=2 if upgrade else 1,
@@ -76,7 +86,7 @@ def render(
         assert path.startswith(prefix), path
         if text.strip():
             out[path.removeprefix(prefix)] = text
-    return out
+    return MappingProxyType(out)
 
 
 def objects(templates: Mapping[str, str]) -> list[dict[str, Any]]:
