@@ -25,18 +25,15 @@ import pytest
 from kopf.testing import KopfRunner
 
 from respublica.operator.handlers import build_registry
+from respublica.operator.render import CHILD_KINDS, RAYSERVICE
 from respublica.operator.settings import OperatorConfig
 
 NS = "ai"
 VERBS = {"get", "list", "watch", "create", "patch", "update", "delete"}
 MD = "respublica.dev/v1alpha1/modeldeployments"
-RAYSERVICES = "ray.io/v1/rayservices"
-CHILD_RESOURCES = {
-    "ray.io/v1/rayservices": "RayService",
-    "batch/v1/jobs": "Job",
-    "v1/persistentvolumeclaims": "PersistentVolumeClaim",
-    "networking.k8s.io/v1/networkpolicies": "NetworkPolicy",
-}
+RAYSERVICES = f"{RAYSERVICE.api_version}/{RAYSERVICE.plural}"
+# kmock's resource name (group/version/plural) -> kind, for every kind render declares.
+CHILD_RESOURCES = {f"{child.api_version}/{child.plural}": child.kind for child in CHILD_KINDS}
 OTHER_RESOURCES = {"v1/pods": "Pod", "v1/events": "Event"}
 # kopf waits for these two in discovery before it watches anything, even with scanning off.
 BACKBONE = {
@@ -144,14 +141,10 @@ NEEDED = {
     ("respublica.dev", "modeldeployments", "patch"),
     ("respublica.dev", "modeldeployments/status", "get"),
     ("respublica.dev", "modeldeployments/status", "patch"),
+    # Every child kind render declares: watched (kopf), read, created, patched, pruned.
     *{
-        (group, plural, verb)
-        for group, plural in (
-            ("ray.io", "rayservices"),
-            ("networking.k8s.io", "networkpolicies"),
-            ("", "persistentvolumeclaims"),
-            ("batch", "jobs"),
-        )
+        (child.group, child.plural, verb)
+        for child in CHILD_KINDS
         for verb in ("get", "list", "watch", "create", "patch", "delete")
     },
     ("", "pods", "list"),

@@ -7,7 +7,9 @@ import kopf
 import pytest
 
 from helpers import kmock_api as kapi
-from respublica.operator.kube import ApiError, Kube
+from respublica.api.kube_client import ApiError
+from respublica.operator.kube import Kube
+from respublica.operator.render import DOWNLOAD_JOB, RAYSERVICE
 
 
 def client(server: kmock.KubernetesEmulator, logins: list[int] | None = None) -> Kube:
@@ -65,8 +67,8 @@ async def test_discovery_tells_whether_kuberay_is_installed(kmock: kmock.Kuberne
     kapi.declare(kmock, kuberay=False)
     kube = client(kmock)
     try:
-        assert await kube.has_resource("ray.io/v1", "rayservices") is False
-        assert await kube.has_resource("batch/v1", "jobs") is True
+        assert await kube.has_resource(RAYSERVICE) is False
+        assert await kube.has_resource(DOWNLOAD_JOB) is True
     finally:
         await kube.close()
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from respublica.operator.status import Observation, compute_status, pod_problems, status_changed
+from respublica.operator.status import Observation, compute_status, pod_problems, status_changed, status_dict
 
 NOW = "2026-01-01T00:00:00Z"
 LATER = "2026-01-01T01:00:00Z"
@@ -112,7 +112,7 @@ def cond(status: dict[str, Any], type_: str) -> tuple[str, str, str]:
 
 
 def run(observation: Observation, previous: dict[str, Any] | None = None) -> dict[str, Any]:
-    return compute_status(observation, previous, NOW).to_dict()
+    return status_dict(compute_status(observation, previous, NOW))
 
 
 def test_invalid_spec_is_failed_with_the_message() -> None:
@@ -284,22 +284,24 @@ def test_refused_children_are_reported() -> None:
 
 
 def test_transition_time_moves_only_when_the_status_flips() -> None:
-    first = compute_status(obs(rayservice=rayservice(ready=1, desired=2)), None, NOW).to_dict()
+    first = status_dict(compute_status(obs(rayservice=rayservice(ready=1, desired=2)), None, NOW))
     # Same statuses, other reasons and messages: the clocks stay.
-    second = compute_status(obs(rayservice=rayservice(ready=2, desired=2)), first, LATER).to_dict()
+    second = status_dict(compute_status(obs(rayservice=rayservice(ready=2, desired=2)), first, LATER))
     for type_ in ("Ready", "Degraded"):
         assert next(c for c in second["conditions"] if c["type"] == type_)["lastTransitionTime"] == NOW
     # Progressing flipped True -> False: its clock restarts.
     assert next(c for c in second["conditions"] if c["type"] == "Progressing")["lastTransitionTime"] == LATER
-    third = compute_status(obs(rayservice=rayservice(app="DEPLOYING", ready=0)), second, LATER).to_dict()
+    third = status_dict(compute_status(obs(rayservice=rayservice(app="DEPLOYING", ready=0)), second, LATER))
     assert next(c for c in third["conditions"] if c["type"] == "Ready")["lastTransitionTime"] == LATER
 
 
 def test_unchanged_status_needs_no_write() -> None:
-    first = compute_status(obs(rayservice=rayservice()), None, NOW).to_dict()
-    again = compute_status(obs(rayservice=rayservice()), first, LATER).to_dict()
+    first = status_dict(compute_status(obs(rayservice=rayservice()), None, NOW))
+    again = status_dict(compute_status(obs(rayservice=rayservice()), first, LATER))
     assert not status_changed(first, again)
-    assert status_changed(first, compute_status(obs(rayservice=rayservice(ready=0)), first, LATER).to_dict())
+    assert status_changed(
+        first, status_dict(compute_status(obs(rayservice=rayservice(ready=0)), first, LATER))
+    )
 
 
 def test_deleted_pods_are_ignored() -> None:

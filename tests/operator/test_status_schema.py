@@ -9,7 +9,7 @@ import jsonschema
 import pytest
 import yaml
 
-from respublica.operator.status import Observation, compute_status
+from respublica.operator.status import Observation, compute_status, status_dict
 
 CRD = Path(__file__).resolve().parents[2] / "manifests" / "crds" / "respublica.dev_modeldeployments.yaml"
 LONG = "x" * 10_000
@@ -71,6 +71,6 @@ OBSERVATIONS = {
 
 @pytest.mark.parametrize("name", sorted(OBSERVATIONS))
 def test_status_fits_the_crd(name: str) -> None:
-    status = compute_status(OBSERVATIONS[name], None, "2026-01-01T00:00:00Z").to_dict()
+    status = status_dict(compute_status(OBSERVATIONS[name], None, "2026-01-01T00:00:00Z"))
     jsonschema.validate(status, status_schema())
     assert {c["type"] for c in status["conditions"]} == {"Ready", "Progressing", "Degraded"}

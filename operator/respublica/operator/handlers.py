@@ -1,9 +1,9 @@
 """The kopf handlers: thin, every decision is in render, drift and status.
 
-- create / update (spec) / resume of a ModelDeployment: reconcile it now; API trouble that passes
-  (409, 429, 5xx) becomes `kopf.TemporaryError` with a delay, so kopf backs off and retries.
+- create / update (spec) / resume of a ModelDeployment: put it on the work queue (work_queue.py),
+  which reconciles it at once and retries any failure with its one retry policy.
 - every event of a ModelDeployment: remember its latest body (an in-memory index by uid).
-- every event of a child (RayService, Job, PVC, NetworkPolicy labelled as managed by respublica):
+- every event of a child (each kind in `render.CHILD_KINDS`, labelled as managed by respublica):
   reconcile its owner soon, so KubeRay's status reports reach `.status` and a hand edit or a
   deletion is put back at once.
 - a background resync reconciles every known ModelDeployment now and then (pods are not watched:
@@ -21,25 +21,21 @@ from typing import Any
 import kopf
 
 from respublica.api.models import GROUP, PLURAL, VERSION
-from respublica.operator.apply import Logger
-from respublica.operator.render import MANAGED_BY, MANAGED_BY_LABEL
-from respublica.operator.runtime import Runtime, connection, owner_uid
+from respublica.operator.kube import connection
+from respublica.operator.render import CHILD_KINDS, MANAGED_BY, MANAGED_BY_LABEL
 from respublica.operator.settings import OperatorConfig
-
-# (group, version, plural) of the children respublica renders.
-CHILDREN: tuple[tuple[str, str, str], ...] = (
-    ("ray.io", "v1", "rayservices"),
-    ("batch", "v1", "jobs"),
-    ("", "v1", "persistentvolumeclaims"),
-    ("networking.k8s.io", "v1", "networkpolicies"),
-)
+from respublica.operator.work_queue import OperatorState, WorkQueue, owner_uid
 
 
-def _runtime(memo: Any) -> Runtime:
-    runtime = memo.get("runtime") if isinstance(memo, Mapping) else getattr(memo, "runtime", None)
-    if not isinstance(runtime, Runtime):
-        raise kopf.PermanentError("the respublica runtime is not set up (the startup handler did not run)")
-    return runtime
+def _state(memo: Any) -> OperatorState:
+    state = memo.get("state") if isinstance(memo, Mapping) else getattr(memo, "state", None)
+    if not isinstance(state, OperatorState):
+        raise kopf.PermanentError("the respublica operator is not set up (the startup handler did not run)")
+    return state
+
+
+def _queue(memo: Any) -> WorkQueue:
+    return _state(memo).queue
 
 
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig | None = None) -> None:
@@ -49,28 +45,32 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig | None = No
     async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         effective = config or OperatorConfig.from_env()
         effective.apply(settings)
-        runtime = Runtime(effective, settings)
-        memo["runtime"] = runtime
-        runtime.start()
+        state = OperatorState.build(effective, settings)
+        memo["state"] = state
+        state.queue.start()
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-        runtime = memo.get("runtime")
-        if isinstance(runtime, Runtime):
-            await runtime.stop()
+        state = memo.get("state")
+        if isinstance(state, OperatorState):
+            await state.stop()
 
     @kopf.on.login(registry=registry)
     async def login(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
-        runtime = memo.get("runtime")
-        effective = runtime.config if isinstance(runtime, Runtime) else (config or OperatorConfig.from_env())
+        state = memo.get("state")
+        effective = (
+            state.config if isinstance(state, OperatorState) else (config or OperatorConfig.from_env())
+        )
         return connection(effective, settings)
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
     async def index(event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        _runtime(memo).remember(body, deleted=event.get("type") == "DELETED")
+        _queue(memo).remember(body, deleted=event.get("type") == "DELETED")
 
-    async def reconcile(body: kopf.Body, memo: kopf.Memo, logger: Logger, **_: Any) -> None:
-        await _runtime(memo).reconcile_now(body, logger)
+    async def reconcile(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        # Enqueued, not run here: one worker per ModelDeployment and one retry policy for every
+        # reconcile, whoever asked for it.
+        _queue(memo).submit(body)
 
     for decorator in (
         kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry, id="reconcile-resume"),
@@ -83,18 +83,18 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig | None = No
         async def child_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
             uid = owner_uid(body)
             if uid is not None:
-                _runtime(memo).kick(uid)
+                _queue(memo).kick(uid)
 
         return child_changed
 
-    for group, version, plural in CHILDREN:
+    for child in CHILD_KINDS:
         kopf.on.event(
-            group,
-            version,
-            plural,
+            child.group,
+            child.version,
+            child.plural,
             registry=registry,
             labels={MANAGED_BY_LABEL: MANAGED_BY},
-            id=f"child-{plural}",
+            id=f"child-{child.plural}",
         )(child_handler())
 
 

@@ -1,56 +1,43 @@
-"""A small asynchronous Kubernetes API client for the operator's own reads and writes.
+"""The operator's typed verbs on the one Kubernetes client (`respublica.api.kube_client`).
 
-kopf watches and keeps its own bookkeeping; the children (RayService, NetworkPolicy, PVC, Job),
-the status and the Events are written here, with the credentials kopf logged in with (a
-`kopf.ConnectionInfo`), so both use one identity. Every write is a plain JSON merge patch, which
-means the same for built-in kinds and custom resources.
+kopf watches and keeps its own bookkeeping; the children (the kinds in `render.CHILD_KINDS`), the
+status and the Events are written here, with the credentials kopf logged in with (a
+`kopf.ConnectionInfo`, turned into a `KubeAccess` by `access_of`), so both use one identity. Every
+write is a plain JSON merge patch, which means the same for built-in kinds and custom resources.
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import contextlib
-import ssl
-import tempfile
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-import aiohttp
 import kopf
 
-Obj = dict[str, Any]
+from respublica.api.kube_client import ApiError, KubeAccess, KubeClient, Obj, tls_context
+from respublica.api.models import API_VERSION, KIND, PLURAL
+from respublica.operator.render import CHILD_KINDS, ResourceKind
+from respublica.operator.settings import OperatorConfig
 
-# kind -> (api prefix, plural); the only kinds the operator touches.
-RESOURCES: dict[str, tuple[str, str]] = {
-    "RayService": ("/apis/ray.io/v1", "rayservices"),
-    "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies"),
-    "PersistentVolumeClaim": ("/api/v1", "persistentvolumeclaims"),
-    "Job": ("/apis/batch/v1", "jobs"),
-    "Pod": ("/api/v1", "pods"),
-    "Event": ("/api/v1", "events"),
-    "ModelDeployment": ("/apis/respublica.dev/v1alpha1", "modeldeployments"),
-}
+__all__ = ["RESOURCES", "ApiError", "Kube", "Obj", "access_of", "connection", "path_of"]
 
+_log = logging.getLogger("respublica.operator")
 
-class ApiError(Exception):
-    """The API answered with an error status."""
+POD = ResourceKind("v1", "Pod", "pods")
+EVENT = ResourceKind("v1", "Event", "events")
+MODEL_DEPLOYMENT = ResourceKind(API_VERSION, KIND, PLURAL)
 
-    def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
-        super().__init__(f"{status}: {message}")
-        self.status = status
-        self.message = message
-        self.retry_after = retry_after
-
-    @property
-    def temporary(self) -> bool:
-        """Conflicts, throttling and server errors go away by themselves; retry them later."""
-        return self.status in (409, 429) or self.status >= 500
+# kind -> where it is served; the only kinds the operator touches: its children, the pods behind
+# them (read for the status), Events and the ModelDeployment itself.
+RESOURCES: dict[str, ResourceKind] = {k.kind: k for k in (*CHILD_KINDS, POD, EVENT, MODEL_DEPLOYMENT)}
 
 
 def path_of(kind: str, namespace: str | None, name: str | None = None, subresource: str | None = None) -> str:
-    prefix, plural = RESOURCES[kind]
-    path = f"{prefix}/namespaces/{namespace}/{plural}" if namespace else f"{prefix}/{plural}"
+    resource = RESOURCES[kind]
+    prefix = resource.api_prefix
+    path = (
+        f"{prefix}/namespaces/{namespace}/{resource.plural}" if namespace else f"{prefix}/{resource.plural}"
+    )
     if name:
         path += f"/{name}"
     if subresource:
@@ -58,112 +45,63 @@ def path_of(kind: str, namespace: str | None, name: str | None = None, subresour
     return path
 
 
-def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
-    if not info.server.startswith("https"):
-        return False
-    if info.insecure:
-        return False
-    ctx = ssl.create_default_context()
-    if info.ca_path:
-        ctx.load_verify_locations(cafile=str(info.ca_path))
-    if info.ca_data:
-        data = info.ca_data.decode() if isinstance(info.ca_data, bytes) else info.ca_data
-        if "BEGIN CERTIFICATE" not in data:
-            data = base64.b64decode(data).decode()
-        ctx.load_verify_locations(cadata=data)
-    if info.certificate_path and info.private_key_path:
-        ctx.load_cert_chain(str(info.certificate_path), str(info.private_key_path))
-    elif info.certificate_data and info.private_key_data:
-        with tempfile.TemporaryDirectory() as tmp:
-            cert, key = f"{tmp}/tls.crt", f"{tmp}/tls.key"
-            for path, blob in ((cert, info.certificate_data), (key, info.private_key_data)):
-                raw = blob if isinstance(blob, bytes) else blob.encode()
-                if b"-----BEGIN" not in raw:
-                    raw = base64.b64decode(raw)
-                with open(path, "wb") as fh:
-                    fh.write(raw)
-            ctx.load_cert_chain(cert, key)
-    return ctx
+def connection(config: OperatorConfig, settings: kopf.OperatorSettings) -> kopf.ConnectionInfo:
+    """Who to talk to: RESPUBLICA_KUBE_API (e.g. `kubectl proxy`), the service account, or kubeconfig."""
+    if config.api_server:
+        return kopf.ConnectionInfo(server=config.api_server)
+    info = kopf.login_with_service_account(settings=settings)
+    if info is None:
+        # The kubernetes client understands every kubeconfig (exec plugins, auth providers).
+        try:
+            info = kopf.login_via_client(logger=_log, settings=settings)
+        except kopf.LoginError:
+            info = None
+    if info is None:
+        info = kopf.login_with_kubeconfig(settings=settings)
+    if info is None:
+        raise kopf.LoginError(
+            "no Kubernetes credentials: run in a pod with a service account, set KUBECONFIG, or set "
+            "RESPUBLICA_KUBE_API to an API URL such as the one `kubectl proxy` serves"
+        )
+    return info
 
 
-class Kube:
-    """Reads and merge-patches objects through one connection; logs in again on 401."""
+def _path(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)
 
-    def __init__(
-        self,
-        login: Callable[[], Awaitable[kopf.ConnectionInfo]],
-        timeout: float = 30.0,
-    ) -> None:
-        self._login = login
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._session: aiohttp.ClientSession | None = None
-        self._info: kopf.ConnectionInfo | None = None
-        self._lock = asyncio.Lock()
+
+def access_of(info: kopf.ConnectionInfo) -> KubeAccess:
+    """kopf's credentials as the shared client's access (inline certificates via its TLS helper)."""
+    return KubeAccess(
+        server=info.server,
+        token=info.token,
+        scheme=info.scheme or "Bearer",
+        username=info.username,
+        password=info.password,
+        ssl_context=tls_context(
+            info.server,
+            insecure=bool(info.insecure),
+            ca_file=_path(info.ca_path),
+            ca_data=info.ca_data,
+            cert_file=_path(info.certificate_path),
+            cert_data=info.certificate_data,
+            key_file=_path(info.private_key_path),
+            key_data=info.private_key_data,
+        ),
+    )
+
+
+class Kube(KubeClient):
+    """Get, list, create, merge-patch and delete by kind; logs in through kopf's login again on 401."""
+
+    def __init__(self, login: Callable[[], Awaitable[kopf.ConnectionInfo]], timeout: float = 30.0) -> None:
+        async def access() -> KubeAccess:
+            return access_of(await login())
+
+        super().__init__(access, timeout=timeout, user_agent="respublica-operator")
         self.writes = 0  # counts create/patch/delete calls, for logs
-
-    async def _connect(self, fresh: bool = False) -> tuple[aiohttp.ClientSession, kopf.ConnectionInfo]:
-        async with self._lock:
-            if fresh or self._session is None or self._info is None:
-                if self._session is not None:
-                    await self._session.close()
-                self._info = await self._login()
-                headers = {"Accept": "application/json", "User-Agent": "respublica-operator"}
-                if self._info.token:
-                    headers["Authorization"] = f"{self._info.scheme or 'Bearer'} {self._info.token}"
-                auth = None
-                if self._info.username and self._info.password:
-                    auth = aiohttp.BasicAuth(self._info.username, self._info.password)
-                connector = aiohttp.TCPConnector(ssl=_ssl_context(self._info))
-                self._session = aiohttp.ClientSession(
-                    base_url=self._info.server.rstrip("/") + "/",
-                    headers=headers,
-                    auth=auth,
-                    connector=connector,
-                    timeout=self._timeout,
-                )
-            return self._session, self._info
-
-    async def close(self) -> None:
-        async with self._lock:
-            if self._session is not None:
-                await self._session.close()
-            self._session = None
-
-    async def request(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        params: Mapping[str, str] | None = None,
-        content_type: str = "application/json",
-    ) -> Obj | None:
-        """One API call: the decoded answer, None for 404; ApiError for other errors."""
-        for attempt in (0, 1):
-            session, _ = await self._connect(fresh=attempt == 1)
-            headers = {"Content-Type": content_type} if body is not None else {}
-            async with session.request(
-                method, path.lstrip("/"), json=body, params=params, headers=headers
-            ) as resp:
-                if resp.status == 401 and attempt == 0:
-                    continue  # the token rotated: log in again once
-                if resp.status == 404:
-                    return None
-                text = await resp.text()
-                if resp.status >= 400:
-                    retry_after = resp.headers.get("Retry-After")
-                    message = text[:500]
-                    with contextlib.suppress(ValueError):
-                        message = (await resp.json(content_type=None)).get("message") or message
-                    raise ApiError(
-                        resp.status,
-                        message,
-                        float(retry_after) if retry_after and retry_after.isdigit() else None,
-                    )
-                if not text:
-                    return {}
-                data: Obj = await resp.json(content_type=None)
-                return data
-        raise ApiError(401, "unauthorized after logging in again")
 
     async def get(self, kind: str, namespace: str | None, name: str) -> Obj | None:
         return await self.request("GET", path_of(kind, namespace, name))
@@ -205,8 +143,7 @@ class Kube:
             body={"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"},
         )
 
-    async def has_resource(self, group_version: str, plural: str) -> bool:
-        """Discovery: whether the API serves `plural` in `group_version` (e.g. ray.io/v1)."""
-        prefix = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
-        data = await self.request("GET", prefix)
-        return any(r.get("name") == plural for r in (data or {}).get("resources") or [])
+    async def has_resource(self, resource: ResourceKind) -> bool:
+        """Discovery: whether the API serves this kind (e.g. KubeRay's RayService)."""
+        data = await self.request("GET", resource.api_prefix)
+        return any(r.get("name") == resource.plural for r in (data or {}).get("resources") or [])

@@ -1,4 +1,5 @@
-"""One reconcile of one ModelDeployment: render, put the children in place, read them back, write status.
+"""The reconciler: one reconcile of one ModelDeployment: render, put the children in place, read them
+back, write status.
 
 Level-triggered: whatever happened before (a restart, a hand edit, a lost event), one call brings
 the children to what the spec says and reports what they say. Each child is created when missing,
@@ -19,20 +20,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from respublica.api.kube_client import ApiError
 from respublica.api.load import describe_in_one_line
 from respublica.api.models import ModelDeployment
 from respublica.operator import drift, events
-from respublica.operator.kube import ApiError, Kube
-from respublica.operator.render import MODEL_LABEL, RenderError
-from respublica.operator.status import Observation, compute_status, status_changed
+from respublica.operator.kube import Kube
+from respublica.operator.render import CHILD_KINDS, DOWNLOAD_JOB, MODEL_LABEL, RAYSERVICE, RenderError
+from respublica.operator.status import Observation, compute_status, status_changed, status_dict
 
 Obj = dict[str, Any]
 Logger = logging.Logger | logging.LoggerAdapter[Any]
-
-_KUBERAY_GROUP_VERSION = "ray.io/v1"
-# The kinds render makes; the ones a spec change can make unnecessary are pruned.
-CHILD_KINDS = ("Job", "PersistentVolumeClaim", "NetworkPolicy", "RayService")
-_KUBERAY_PLURAL = "rayservices"
 
 
 def thaw(value: Any) -> Any:
@@ -99,7 +96,7 @@ class Reconciler:
         now = time.monotonic()
         if self._kuberay_seen is not None and now - self._kuberay_seen < self.kuberay_cache_seconds:
             return True
-        if await self.kube.has_resource(_KUBERAY_GROUP_VERSION, _KUBERAY_PLURAL):
+        if await self.kube.has_resource(RAYSERVICE):
             self._kuberay_seen = now
             return True
         self._kuberay_seen = None
@@ -149,8 +146,11 @@ class Reconciler:
     ) -> None:
         meta = body.get("metadata") or {}
         ns, name, uid = str(meta.get("namespace")), str(meta.get("name")), str(meta.get("uid"))
-        kinds = [kind for kind in CHILD_KINDS if kuberay or kind != "RayService"]
-        for kind in kinds:
+        # Every kind render can produce, so a child the spec no longer needs goes too.
+        for child in CHILD_KINDS:
+            if child == RAYSERVICE and not kuberay:
+                continue
+            kind = child.kind
             live = await self.kube.list(kind, ns, f"{MODEL_LABEL}={name}")
             for obj in drift.stale([{**o, "kind": kind} for o in live], children, uid):
                 logger.info(f"Deleting {kind} {ns}/{obj['metadata']['name']}: the spec no longer needs it.")
@@ -200,14 +200,14 @@ class Reconciler:
         job: Obj | None = None
         refused: list[str] = []
         for want in children:
-            if want["kind"] == "RayService" and not kuberay:
+            if want["kind"] == RAYSERVICE.kind and not kuberay:
                 continue
             result = await self.apply_child(want, logger)
             if result.error:
                 refused.append(result.error)
-            if want["kind"] == "RayService":
+            if want["kind"] == RAYSERVICE.kind:
                 rayservice = result.live
-            elif want["kind"] == "Job":
+            elif want["kind"] == DOWNLOAD_JOB.kind:
                 job = result.live
 
         await self._prune(body, children, kuberay, logger)
@@ -234,16 +234,17 @@ class Reconciler:
         ns, name, uid = meta.get("namespace"), str(meta.get("name")), str(meta.get("uid"))
         # The status this process wrote last is fresher than the one in a queued event's body.
         previous = self._written.get(uid) or thaw(body.get("status") or {})
-        new = compute_status(obs, previous, now=self.clock().strftime("%Y-%m-%dT%H:%M:%SZ")).to_dict()
+        status = compute_status(obs, previous, now=self.clock().strftime("%Y-%m-%dT%H:%M:%SZ"))
+        new = status_dict(status)
         if not status_changed(previous, new):
             return new
         await self.kube.patch("ModelDeployment", ns, name, status_patch(previous, new), subresource="status")
         self._written[uid] = new
         old_phase, new_phase = previous.get("phase"), new["phase"]
         if old_phase != new_phase:
-            ready = next(c for c in new["conditions"] if c["type"] == "Ready")
-            degraded = next(c for c in new["conditions"] if c["type"] == "Degraded")
-            message = degraded["message"] if degraded["status"] == "True" else ready["message"]
+            conditions = {c.type: c for c in status.conditions}
+            ready, degraded = conditions["Ready"], conditions["Degraded"]
+            message = degraded.message if degraded.status == "True" else ready.message
             logger.info(f"Phase {old_phase or 'New'} -> {new_phase}: {message}")
             try:
                 await events.post_transition(self.kube, body, old_phase, new_phase, message)

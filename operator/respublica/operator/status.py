@@ -3,21 +3,30 @@
 The operator reads the RayService KubeRay keeps up to date, the download Job (when the model is
 cached) and the pods behind them, and turns them into one phase, three conditions (Ready,
 Progressing, Degraded) with messages a person can act on, the replica counts and the endpoint.
-Nothing here talks to the API: the handlers gather an `Observation` and write back `Status.to_dict()`.
+Nothing here talks to the API: the reconciler gathers an `Observation`, and `compute_status` returns
+the API's own `ModelDeploymentStatus` (so what is written is what the CRD's schema describes).
+
+The decision is a list of small rules (`verdict`): a broken spec, KubeRay missing, the model
+download, no RayService yet, then what the RayService reports; the first rule that answers decides.
+Each rule returns a `Verdict` of three `Condition`s, or None to pass to the next.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
+from respublica.api import models
+from respublica.api.models import Phase
 from respublica.operator.dig import dig
 
-Phase = Literal["Pending", "Deploying", "Ready", "ScaledToZero", "Degraded", "Failed"]
 CONDITION_TYPES = ("Ready", "Progressing", "Degraded")
 
 Obj = Mapping[str, Any]
+
+# The CRD's bound on a condition's message (the model refuses a longer one).
+MESSAGE_MAX: int = models.Condition.model_fields["message"].metadata[0].max_length
 
 # Ray Serve application states (ray.serve.schema.ApplicationStatus) as KubeRay copies them.
 APP_RUNNING = "RUNNING"
@@ -55,38 +64,44 @@ class Problem:
     message: str
     permanent: bool = False
 
+    def condition(self) -> Condition:
+        """As the Degraded condition: it holds, for this reason."""
+        return Condition(True, self.reason, self.message)
+
 
 @dataclass(frozen=True)
-class Status:
-    """The computed status, ready to be written to `.status` of the ModelDeployment."""
+class Condition:
+    """What one condition says, before it is stamped with its type, generation and times."""
+
+    holds: bool
+    reason: str  # CamelCase
+    message: str  # what happened and what to do
+
+
+NOTHING_WRONG = Condition(False, "AsExpected", "Nothing is wrong.")
+
+
+@dataclass(frozen=True)
+class Replicas:
+    desired: int = 0
+    ready: int = 0
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The phase and the three conditions one rule decided on."""
 
     phase: Phase
-    conditions: list[dict[str, Any]]
-    observed_generation: int | None
-    replicas: dict[str, int]
-    endpoint: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "phase": self.phase,
-            "conditions": self.conditions,
-            "replicas": self.replicas,
-        }
-        if self.observed_generation is not None:
-            out["observedGeneration"] = self.observed_generation
-        if self.endpoint is not None:
-            out["endpoint"] = self.endpoint
-        return out
-
-
-@dataclass
-class _Verdict:
-    phase: Phase
-    ready: tuple[bool, str, str]
-    progressing: tuple[bool, str, str]
-    degraded: tuple[bool, str, str] = (False, "AsExpected", "Nothing is wrong.")
+    ready: Condition
+    progressing: Condition
+    degraded: Condition = NOTHING_WRONG
     publish_endpoint: bool = False
-    replicas: dict[str, int] = field(default_factory=lambda: {"desired": 0, "ready": 0})
+    replicas: Replicas = Replicas()
+
+
+def _degraded(problems: Sequence[Problem]) -> Condition:
+    """Degraded names the first problem found, or says nothing is wrong."""
+    return problems[0].condition() if problems else NOTHING_WRONG
 
 
 def _condition(conditions: Any, type_: str) -> Obj | None:
@@ -255,214 +270,288 @@ def _cluster_problems(rayservice: Obj) -> list[Problem]:
     return problems
 
 
-def _replicas(rayservice: Obj) -> dict[str, int]:
+def _replicas(rayservice: Obj) -> Replicas:
     cluster = dig(rayservice, "status", "activeServiceStatus", "rayClusterStatus") or {}
     desired = int(cluster.get("desiredWorkerReplicas") or 0)
     ready = int(cluster.get("readyWorkerReplicas") or cluster.get("availableWorkerReplicas") or 0)
-    return {"desired": desired, "ready": ready}
+    return Replicas(desired=desired, ready=ready)
 
 
-def _verdict(obs: Observation) -> _Verdict:
-    if obs.spec_error:
-        msg = f"the spec is invalid: {obs.spec_error}. Fix it with kubectl edit or apply; it is not retried."
-        return _Verdict(
-            "Failed",
-            ready=(False, "InvalidSpec", msg),
-            progressing=(False, "InvalidSpec", "Nothing is deployed until the spec is fixed."),
-            degraded=(True, "InvalidSpec", msg),
-        )
-    if obs.kuberay_missing:
-        msg = (
-            "KubeRay is not installed: RayService CRD not found (ray.io/v1 rayservices). Install the "
-            "KubeRay operator; respublica retries on its own."
-        )
-        return _Verdict(
-            "Pending",
-            ready=(False, "KubeRayNotInstalled", msg),
-            progressing=(False, "KubeRayNotInstalled", msg),
-        )
+# --- the rules: each reads the observation and answers, or passes to the next one -------------
 
-    pods = list(obs.pods)
-    job_pods = [p for p in pods if _is_job_pod(p)]
-    ray_pods = [p for p in pods if not _is_job_pod(p)]
 
-    if obs.cache_wanted:
-        if obs.job is None:
-            msg = "Waiting for the model download Job to be created."
-            return _Verdict("Pending", ready=(False, "Pending", msg), progressing=(True, "Creating", msg))
-        job = _job_verdict(obs.job, job_pods)
-        if isinstance(job, Problem):
-            return _Verdict(
-                "Failed",
-                ready=(False, job.reason, job.message),
-                progressing=(False, job.reason, "Stopped: the download failed."),
-                degraded=(True, job.reason, job.message),
-            )
-        if job == "running":
-            msg = "Downloading the model weights into the cache volume."
-            problems = pod_problems(job_pods, gpus=0)
-            if problems:
-                first = problems[0]
-                return _Verdict(
-                    "Degraded",
-                    ready=(False, "DownloadingModel", msg),
-                    progressing=(True, "DownloadingModel", msg),
-                    degraded=(True, first.reason, first.message),
-                )
-            return _Verdict(
-                "Deploying",
-                ready=(False, "DownloadingModel", msg),
-                progressing=(True, "DownloadingModel", msg),
-            )
-
-    refused = [
-        Problem("ApplyRefused", f"{text}. Check quotas and admission policies.") for text in obs.refused
-    ]
-    if obs.rayservice is None:
-        msg = "Waiting for the RayService to be created."
-        if refused:
-            return _Verdict(
-                "Degraded",
-                ready=(False, "ApplyRefused", refused[0].message),
-                progressing=(False, "ApplyRefused", refused[0].message),
-                degraded=(True, "ApplyRefused", refused[0].message),
-            )
-        return _Verdict("Pending", ready=(False, "Pending", msg), progressing=(True, "Creating", msg))
-
-    rs = obs.rayservice
-    replicas = _replicas(rs)
-    serve_problems, app_state = _serve_problems(rs)
-    problems = [
-        *serve_problems,
-        *refused,
-        *_cluster_problems(rs),
-        *pod_problems(ray_pods, obs.gpus, obs.gpu_product),
-    ]
-    conditions = dig(rs, "status", "conditions")
-    upgrading = _is_true(conditions, "UpgradeInProgress")
-    has_status = bool(dig(rs, "status", "serviceStatus")) or bool(conditions) or app_state is not None
-    serving = app_state == APP_RUNNING and (
-        _is_true(conditions, "Ready") or dig(rs, "status", "serviceStatus") == "Running" or not conditions
+def _invalid_spec(obs: Observation) -> Verdict | None:
+    if not obs.spec_error:
+        return None
+    msg = f"the spec is invalid: {obs.spec_error}. Fix it with kubectl edit or apply; it is not retried."
+    return Verdict(
+        "Failed",
+        ready=Condition(False, "InvalidSpec", msg),
+        progressing=Condition(False, "InvalidSpec", "Nothing is deployed until the spec is fixed."),
+        degraded=Condition(True, "InvalidSpec", msg),
     )
 
-    permanent = next((p for p in problems if p.permanent), None)
-    if permanent is not None and not serving:
-        return _Verdict(
-            "Failed",
-            ready=(False, permanent.reason, permanent.message),
-            progressing=(False, permanent.reason, "Stopped: change the spec to retry."),
-            degraded=(True, permanent.reason, permanent.message),
-            replicas=replicas,
-        )
-    degraded = (
-        (True, problems[0].reason, problems[0].message)
-        if problems
-        else (False, "AsExpected", "Nothing is wrong.")
+
+def _kuberay_missing(obs: Observation) -> Verdict | None:
+    if not obs.kuberay_missing:
+        return None
+    msg = (
+        "KubeRay is not installed: RayService CRD not found (ray.io/v1 rayservices). Install the "
+        "KubeRay operator; respublica retries on its own."
+    )
+    return Verdict(
+        "Pending",
+        ready=Condition(False, "KubeRayNotInstalled", msg),
+        progressing=Condition(False, "KubeRayNotInstalled", msg),
     )
 
-    if serving:
-        if replicas["ready"] == 0 and obs.min_replicas == 0:
-            waking = replicas["desired"] > 0
-            msg = (
-                "Scaled to zero: no replica is running; the endpoint holds the first request while a "
-                "replica starts."
-            )
-            return _Verdict(
-                "Degraded" if problems else "ScaledToZero",
-                ready=(True, "ScaledToZero", msg),
-                progressing=(
-                    (True, "ScalingUp", "A request woke the model: a replica is starting.")
-                    if waking
-                    else (False, "Idle", "No replica is needed now.")
-                ),
-                degraded=degraded,
-                publish_endpoint=True,
-                replicas=replicas,
-            )
-        if replicas["ready"] == 0:
-            # The application is up but no replica is: nothing answers until one is ready.
-            msg = "The Serve application is up; waiting for the first replica to become ready."
-            return _Verdict(
-                "Degraded" if problems else "Deploying",
-                ready=(False, "NoReadyReplica", msg),
-                progressing=(True, "ScalingUp", msg),
-                degraded=degraded,
-                replicas=replicas,
-            )
-        msg = f"Serving: {replicas['ready']} of {replicas['desired']} replicas ready."
-        if upgrading:
-            progressing = (
-                True,
-                "Upgrading",
-                "A new Ray cluster is starting; traffic moves when it is ready.",
-            )
-        elif replicas["ready"] < replicas["desired"]:
-            progressing = (
-                True,
-                "ScalingUp",
-                f"Starting {replicas['desired'] - replicas['ready']} more replicas.",
-            )
-        else:
-            progressing = (False, "Complete", "The deployment matches the spec.")
-        return _Verdict(
-            "Degraded" if problems else "Ready",
-            ready=(True, "Serving", msg),
-            progressing=progressing,
-            degraded=degraded,
-            publish_endpoint=True,
-            replicas=replicas,
-        )
 
-    if not has_status:
-        msg = "The RayService is created; waiting for KubeRay to report on it."
-        return _Verdict(
-            "Pending", ready=(False, "Pending", msg), progressing=(True, "Creating", msg), replicas=replicas
+def _waiting_to_be_created(what: str) -> Verdict:
+    msg = f"Waiting for the {what} to be created."
+    return Verdict(
+        "Pending", ready=Condition(False, "Pending", msg), progressing=Condition(True, "Creating", msg)
+    )
+
+
+def _download(obs: Observation) -> Verdict | None:
+    """The model cache: nothing else matters until its download Job has completed."""
+    if not obs.cache_wanted:
+        return None
+    if obs.job is None:
+        return _waiting_to_be_created("model download Job")
+    job_pods = [p for p in obs.pods if _is_job_pod(p)]
+    job = _job_verdict(obs.job, job_pods)
+    if isinstance(job, Problem):
+        return Verdict(
+            "Failed",
+            ready=Condition(False, job.reason, job.message),
+            progressing=Condition(False, job.reason, "Stopped: the download failed."),
+            degraded=job.condition(),
         )
-    state = app_state or "NOT_STARTED"
-    msg = f"Deploying: the Ray cluster and the Serve application are starting (application {state})."
-    return _Verdict(
+    if job == "complete":
+        return None
+    msg = "Downloading the model weights into the cache volume."
+    problems = pod_problems(job_pods, gpus=0)
+    return Verdict(
         "Degraded" if problems else "Deploying",
-        ready=(False, "Deploying", msg),
-        progressing=(True, "Deploying", msg),
-        degraded=degraded,
-        replicas=replicas,
+        ready=Condition(False, "DownloadingModel", msg),
+        progressing=Condition(True, "DownloadingModel", msg),
+        degraded=_degraded(problems),
     )
+
+
+def _refusals(obs: Observation) -> list[Problem]:
+    return [Problem("ApplyRefused", f"{text}. Check quotas and admission policies.") for text in obs.refused]
+
+
+def _no_rayservice(obs: Observation) -> Verdict | None:
+    if obs.rayservice is not None:
+        return None
+    refused = _refusals(obs)
+    if not refused:
+        return _waiting_to_be_created("RayService")
+    first = refused[0].condition()
+    return Verdict(
+        "Degraded",
+        ready=Condition(False, first.reason, first.message),
+        progressing=Condition(False, first.reason, first.message),
+        degraded=first,
+    )
+
+
+@dataclass(frozen=True)
+class _RayServiceView:
+    """What the RayService (and the pods behind it) say, read once for the rules below."""
+
+    replicas: Replicas
+    problems: list[Problem]
+    app_state: str | None  # the Serve applications' overall state; None: not reported yet
+    serving: bool  # the application runs and KubeRay calls the service ready
+    upgrading: bool
+    reported: bool  # KubeRay has written any status at all
+
+    @classmethod
+    def read(cls, obs: Observation, rayservice: Obj) -> _RayServiceView:
+        serve_problems, app_state = _serve_problems(rayservice)
+        ray_pods = [p for p in obs.pods if not _is_job_pod(p)]
+        conditions = dig(rayservice, "status", "conditions")
+        service_status = dig(rayservice, "status", "serviceStatus")
+        return cls(
+            replicas=_replicas(rayservice),
+            problems=[
+                *serve_problems,
+                *_refusals(obs),
+                *_cluster_problems(rayservice),
+                *pod_problems(ray_pods, obs.gpus, obs.gpu_product),
+            ],
+            app_state=app_state,
+            serving=app_state == APP_RUNNING
+            and (_is_true(conditions, "Ready") or service_status == "Running" or not conditions),
+            upgrading=_is_true(conditions, "UpgradeInProgress"),
+            reported=bool(service_status) or bool(conditions) or app_state is not None,
+        )
+
+    def phase(self, healthy: Phase) -> Phase:
+        return "Degraded" if self.problems else healthy
+
+
+def _failed_for_good(view: _RayServiceView) -> Verdict | None:
+    """A permanent problem (e.g. the Serve application failed to deploy) that no retry cures."""
+    permanent = next((p for p in view.problems if p.permanent), None)
+    if permanent is None or view.serving:
+        return None
+    return Verdict(
+        "Failed",
+        ready=Condition(False, permanent.reason, permanent.message),
+        progressing=Condition(False, permanent.reason, "Stopped: change the spec to retry."),
+        degraded=permanent.condition(),
+        replicas=view.replicas,
+    )
+
+
+def _scaled_to_zero(view: _RayServiceView, obs: Observation) -> Verdict | None:
+    if not view.serving or view.replicas.ready > 0 or obs.min_replicas > 0:
+        return None
+    msg = (
+        "Scaled to zero: no replica is running; the endpoint holds the first request while a replica starts."
+    )
+    waking = view.replicas.desired > 0
+    return Verdict(
+        view.phase("ScaledToZero"),
+        ready=Condition(True, "ScaledToZero", msg),
+        progressing=(
+            Condition(True, "ScalingUp", "A request woke the model: a replica is starting.")
+            if waking
+            else Condition(False, "Idle", "No replica is needed now.")
+        ),
+        degraded=_degraded(view.problems),
+        publish_endpoint=True,
+        replicas=view.replicas,
+    )
+
+
+def _no_ready_replica(view: _RayServiceView) -> Verdict | None:
+    """The application is up but no replica is: nothing answers until one is ready."""
+    if not view.serving or view.replicas.ready > 0:
+        return None
+    msg = "The Serve application is up; waiting for the first replica to become ready."
+    return Verdict(
+        view.phase("Deploying"),
+        ready=Condition(False, "NoReadyReplica", msg),
+        progressing=Condition(True, "ScalingUp", msg),
+        degraded=_degraded(view.problems),
+        replicas=view.replicas,
+    )
+
+
+def _serving(view: _RayServiceView) -> Verdict | None:
+    if not view.serving:
+        return None
+    ready, desired = view.replicas.ready, view.replicas.desired
+    if view.upgrading:
+        progressing = Condition(
+            True, "Upgrading", "A new Ray cluster is starting; traffic moves when it is ready."
+        )
+    elif ready < desired:
+        progressing = Condition(True, "ScalingUp", f"Starting {desired - ready} more replicas.")
+    else:
+        progressing = Condition(False, "Complete", "The deployment matches the spec.")
+    return Verdict(
+        view.phase("Ready"),
+        ready=Condition(True, "Serving", f"Serving: {ready} of {desired} replicas ready."),
+        progressing=progressing,
+        degraded=_degraded(view.problems),
+        publish_endpoint=True,
+        replicas=view.replicas,
+    )
+
+
+def _not_reported(view: _RayServiceView) -> Verdict | None:
+    if view.reported:
+        return None
+    msg = "The RayService is created; waiting for KubeRay to report on it."
+    return Verdict(
+        "Pending",
+        ready=Condition(False, "Pending", msg),
+        progressing=Condition(True, "Creating", msg),
+        replicas=view.replicas,
+    )
+
+
+def _deploying(view: _RayServiceView) -> Verdict:
+    msg = (
+        "Deploying: the Ray cluster and the Serve application are starting (application "
+        f"{view.app_state or 'NOT_STARTED'})."
+    )
+    return Verdict(
+        view.phase("Deploying"),
+        ready=Condition(False, "Deploying", msg),
+        progressing=Condition(True, "Deploying", msg),
+        degraded=_degraded(view.problems),
+        replicas=view.replicas,
+    )
+
+
+def _from_rayservice(obs: Observation, rayservice: Obj) -> Verdict:
+    view = _RayServiceView.read(obs, rayservice)
+    return (
+        _failed_for_good(view)
+        or _scaled_to_zero(view, obs)
+        or _no_ready_replica(view)
+        or _serving(view)
+        or _not_reported(view)
+        or _deploying(view)
+    )
+
+
+def verdict(obs: Observation) -> Verdict:
+    """The phase and conditions an observation earns: the first rule that answers decides."""
+    found = _invalid_spec(obs) or _kuberay_missing(obs) or _download(obs) or _no_rayservice(obs)
+    if found is not None:
+        return found
+    assert obs.rayservice is not None  # _no_rayservice answered otherwise
+    return _from_rayservice(obs, obs.rayservice)
+
+
+# --- the status written ---------------------------------------------------------------------------
 
 
 def _merge_condition(
-    previous: Sequence[Obj], type_: str, value: tuple[bool, str, str], generation: int | None, now: str
-) -> dict[str, Any]:
-    status = "True" if value[0] else "False"
+    previous: Sequence[Obj], type_: str, value: Condition, generation: int | None, now: str
+) -> models.Condition:
+    status: Literal["True", "False"] = "True" if value.holds else "False"
     old = _condition(previous, type_)
     # A condition's clock only restarts when its status flips, not when its reason or message moves.
     since = old.get("lastTransitionTime") if old and old.get("status") == status else None
-    cond: dict[str, Any] = {
-        "type": type_,
-        "status": status,
-        "reason": value[1],
-        "message": value[2][:4096],
-        "lastTransitionTime": since or now,
-    }
-    if generation is not None:
-        cond["observedGeneration"] = generation
-    return cond
-
-
-def compute_status(obs: Observation, previous: Obj | None, now: str) -> Status:
-    """The status for an observation; `previous` is the current `.status` (for transition times)."""
-    verdict = _verdict(obs)
-    old_conditions = (previous or {}).get("conditions") or []
-    values = {"Ready": verdict.ready, "Progressing": verdict.progressing, "Degraded": verdict.degraded}
-    conditions = [
-        _merge_condition(old_conditions, t, values[t], obs.generation, now) for t in CONDITION_TYPES
-    ]
-    return Status(
-        phase=verdict.phase,
-        conditions=conditions,
-        observed_generation=obs.generation,
-        replicas=verdict.replicas,
-        endpoint=obs.endpoint if verdict.publish_endpoint else None,
+    return models.Condition(
+        type=type_,
+        status=status,
+        reason=value.reason,
+        message=value.message[:MESSAGE_MAX],
+        last_transition_time=str(since) if since else now,
+        observed_generation=generation,
     )
+
+
+def compute_status(obs: Observation, previous: Obj | None, now: str) -> models.ModelDeploymentStatus:
+    """The status for an observation; `previous` is the current `.status` (for transition times)."""
+    found = verdict(obs)
+    old_conditions = (previous or {}).get("conditions") or []
+    values = {"Ready": found.ready, "Progressing": found.progressing, "Degraded": found.degraded}
+    return models.ModelDeploymentStatus(
+        phase=found.phase,
+        conditions=[
+            _merge_condition(old_conditions, t, values[t], obs.generation, now) for t in CONDITION_TYPES
+        ],
+        observed_generation=obs.generation,
+        replicas=models.ReplicaStatus(desired=found.replicas.desired, ready=found.replicas.ready),
+        endpoint=obs.endpoint if found.publish_endpoint else None,
+    )
+
+
+def status_dict(status: models.ModelDeploymentStatus) -> dict[str, Any]:
+    """The status as `.status` holds it: camelCase, unset optionals left out."""
+    return status.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
 def status_changed(old: Obj | None, new: Mapping[str, Any]) -> bool:

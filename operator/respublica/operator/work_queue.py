@@ -1,8 +1,10 @@
-"""What one operator process keeps between handler calls: the API client, the reconciler, an index of
-ModelDeployments by uid, one worker per ModelDeployment reconciling it on demand, and the resync.
+"""The operator's work queue: every reconcile of a ModelDeployment goes through it, with one retry policy.
 
-Child events and the resync ask for a reconcile (`kick`); kicks that arrive while one waits or runs
-fold into one more run, and runs for one ModelDeployment never overlap (the reconciler's lock).
+Who asks for a reconcile (`kick`): the kopf handlers (create, spec update, resume), events of the
+children and the periodic resync. Kicks that arrive while one waits or runs fold into one more run;
+each ModelDeployment has one worker, so its runs never overlap (the reconciler's lock guards the
+rest). A run that fails, with any exception, is run again after `RetryPolicy.delay`: there is no
+second path (kopf's own handler retries are never used, the handlers only enqueue).
 """
 
 from __future__ import annotations
@@ -11,65 +13,70 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
+import aiohttp
 import kopf
 
-from respublica.api.models import GROUP
-from respublica.operator.apply import Logger, Reconciler, thaw
-from respublica.operator.kube import ApiError, Kube
+from respublica.api.kube_client import ApiError
+from respublica.api.models import GROUP, KIND
+from respublica.operator.kube import Kube, connection
+from respublica.operator.reconciler import Logger, Reconciler, thaw
+from respublica.operator.render import endpoint_url, render
 from respublica.operator.settings import OperatorConfig
 
 _log = logging.getLogger("respublica.operator")
 
 
-def connection(config: OperatorConfig, settings: kopf.OperatorSettings) -> kopf.ConnectionInfo:
-    """Who to talk to: RESPUBLICA_KUBE_API (e.g. `kubectl proxy`), the service account, or kubeconfig."""
-    if config.api_server:
-        return kopf.ConnectionInfo(server=config.api_server)
-    info = kopf.login_with_service_account(settings=settings)
-    if info is None:
-        # The kubernetes client understands every kubeconfig (exec plugins, auth providers).
-        try:
-            info = kopf.login_via_client(logger=_log, settings=settings)
-        except kopf.LoginError:
-            info = None
-    if info is None:
-        info = kopf.login_with_kubeconfig(settings=settings)
-    if info is None:
-        raise kopf.LoginError(
-            "no Kubernetes credentials: run in a pod with a service account, set KUBECONFIG, or set "
-            "RESPUBLICA_KUBE_API to an API URL such as the one `kubectl proxy` serves"
-        )
-    return info
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How long a failed reconcile waits before it runs again (pure).
+
+    Trouble that passes by itself (409, 429, 5xx, timeouts, lost connections) waits `base_seconds`;
+    a refusal (400, 403, 422: a missing permission, a bug) or an unexpected exception waits
+    `slow_factor` times longer, since it needs a person and a fast loop would only flood the log.
+    A Retry-After from the API wins over both.
+    """
+
+    base_seconds: float
+    slow_factor: float = 6.0
+
+    @staticmethod
+    def passes_by_itself(exc: BaseException) -> bool:
+        if isinstance(exc, ApiError):
+            return exc.temporary
+        return isinstance(exc, TimeoutError | aiohttp.ClientError | ConnectionError)
+
+    def delay(self, exc: BaseException) -> float:
+        if isinstance(exc, ApiError) and exc.retry_after:
+            return exc.retry_after
+        return self.base_seconds * (1.0 if self.passes_by_itself(exc) else self.slow_factor)
 
 
 def owner_uid(body: Mapping[str, Any]) -> str | None:
     """The uid of the ModelDeployment that owns a child, if one does."""
     for ref in (body.get("metadata") or {}).get("ownerReferences") or ():
-        if ref.get("kind") == "ModelDeployment" and str(ref.get("apiVersion", "")).startswith(f"{GROUP}/"):
+        if ref.get("kind") == KIND and str(ref.get("apiVersion", "")).startswith(f"{GROUP}/"):
             return str(ref.get("uid"))
     return None
 
 
-class Runtime:
-    """What one operator process keeps: the API client, the reconciler, the index, the workers."""
+class Reconciles(Protocol):
+    """What the work queue needs of a reconciler (the real one, or a test's stand-in)."""
 
-    def __init__(self, config: OperatorConfig, settings: kopf.OperatorSettings) -> None:
-        from respublica.operator.render import endpoint_url, render
+    async def reconcile(self, body: Mapping[str, Any], logger: Logger) -> Any: ...
 
-        self.config = config
-        options = config.render
+    def forget(self, uid: str) -> None: ...
 
-        async def login() -> kopf.ConnectionInfo:
-            return connection(config, settings)
 
-        self.kube = Kube(login)
-        self.reconciler = Reconciler(
-            kube=self.kube,
-            render=lambda md: render(md, options),
-            endpoint=lambda md: endpoint_url(md, options),
-        )
+class WorkQueue:
+    """An index of ModelDeployments by uid, one worker per ModelDeployment, and the resync."""
+
+    def __init__(self, reconciler: Reconciles, retry: RetryPolicy, resync_seconds: float) -> None:
+        self.reconciler = reconciler
+        self.retry = retry
+        self.resync_seconds = resync_seconds
         self.known: dict[str, dict[str, Any]] = {}
         self._dirty: set[str] = set()
         self._workers: dict[str, asyncio.Task[None]] = {}
@@ -87,7 +94,6 @@ class Runtime:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self.kube.close()
 
     def remember(self, body: Mapping[str, Any], deleted: bool) -> None:
         uid = str((body.get("metadata") or {}).get("uid"))
@@ -99,6 +105,11 @@ class Runtime:
         else:
             self.known[uid] = thaw(body)
 
+    def submit(self, body: Mapping[str, Any]) -> None:
+        """A handler's request: remember this (newest) body and reconcile it soon."""
+        self.remember(body, deleted=False)
+        self.kick(str((body.get("metadata") or {}).get("uid")))
+
     def kick(self, uid: str) -> None:
         """Reconcile a ModelDeployment soon; kicks that arrive while it waits fold into one."""
         if self._stopped or uid not in self.known:
@@ -106,7 +117,7 @@ class Runtime:
         self._dirty.add(uid)
         worker = self._workers.get(uid)
         if worker is None or worker.done():
-            self._workers[uid] = asyncio.create_task(self._work(uid))
+            self._workers[uid] = asyncio.create_task(self._work(uid), name=f"respublica-reconcile-{uid}")
 
     async def _work(self, uid: str) -> None:
         while uid in self._dirty:
@@ -118,31 +129,48 @@ class Runtime:
             logger = _log.getChild(f"{meta.get('namespace')}.{meta.get('name')}")
             try:
                 await self.reconciler.reconcile(body, logger)
-            except ApiError as exc:
-                # Refusals (403, 422) wait longer than trouble that passes (409, 429, 5xx).
-                delay = exc.retry_after or self.config.retry_seconds * (1 if exc.temporary else 6)
-                logger.warning(f"Reconcile hit an API error ({exc}); retrying in {delay:g}s.")
+            except Exception as exc:  # any failure is retried: level-triggered, the next run repairs
+                delay = self.retry.delay(exc)
+                if isinstance(exc, ApiError) or self.retry.passes_by_itself(exc):
+                    logger.warning(f"Reconcile failed ({type(exc).__name__}: {exc}); retrying in {delay:g}s.")
+                else:
+                    logger.exception(f"Reconcile failed unexpectedly; retrying in {delay:g}s.")
                 await asyncio.sleep(delay)
                 self._dirty.add(uid)
-            except Exception:  # a bug must not kill the worker loop; the resync retries
-                logger.exception("Reconcile failed unexpectedly.")
-                return
 
     async def _resync_forever(self) -> None:
         while True:
-            await asyncio.sleep(self.config.resync_seconds)
+            await asyncio.sleep(self.resync_seconds)
             for uid in list(self.known):
                 self.kick(uid)
 
-    async def reconcile_now(self, body: Mapping[str, Any], logger: Logger) -> None:
-        """A handler's reconcile: API trouble that passes becomes a kopf retry with a delay."""
-        self.remember(body, deleted=False)
-        try:
-            await self.reconciler.reconcile(body, logger)
-        except ApiError as exc:
-            delay = exc.retry_after or self.config.retry_seconds
-            if exc.temporary:
-                raise kopf.TemporaryError(f"the API answered {exc}; retrying", delay=delay) from exc
-            # 400/403/422 on our own status or reads: a missing permission or a bug. Retry slowly,
-            # the message says what to fix.
-            raise kopf.TemporaryError(f"the API refused a request: {exc}", delay=delay * 6) from exc
+
+@dataclass
+class OperatorState:
+    """What one operator process keeps between handler calls (kopf's memo holds it)."""
+
+    config: OperatorConfig
+    kube: Kube
+    reconciler: Reconciler
+    queue: WorkQueue
+
+    @classmethod
+    def build(cls, config: OperatorConfig, settings: kopf.OperatorSettings) -> OperatorState:
+        """The API client (logged in as kopf is), the reconciler with the configured render, the queue."""
+        options = config.render
+
+        async def login() -> kopf.ConnectionInfo:
+            return connection(config, settings)
+
+        kube = Kube(login)
+        reconciler = Reconciler(
+            kube=kube,
+            render=lambda md: render(md, options),
+            endpoint=lambda md: endpoint_url(md, options),
+        )
+        queue = WorkQueue(reconciler, RetryPolicy(config.retry_seconds), config.resync_seconds)
+        return cls(config, kube, reconciler, queue)
+
+    async def stop(self) -> None:
+        await self.queue.stop()
+        await self.kube.close()

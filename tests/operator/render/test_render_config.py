@@ -16,8 +16,8 @@ from respublica.cli import app
 from respublica.cli.spec import render_command
 from respublica.operator.render import RenderOptions
 from respublica.operator.render.configure import SETTINGS, OptionError, render_options
-from respublica.operator.runtime import Runtime
 from respublica.operator.settings import OperatorConfig
+from respublica.operator.work_queue import OperatorState
 
 MODEL = """\
 apiVersion: respublica.dev/v1alpha1
@@ -121,9 +121,9 @@ def _cli_render(tmp_path: Path, args: list[str], env: dict[str, str]) -> str:
 
 
 def _operator_render(env: dict[str, str]) -> str:
-    runtime = Runtime(OperatorConfig.from_env(env), kopf.OperatorSettings())
+    state = OperatorState.build(OperatorConfig.from_env(env), kopf.OperatorSettings())
     md = ModelDeployment.model_validate(yaml.safe_load(MODEL))
-    objects: list[dict[str, Any]] = runtime.reconciler.render(md)
+    objects: list[dict[str, Any]] = state.reconciler.render(md)
     return yaml.safe_dump_all(objects, sort_keys=False, explicit_start=True)
 
 

@@ -19,6 +19,7 @@ from respublica.operator.render.common import (
     pull_secrets,
     usage_stats_env,
 )
+from respublica.operator.render.kinds import CACHE_CLAIM, DOWNLOAD_JOB
 from respublica.operator.render.options import RenderOptions
 from respublica.operator.render.storage import (
     CACHE_VOLUME,
@@ -61,8 +62,7 @@ def cache_objects(md: ModelDeployment, options: RenderOptions) -> list[Obj]:
     if cache.storage_class_name is not None:
         claim_spec["storageClassName"] = cache.storage_class_name
     claim: Obj = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
+        **CACHE_CLAIM.type_meta(),
         "metadata": metadata(md, cache_claim_name(md), COMPONENT),
         "spec": claim_spec,
     }
@@ -121,8 +121,7 @@ def _download_job(md: ModelDeployment, options: RenderOptions) -> Obj:
         pod_spec["imagePullSecrets"] = secrets
     meta = metadata(md, download_job_name(md), COMPONENT)
     return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
+        **DOWNLOAD_JOB.type_meta(),
         "metadata": meta,
         "spec": {
             "backoffLimit": options.download_backoff_limit,

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 
 from respublica.api.models import ModelDeployment
 from respublica.operator.render.common import COMPONENT_LABEL, MODEL_LABEL, Obj, metadata
+from respublica.operator.render.kinds import NETWORK_POLICY
 from respublica.operator.render.options import RenderOptions
 from respublica.operator.render.rayservice import HEAD_COMPONENT, WORKER_COMPONENT
 
@@ -55,8 +56,7 @@ def _peer(namespace: str | None, pod_labels: Mapping[str, str], *, any_namespace
 def network_policies(md: ModelDeployment, options: RenderOptions) -> list[Obj]:
     pods_name, head_name = network_policy_names(md)
     pods_policy: Obj = {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
+        **NETWORK_POLICY.type_meta(),
         "metadata": metadata(md, pods_name, COMPONENT),
         "spec": {
             "podSelector": ray_pods_selector(md),
@@ -74,8 +74,7 @@ def network_policies(md: ModelDeployment, options: RenderOptions) -> list[Obj]:
         },
     }
     head_policy: Obj = {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
+        **NETWORK_POLICY.type_meta(),
         "metadata": metadata(md, head_name, COMPONENT),
         "spec": {
             "podSelector": ray_head_selector(md),

@@ -28,6 +28,7 @@ from respublica.operator.render.common import (
     rayservice_name,
     usage_stats_env,
 )
+from respublica.operator.render.kinds import RAYSERVICE
 from respublica.operator.render.options import RenderOptions
 from respublica.operator.render.storage import (
     AdapterStorageAccess,
@@ -78,8 +79,7 @@ def rayservice(md: ModelDeployment, options: RenderOptions) -> Obj:
     storage = model_storage(md, options)
     image = md.spec.image or image_ref(options.ray_image, options)
     return {
-        "apiVersion": "ray.io/v1",
-        "kind": "RayService",
+        **RAYSERVICE.type_meta(),
         "metadata": metadata(md, rayservice_name(md), COMPONENT),
         "spec": {
             "serveConfigV2": yaml.safe_dump(serve_config(md, options), sort_keys=True),

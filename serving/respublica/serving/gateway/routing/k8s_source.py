@@ -16,21 +16,19 @@ flips silently to another namespace's model (with another access list).
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
-import os
-import ssl
-import tempfile
-from collections.abc import AsyncIterator, Iterable, Mapping
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-import aiohttp
-import yaml
-
-from respublica.serving.gateway import jsoncodec
+from respublica.api.kube_client import (
+    ApiError,
+    KubeAccess,
+    KubeClient,
+    KubeConfigError,
+    in_cluster_access,
+    kubeconfig_access,
+)
 from respublica.serving.gateway.routing.table import (
     Conflict,
     Route,
@@ -47,7 +45,16 @@ PLURAL = "modeldeployments"
 # A stale endpoint left on a deployment that stopped serving must not be routed to.
 UNROUTABLE_PHASES = frozenset({"Pending", "Failed"})
 MAX_RETRY_DELAY_S = 30.0
-SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+# How the gateway reaches the API server: the one client and its access helpers (respublica.api).
+__all__ = [
+    "KubeAccess",
+    "KubeConfigError",
+    "KubernetesRouteSource",
+    "in_cluster_access",
+    "kubeconfig_access",
+    "table_from_deployments",
+]
 
 
 def _ident(obj: Mapping[str, Any]) -> str:
@@ -95,103 +102,6 @@ def table_from_deployments(objects: Iterable[Mapping[str, Any]]) -> RouteTable:
             )
         )
     return RouteTable.of(routes, conflicts)
-
-
-class KubeConfigError(ValueError):
-    """No usable way to reach the API server; the message says what to set."""
-
-
-@dataclass(frozen=True)
-class KubeAccess:
-    """Where the API server is and how to authenticate to it."""
-
-    server: str
-    token: str | None = None
-    token_file: Path | None = None  # re-read on every (re)connect: projected tokens rotate
-    ssl_context: ssl.SSLContext | bool = True
-
-    def headers(self) -> dict[str, str]:
-        token = self.token
-        if self.token_file is not None:
-            token = self.token_file.read_text().strip()
-        return {"Authorization": f"Bearer {token}"} if token else {}
-
-
-def in_cluster_access() -> KubeAccess:
-    host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT", "443")
-    if not host:
-        raise KubeConfigError("not inside a cluster (KUBERNETES_SERVICE_HOST unset): set cluster.kubeconfig")
-    context = ssl.create_default_context(cafile=str(SERVICE_ACCOUNT / "ca.crt"))
-    host = f"[{host}]" if ":" in host else host
-    return KubeAccess(f"https://{host}:{port}", token_file=SERVICE_ACCOUNT / "token", ssl_context=context)
-
-
-def _load_client_cert(ctx: ssl.SSLContext, user: dict[str, Any]) -> None:
-    """The kubeconfig's client certificate; inline (base64) PEM goes through a private temporary
-    directory, because `load_cert_chain` reads only files, and is removed once loaded."""
-    cert, key = user.get("client-certificate"), user.get("client-key")
-    cert_data, key_data = user.get("client-certificate-data"), user.get("client-key-data")
-    if not (cert or cert_data):
-        return
-    with tempfile.TemporaryDirectory(prefix="respublica-kube-") as workdir:  # mode 0700
-        if cert_data:
-            cert = os.path.join(workdir, "client.crt")
-            _write_private(cert, base64.b64decode(cert_data))
-        if key_data:
-            key = os.path.join(workdir, "client.key")
-            _write_private(key, base64.b64decode(key_data))
-        ctx.load_cert_chain(str(cert), key)
-
-
-def _write_private(path: str, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-
-
-def kubeconfig_access(path: Path, context_name: str | None = None) -> KubeAccess:
-    """The current (or named) context of a kubeconfig: server, CA, token or client certificate."""
-    try:
-        config = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise KubeConfigError(f"kubeconfig {path} is not valid YAML: {exc}") from None
-    except OSError as exc:
-        raise KubeConfigError(f"kubeconfig {path}: {exc.strerror or exc}") from None
-    context_name = context_name or config.get("current-context")
-    context = next(
-        (c["context"] for c in config.get("contexts") or [] if c.get("name") == context_name), None
-    )
-    if context is None:
-        raise KubeConfigError(f"kubeconfig {path}: no context {context_name!r}")
-    cluster = next(
-        (c["cluster"] for c in config.get("clusters") or [] if c.get("name") == context.get("cluster")), None
-    )
-    if cluster is None or not cluster.get("server"):
-        raise KubeConfigError(f"kubeconfig {path}: context {context_name!r} names no cluster with a server")
-    user: dict[str, Any] = next(
-        (u["user"] for u in config.get("users") or [] if u.get("name") == context.get("user")), {}
-    )
-    if user.get("exec") or user.get("auth-provider"):
-        raise KubeConfigError(
-            f"kubeconfig {path}: exec and auth-provider credentials are not supported; use a token, "
-            "a tokenFile or a client certificate"
-        )
-    server = str(cluster["server"]).rstrip("/")
-    ssl_context: ssl.SSLContext | bool = True
-    if server.startswith("https://"):
-        if cluster.get("insecure-skip-tls-verify"):
-            ssl_context = False
-        else:
-            ca_data = cluster.get("certificate-authority-data")
-            if ca_data:
-                # Inline CA: loaded from memory, never written to disk.
-                ctx = ssl.create_default_context(cadata=base64.b64decode(ca_data).decode("ascii"))
-            else:
-                ctx = ssl.create_default_context(cafile=cluster.get("certificate-authority"))
-            _load_client_cert(ctx, user)
-            ssl_context = ctx
-    token_file = Path(user["tokenFile"]) if user.get("tokenFile") else None
-    return KubeAccess(server, token=user.get("token"), token_file=token_file, ssl_context=ssl_context)
 
 
 class KubernetesRouteSource:
@@ -249,20 +159,25 @@ class KubernetesRouteSource:
         self.holder.replace(table)
 
     async def _run(self) -> None:
-        timeout = aiohttp.ClientTimeout(total=None, connect=10, sock_read=self.watch_timeout_s + 30)
-        connector = aiohttp.TCPConnector(ssl=self.access.ssl_context)
-        async with aiohttp.ClientSession(
-            self.access.server, timeout=timeout, connector=connector, read_bufsize=2**20
-        ) as session:
-            delay = self.retry_delay_s
+        client = KubeClient(self.access, user_agent="respublica-gateway")
+        delay = self.retry_delay_s
+        try:
             while True:
                 try:
-                    version = await self._list(session)
+                    version = await self._list(client)
                     delay = self.retry_delay_s
-                    async for event in self._watch(session, version):
+                    params = {
+                        "watch": "true",
+                        "timeoutSeconds": str(self.watch_timeout_s),
+                        "allowWatchBookmarks": "true",
+                    }
+                    if version:
+                        params["resourceVersion"] = version
+                    # The server ends the watch after timeoutSeconds; then the loop lists again.
+                    async for event in client.watch(
+                        self._path, params, read_timeout_s=self.watch_timeout_s + 30
+                    ):
                         self._apply(event)
-                except asyncio.CancelledError:
-                    raise
                 except Exception as exc:  # the watch must outlive any API hiccup; the last table stays
                     log.warning(
                         "ModelDeployment watch interrupted (%s: %s); retrying in %.0fs",
@@ -272,31 +187,17 @@ class KubernetesRouteSource:
                     )
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, MAX_RETRY_DELAY_S)
+        finally:
+            await client.close()
 
-    async def _list(self, session: aiohttp.ClientSession) -> str:
-        async with session.get(self._path, headers=self.access.headers()) as resp:
-            if resp.status != 200:
-                raise RuntimeError(f"listing {self._path} answered {resp.status}")
-            body = jsoncodec.loads(await resp.read())
+    async def _list(self, client: KubeClient) -> str:
+        body = await client.request("GET", self._path)
+        if body is None:
+            raise ApiError(404, f"the API does not serve {self._path}: is the ModelDeployment CRD installed?")
         self._objects = {_ident(obj): obj for obj in body.get("items") or ()}
         self._publish()
         self.synced.set()
         return str((body.get("metadata") or {}).get("resourceVersion") or "")
-
-    async def _watch(self, session: aiohttp.ClientSession, version: str) -> AsyncIterator[dict[str, Any]]:
-        params = {"watch": "true", "timeoutSeconds": str(self.watch_timeout_s), "allowWatchBookmarks": "true"}
-        if version:
-            params["resourceVersion"] = version
-        async with session.get(self._path, params=params, headers=self.access.headers()) as resp:
-            if resp.status != 200:
-                raise RuntimeError(f"watching {self._path} answered {resp.status}")
-            while True:
-                line = await resp.content.readline()
-                if not line:
-                    return  # the server closed the watch (timeoutSeconds): list again
-                line = line.strip()
-                if line:
-                    yield jsoncodec.loads(line)
 
     def _apply(self, event: Mapping[str, Any]) -> None:
         kind, obj = event.get("type"), event.get("object") or {}
