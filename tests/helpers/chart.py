@@ -1,7 +1,8 @@
 """The Helm chart rendered offline (helm-python-sdk: Helm's own Go library, no `helm` binary), and
 manifests/operator + manifests/gateway generated from its defaults: one source of truth.
 
-`scripts/manifests` writes the files (`python -m helpers.chart`); `--check` only compares, and
+`scripts/manifests` writes the files (`python -m helpers.chart`) and refreshes the chart's copy of the
+CRD from manifests/crds/; `--check` only compares, and
 tests/charts/test_generated.py fails when they differ from a fresh render.
 """
 
@@ -24,6 +25,9 @@ MANIFESTS = REPO / "manifests"
 RELEASE = "respublica"
 NAMESPACE = "respublica-system"
 REGENERATE = "scripts/manifests"
+# The CRD generated from the models (`respublica crd`), and the chart's byte copy of it.
+CRD = MANIFESTS / "crds" / "respublica.dev_modeldeployments.yaml"
+CHART_CRD = CHART / "files" / "crds" / CRD.name
 
 # The defaults, plus what plain `kubectl apply -f` needs that `helm install --create-namespace`
 # does not: the namespace as an object.
@@ -146,9 +150,13 @@ def committed_files() -> dict[str, str]:
 
 
 def write() -> list[str]:
-    """Bring manifests/ in line with the chart; the paths changed, added or removed."""
+    """Bring manifests/ in line with the chart, and the chart's CRD copy in line with manifests/crds/;
+    the paths changed, added or removed."""
     wanted, current = manifest_files(), committed_files()
     changed = []
+    if CHART_CRD.read_bytes() != CRD.read_bytes():
+        CHART_CRD.write_bytes(CRD.read_bytes())
+        changed.append(f"copied {CRD.relative_to(REPO)} to {CHART_CRD.relative_to(REPO)}")
     for path in sorted(set(current) - set(wanted)):
         (MANIFESTS / path).unlink()
         changed.append(f"removed {path}")
@@ -167,6 +175,12 @@ def main(argv: list[str]) -> int:
     if argv == ["--check"]:
         wanted, current = manifest_files(), committed_files()
         stale = sorted(p for p in set(wanted) | set(current) if wanted.get(p) != current.get(p))
+        if CHART_CRD.read_bytes() != CRD.read_bytes():
+            print(
+                f"{CHART_CRD.relative_to(REPO)} is not a copy of manifests/{CRD.relative_to(MANIFESTS)}",
+                file=sys.stderr,
+            )
+            stale.append(str(CHART_CRD.relative_to(REPO)))
         for path in stale:
             print(f"manifests/{path} differs from the chart's render", file=sys.stderr)
         if stale:
