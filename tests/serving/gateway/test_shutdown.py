@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from respublica.serving.gateway.contracts import Admission, Authenticator, Limits, Principal, UsageRecord
 from respublica.serving.gateway.quota import MemoryQuotaStore
-from respublica.serving.gateway.routes.call import Call, GatewayContext, finish
+from respublica.serving.gateway.routes.call import Call, GatewayContext, settle_and_observe
 from respublica.serving.gateway.routing.table import RouteHolder
 from respublica.serving.gateway.telemetry.metrics import GatewayMetrics
 from respublica.serving.gateway.upstream import UpstreamClient
@@ -65,9 +65,9 @@ async def test_a_cancel_while_settling_still_ends_the_span_counts_and_writes_the
     call = Call()
     call.principal, call.model, call.endpoint = principal, "m", "chat.completions"
     call.reservation = admission.reservation
-    call.input_tokens, call.output_tokens, call.sent = 10, 5, True
+    call.input_tokens, call.output_tokens = 10, 5
 
-    task = asyncio.create_task(finish(ctx, call, tracer.start_span("call")))
+    task = asyncio.create_task(settle_and_observe(ctx, call, tracer.start_span("call")))
     await asyncio.wait_for(store.settling.wait(), 5)
     task.cancel()  # the server shuts down
     with pytest.raises(asyncio.CancelledError):

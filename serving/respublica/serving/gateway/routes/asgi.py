@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from opentelemetry import propagate
 from opentelemetry.context import Context
 from starlette.types import Receive, Scope, Send
@@ -28,7 +30,7 @@ def trace_parent(scope: Scope) -> Context | None:
     return propagate.extract(carrier) if carrier else None
 
 
-async def send_json(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+async def send_json(send: Send, status: int, body: bytes, headers: Sequence[tuple[bytes, bytes]]) -> None:
     await send(
         {
             "type": "http.response.start",

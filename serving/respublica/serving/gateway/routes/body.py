@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from respublica.serving.gateway import jsoncodec
 from respublica.serving.gateway.errors import GatewayError
 
 
-def positive_int(doc: dict[str, Any], name: str, upper: int | None = None) -> int | None:
+def positive_int(doc: Mapping[str, Any], name: str, upper: int | None = None) -> int | None:
     value = doc.get(name)
     if value is None:
         return None

@@ -1,5 +1,6 @@
-"""One request's record, and what happens once it is over: settle the reservation, end the span,
-count the metrics, write the ledger line. Shared by the endpoints through `GatewayContext`."""
+"""One request's record, and what happens once it is over: settle the reservation, then observe it
+(end the span, count the metrics, write the ledger line). Shared by the endpoints through
+`GatewayContext`."""
 
 from __future__ import annotations
 
@@ -26,9 +27,9 @@ from respublica.serving.gateway.contracts import (
 from respublica.serving.gateway.errors import GatewayError
 from respublica.serving.gateway.quota.keeper import LeaseKeeper
 from respublica.serving.gateway.routes.asgi import header
+from respublica.serving.gateway.routes.plan import Plan
 from respublica.serving.gateway.routing.balancer import LeastOutstanding
 from respublica.serving.gateway.routing.table import RouteHolder
-from respublica.serving.gateway.streaming import SSETap
 from respublica.serving.gateway.telemetry import tracing as t
 from respublica.serving.gateway.telemetry.metrics import GatewayMetrics
 from respublica.serving.gateway.upstream import UpstreamClient
@@ -58,28 +59,26 @@ class GatewayContext:
 
 
 class Call:
-    """What one request did, for the span, the metrics, the settlement and the ledger."""
+    """What one request did, for the settlement, the span, the metrics and the ledger.
+
+    Written only by the endpoint (routes/openai.py) as the request goes; read once, when it is
+    over, by `settle_and_observe`. What was decided up front is the immutable `plan`."""
 
     __slots__ = (
-        "active",
-        "client_gone",
         "endpoint",
         "error_type",
         "finish_reasons",
-        "finished",
         "input_tokens",
         "model",
         "output_tokens",
+        "plan",
         "principal",
-        "prompt_bound",
         "rate_headers",
         "request_id",
         "reservation",
         "response_started",
-        "sent",
         "started",
         "status",
-        "stream",
         "t0",
         "ttft",
     )
@@ -90,22 +89,26 @@ class Call:
         self.request_id = uuid.uuid4().hex
         self.principal: Principal | None = None
         self.model = UNKNOWN_MODEL
+        self.plan: Plan | None = None
         self.status = 200
         self.error_type: str | None = None
         self.finish_reasons: list[str] = []
-        self.finished = False
         self.reservation: Reservation | None = None
         self.rate_headers: list[tuple[bytes, bytes]] = []
-        self.prompt_bound = 0
         self.input_tokens: int | None = None
         self.output_tokens: int | None = None
         self.ttft: float | None = None
-        self.endpoint = ""
-        self.stream = False
-        self.response_started = False
-        self.sent = False  # the body may have reached the model: it may have generated
-        self.active = False
-        self.client_gone = False
+        self.endpoint = ""  # the model server the body was sent to; "" while none may have it
+        self.response_started = False  # a stream's headers went out: an error can only end it
+
+    @property
+    def stream(self) -> bool:
+        return self.plan is not None and self.plan.stream
+
+    @property
+    def sent(self) -> bool:
+        """The body may have reached the model: it may have generated."""
+        return bool(self.endpoint)
 
 
 async def authenticate(ctx: GatewayContext, scope: Scope) -> Principal:
@@ -115,52 +118,67 @@ async def authenticate(ctx: GatewayContext, scope: Scope) -> Principal:
         raise GatewayError(exc.status, exc.code, exc.message) from None
 
 
-async def finish(ctx: GatewayContext, call: Call, span: trace.Span) -> None:
-    """Settle, measure, trace and record, once per request."""
-    if call.finished:
-        return
-    call.finished = True
+async def settle_and_observe(ctx: GatewayContext, call: Call, span: trace.Span) -> None:
+    """The end of every request, called from one place (`OpenAIEndpoint.__call__`'s `finally`):
+    settle the reservation, then end the span, count the metrics and write the ledger line.
+
+    A shutdown that cancels the request while it settles does not skip the observation: the
+    shielded settlement goes on, the request is still traced, counted and recorded (no await
+    follows), and then the cancellation goes on."""
+    latency = time.perf_counter() - call.t0  # the request's own time, not its settlement's
+    cancelled = await _settle(ctx, call)
+    _observe(ctx, call, span, latency)
+    if cancelled is not None:
+        raise cancelled
+
+
+async def _settle(ctx: GatewayContext, call: Call) -> asyncio.CancelledError | None:
+    """Charge what the request used and release the rest (nothing to do if it was never admitted)."""
+    reservation = call.reservation
+    if reservation is None:
+        return None
+    if ctx.leases is not None:
+        ctx.leases.release(reservation)
+    used = settled_tokens(call, reservation)
+    if used > reservation.tokens:
+        # The prompt bound was too low: the actual usage is charged all the same, and this
+        # makes the estimator's miss visible. Counts only, never content.
+        log.warning(
+            "request %s used %d tokens, more than the %d reserved (model %s)",
+            call.request_id,
+            used,
+            reservation.tokens,
+            call.model,
+        )
+        if ctx.metrics is not None:
+            tenant = call.principal.tenant if call.principal is not None else ""
+            ctx.metrics.underestimates.labels(tenant, call.model).inc()
+    try:
+        await asyncio.shield(ctx.quota.settle(reservation, used))
+    except asyncio.CancelledError as exc:
+        return exc
+    except Exception as exc:
+        log.error(
+            "settling request %s failed: %s (its reservation stays charged)",
+            call.request_id,
+            type(exc).__name__,
+        )
+    return None
+
+
+def _observe(ctx: GatewayContext, call: Call, span: trace.Span, latency: float) -> None:
+    """End the span, count the metrics, queue the ledger line. Never awaits."""
     principal = call.principal
     tenant = principal.tenant if principal is not None else ""
-    latency = time.perf_counter() - call.t0
     input_tokens = call.input_tokens or 0
     output_tokens = call.output_tokens or 0
-    cancelled: asyncio.CancelledError | None = None
-    if call.reservation is not None:
-        if ctx.leases is not None:
-            ctx.leases.release(call.reservation)
-        used = settled_tokens(call, call.reservation)
-        if used > call.reservation.tokens:
-            # The prompt bound was too low: the actual usage is charged all the same, and this
-            # makes the estimator's miss visible. Counts only, never content.
-            log.warning(
-                "request %s used %d tokens, more than the %d reserved (model %s)",
-                call.request_id,
-                used,
-                call.reservation.tokens,
-                call.model,
-            )
-            if ctx.metrics is not None:
-                ctx.metrics.underestimates.labels(tenant, call.model).inc()
-        try:
-            await asyncio.shield(ctx.quota.settle(call.reservation, used))
-        except asyncio.CancelledError as exc:
-            # Shutdown cancelled the request while it settled: the shielded settlement goes on,
-            # and this request is still traced, counted and written to the ledger (no await
-            # follows) before the cancellation goes on.
-            cancelled = exc
-        except Exception as exc:
-            log.error(
-                "settling request %s failed: %s (its reservation stays charged)",
-                call.request_id,
-                type(exc).__name__,
-            )
+    stream = call.stream
     attributes: dict[str, Any] = {t.HTTP_STATUS: call.status}
     if call.finish_reasons:
         attributes[t.FINISH_REASONS] = call.finish_reasons
     if tenant:
         attributes[t.TENANT] = tenant
-    if call.stream:
+    if stream:
         attributes[t.STREAM] = True
     if call.input_tokens is not None:
         attributes[t.INPUT_TOKENS] = input_tokens
@@ -179,7 +197,7 @@ async def finish(ctx: GatewayContext, call: Call, span: trace.Span) -> None:
             series = metrics.series(tenant, call.model)
             metrics.requests.labels(tenant, call.model, str(call.status)).inc()
             series.latency.observe(latency)
-            if call.ttft is not None and call.stream:
+            if call.ttft is not None and stream:
                 series.ttft.observe(call.ttft)
             if input_tokens:
                 series.input_tokens.inc(input_tokens)
@@ -202,13 +220,11 @@ async def finish(ctx: GatewayContext, call: Call, span: trace.Span) -> None:
                     ttft_ms=call.ttft * 1000 if call.ttft is not None else None,
                     status=call.status,
                     error_type=call.error_type,
-                    stream=call.stream,
+                    stream=stream,
                 )
             )
         except Exception as exc:
             log.error("ledger refused request %s: %s", call.request_id, type(exc).__name__)
-    if cancelled is not None:
-        raise cancelled
 
 
 def settled_tokens(call: Call, reservation: Reservation) -> int:
@@ -218,24 +234,3 @@ def settled_tokens(call: Call, reservation: Reservation) -> int:
     if call.input_tokens is None and call.sent:
         return reservation.tokens
     return (call.input_tokens or 0) + (call.output_tokens or 0)
-
-
-def stream_usage(call: Call, tap: SSETap) -> None:
-    if tap.first_chunk_at is not None:
-        call.ttft = tap.first_chunk_at - call.t0
-    call.finish_reasons = tap.finish_reasons
-    if tap.usage is not None:
-        call.input_tokens = int_or_none(tap.usage.get("prompt_tokens"))
-        call.output_tokens = int_or_none(tap.usage.get("completion_tokens"))
-    else:
-        # No usage (the client left, or the model broke off): charge the prompt's upper bound and
-        # an upper bound of what was streamed, never more than was reserved for the output.
-        call.input_tokens = call.prompt_bound
-        output = tap.output_bound()
-        if call.reservation is not None:
-            output = min(output, max(call.reservation.tokens - call.prompt_bound, 0))
-        call.output_tokens = output
-
-
-def int_or_none(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -1,18 +1,21 @@
 """The OpenAI surface: GET /v1/models, POST /v1/chat/completions, /v1/completions, /v1/embeddings.
 
 These are plain ASGI endpoints (no FastAPI validation, no dependency injection, no middleware) to
-keep the gateway's own cost per request low. A request goes
-`authenticate -> read body -> route -> admit (reserve) -> proxy -> settle -> record`; the body is
-parsed once to read the few fields the gateway needs and is passed on byte for byte unless the
-gateway has to write into it (a token cap, or `stream_options.include_usage` for a stream).
+keep the gateway's own cost per request low. A request goes, each step once:
+`authenticate -> read and parse the body -> resolve the route -> plan (routes/plan.py: access, cap,
+body, reservation size; pure) -> admit (reserve) -> proxy -> settle -> observe (routes/call.py)`,
+then the last word (the answer, or the end of a stream) goes to the client. The body is parsed
+once to read the few fields the gateway needs and is passed on byte for byte unless the plan
+writes into it (a token cap, or `stream_options.include_usage` for a stream).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
+from collections.abc import Sequence
+from typing import Any, NamedTuple, NoReturn
 
 import aiohttp
 from opentelemetry import trace
@@ -22,7 +25,7 @@ from starlette.types import Receive, Scope, Send
 from respublica.serving.gateway import jsoncodec
 from respublica.serving.gateway.contracts import Rejection
 from respublica.serving.gateway.errors import GatewayError, error_body, rate_limit_headers, retry_after
-from respublica.serving.gateway.quota.estimate import EstimateError, endpoint_of, reservation_tokens
+from respublica.serving.gateway.quota.estimate import endpoint_of
 from respublica.serving.gateway.routes.asgi import (
     ClientGone,
     read_body,
@@ -30,22 +33,23 @@ from respublica.serving.gateway.routes.asgi import (
     trace_parent,
     until_disconnect,
 )
-from respublica.serving.gateway.routes.body import parse_body, positive_int
-from respublica.serving.gateway.routes.call import (
-    Call,
-    GatewayContext,
-    authenticate,
-    finish,
-    int_or_none,
-    stream_usage,
-)
-from respublica.serving.gateway.routing.table import Resolved
+from respublica.serving.gateway.routes.body import parse_body
+from respublica.serving.gateway.routes.call import Call, GatewayContext, authenticate, settle_and_observe
+from respublica.serving.gateway.routes.plan import Plan, may_use, plan_request
 from respublica.serving.gateway.streaming import SSETap
 from respublica.serving.gateway.telemetry import tracing as t
 
 log = logging.getLogger("respublica.gateway")
 
-MAX_N = 128
+
+class LastWord(NamedTuple):
+    """What the client is sent once its request is settled and recorded, so that its next request
+    sees the spend: a whole JSON answer (`status` set), or the bytes that end a stream already
+    started (`status` 0)."""
+
+    body: bytes
+    status: int = 0
+    headers: Sequence[tuple[bytes, bytes]] = ()
 
 
 class OpenAIEndpoint:
@@ -59,6 +63,7 @@ class OpenAIEndpoint:
         self.estimate = endpoint_of(path)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """admit -> proxy -> settle -> observe, each once; then the last word to the client."""
         call = Call()
         span = self.ctx.tracer.start_span(
             self.operation,
@@ -66,106 +71,79 @@ class OpenAIEndpoint:
             kind=SpanKind.CLIENT,
             attributes={t.OPERATION: self.operation, t.PROVIDER: t.PROVIDER_NAME},
         )
+        last: LastWord | None = None
         try:
-            await self._serve(call, span, scope, receive, send)
-        except GatewayError as exc:
-            call.status, call.error_type = exc.status, exc.code
-            if not call.response_started:
-                headers = [*exc.headers, *call.rate_headers, (b"x-request-id", call.request_id.encode())]
-                await finish(self.ctx, call, span)
-                await send_json(send, exc.status, exc.body(), headers)
-            elif call.stream:
-                await stream_error(send, exc.body())
-        except ClientGone:
-            call.status, call.error_type = 499, "client_disconnected"
-        except asyncio.CancelledError:
-            # Not the client (that is caught in _proxy): the server is shutting down. Recorded as
-            # such, and the reservation is charged in `finish` if the model may have run.
-            if call.status < 400:
-                call.status, call.error_type = 503, "gateway_shutdown"
-            raise
-        except Exception as exc:
-            # Never the message: it may quote the request. The type says enough to look further.
-            log.error("request %s failed: %s", call.request_id, type(exc).__name__)
-            call.status, call.error_type = 500, type(exc).__name__
-            body = error_body("the gateway failed to handle this request", "server_error", "internal_error")
-            if not call.response_started:
-                await finish(self.ctx, call, span)
-                await send_json(send, 500, body, [(b"x-request-id", call.request_id.encode())])
-            elif call.stream:
-                await stream_error(send, body)
+            try:
+                last = await self._admit_and_proxy(call, span, scope, receive, send)
+            except GatewayError as exc:
+                call.status, call.error_type = exc.status, exc.code
+                last = self._error(call, exc.body(), exc.headers)
+            except ClientGone:
+                call.status, call.error_type = 499, "client_disconnected"
+            except asyncio.CancelledError:
+                # Not the client (that is caught in _proxy): the server is shutting down. Recorded
+                # as such, and the reservation is charged in the settlement if the model may have run.
+                if call.status < 400:
+                    call.status, call.error_type = 503, "gateway_shutdown"
+                raise
+            except Exception as exc:
+                # Never the message: it may quote the request. The type says enough to look further.
+                log.error("request %s failed: %s", call.request_id, type(exc).__name__)
+                call.status, call.error_type = 500, type(exc).__name__
+                body = error_body(
+                    "the gateway failed to handle this request", "server_error", "internal_error"
+                )
+                last = self._error(call, body, ())
         finally:
-            await finish(self.ctx, call, span)
+            # The one place a request ends, however it went (a shutdown's cancellation included).
+            await settle_and_observe(self.ctx, call, span)
+        if last is not None:
+            await self._say(call, send, last)
 
-    async def _serve(self, call: Call, span: trace.Span, scope: Scope, receive: Receive, send: Send) -> None:
+    def _error(self, call: Call, body: bytes, headers: Sequence[tuple[bytes, bytes]]) -> LastWord:
+        if call.response_started:
+            # A stream broke after it started: an OpenAI-shaped `error` event ends it, so the client
+            # raises an error instead of taking a cut-off answer for a whole one.
+            return LastWord(b"event: error\ndata: " + body + b"\n\n")
+        return LastWord(
+            body, call.status, [*headers, *call.rate_headers, (b"x-request-id", call.request_id.encode())]
+        )
+
+    async def _say(self, call: Call, send: Send, last: LastWord) -> None:
+        try:
+            if last.status:
+                await send_json(send, last.status, last.body, last.headers)
+            else:
+                await send({"type": "http.response.body", "body": last.body, "more_body": False})
+        except OSError:
+            pass  # the client is gone; the request is settled and recorded already
+        except Exception as exc:
+            log.error("request %s failed: %s", call.request_id, type(exc).__name__)
+
+    async def _admit_and_proxy(
+        self, call: Call, span: trace.Span, scope: Scope, receive: Receive, send: Send
+    ) -> LastWord | None:
         ctx = self.ctx
         principal = call.principal = await authenticate(ctx, scope)
-        body = await read_body(scope, receive, ctx.max_body_bytes)
-        doc = parse_body(body)
+        raw = await read_body(scope, receive, ctx.max_body_bytes)
+        doc = parse_body(raw)
         model: str = doc["model"]
         span.update_name(f"{self.operation} {model}")
         span.set_attribute(t.REQUEST_MODEL, model)
         resolved = ctx.routes.table.resolve(model)
-        if resolved is None:
-            raise GatewayError(404, "model_not_found", f"model '{model}' does not exist", param="model")
-        call.model = model
-        route = resolved.route
-        if not route.allows_tenant(principal.tenant) or not (
-            principal.allows_model(model)
-            or (resolved.adapter is not None and principal.allows_model(route.name))
-        ):
-            raise GatewayError(
-                403,
-                "model_not_allowed",
-                f"tenant '{principal.tenant}' may not use model '{model}'",
-                param="model",
-            )
-        if not route.endpoints:
-            raise GatewayError(
-                503,
-                "model_not_ready",
-                f"model '{model}' is not ready to serve; try again later",
-                param="model",
-            )
-
-        rewrite = False
-        client_wants_usage = True
-        cap = 0
-        n = positive_int(doc, "n", MAX_N) or 1
+        if resolved is not None:
+            call.model = model  # a metric label only once it names a served model
+        plan = plan_request(doc, raw, self.estimate, principal, resolved, ctx.default_max_tokens)
+        if isinstance(plan, GatewayError):
+            raise plan
+        call.plan = plan
         if self.generates:
-            requested = positive_int(doc, "max_tokens")
-            if self.operation == "chat":
-                requested = positive_int(doc, "max_completion_tokens") or requested
-            if requested is None:
-                cap = principal.default_max_tokens or ctx.default_max_tokens
-                doc["max_tokens"] = cap
-                rewrite = True
-            else:
-                cap = requested
-            span.set_attribute(t.REQUEST_MAX_TOKENS, cap)
-            if doc.get("stream"):
-                call.stream = True
-                options = doc.get("stream_options")
-                client_wants_usage = isinstance(options, dict) and options.get("include_usage") is True
-                if not client_wants_usage:
-                    doc["stream_options"] = {
-                        **(options if isinstance(options, dict) else {}),
-                        "include_usage": True,
-                    }
-                    rewrite = True
-        elif doc.get("stream"):
-            raise GatewayError(400, "invalid_value", "embeddings can not be streamed", param="stream")
-        try:
-            # The policy side's bound: prompt tokens from the text's size, plus cap x sequences.
-            reserve = reservation_tokens(doc, self.estimate, cap)
-        except EstimateError as exc:
-            raise GatewayError(400, "invalid_value", exc.message, param=exc.param) from None
-        call.prompt_bound = max(0, reserve - cap * n)
+            span.set_attribute(t.REQUEST_MAX_TOKENS, plan.cap)
         if ctx.record_content:
             content = doc.get("messages") or doc.get("prompt") or doc.get("input")
             span.set_attribute(t.INPUT_MESSAGES, jsoncodec.dumps(content).decode())
 
-        decision = await ctx.quota.admit(principal, reserve)
+        decision = await ctx.quota.admit(principal, plan.reserve)
         if isinstance(decision, Rejection):
             raise self._rejected(decision)
         call.reservation = decision.reservation
@@ -173,15 +151,7 @@ class OpenAIEndpoint:
             ctx.leases.hold(decision.reservation)
         call.rate_headers = rate_limit_headers(decision.headers)
 
-        await self._proxy(
-            call,
-            span,
-            resolved,
-            jsoncodec.dumps(doc) if rewrite else body,
-            receive,
-            send,
-            strip_usage=not client_wants_usage,
-        )
+        return await self._proxy(call, span, plan, receive, send)
 
     def _rejected(self, rejection: Rejection) -> GatewayError:
         headers = [retry_after(rejection.retry_after_s), *rate_limit_headers(rejection.headers)]
@@ -190,23 +160,21 @@ class OpenAIEndpoint:
         return GatewayError(429, rejection.reason, rejection.message, headers=headers)
 
     async def _proxy(
-        self,
-        call: Call,
-        span: trace.Span,
-        resolved: Resolved,
-        body: bytes,
-        receive: Receive,
-        send: Send,
-        strip_usage: bool,
-    ) -> None:
+        self, call: Call, span: trace.Span, plan: Plan, receive: Receive, send: Send
+    ) -> LastWord | None:
+        """Send the body to the model and pass its answer on; the last word is returned, not sent."""
         task = asyncio.current_task()
         assert task is not None
+        # `active` is set first thing in the try below and cleared first thing in its finally, so a
+        # cancel for the client's leaving always lands inside that try; after it, the client's
+        # "disconnect" is the end of the response.
+        active = False
+        gone = False
 
         def on_disconnect(watcher: asyncio.Task[None]) -> None:
-            # `active` is set first thing in the try below and cleared first thing in its finally,
-            # so a cancel delivered here always lands inside that try.
-            if call.active and not watcher.cancelled():
-                call.client_gone = True
+            nonlocal gone
+            if active and not watcher.cancelled():
+                gone = True
                 task.cancel()
 
         watcher = asyncio.create_task(until_disconnect(receive))
@@ -221,21 +189,22 @@ class OpenAIEndpoint:
             in_flight.inc()
         complete = False  # the upstream response was read to its end: its connection can be reused
         try:
-            call.active = True
-            response = await self._connect(call, span, resolved, body)
+            active = True
+            response = await self._connect(call, span, plan)
             if response.status >= 400:
                 await self._upstream_error(call, response)
-            elif call.stream:
-                await self._stream(call, span, response, send, strip_usage)
-                complete = True
+            if plan.stream:
+                last = await self._stream(call, span, response, send, plan.strip_usage)
             else:
-                await self._unary(call, span, response, send)
-                complete = True
+                last = await self._unary(call, span, response)
+            complete = True
+            return last
         except asyncio.CancelledError:
-            if not call.client_gone:
+            if not gone:
                 raise
             task.uncancel()
             call.status, call.error_type = 499, "client_disconnected"
+            return None
         except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
             log.warning(
                 "request %s: %s broke off the response (%s)",
@@ -250,7 +219,7 @@ class OpenAIEndpoint:
             log.warning("request %s: %s did not answer in time", call.request_id, call.endpoint)
             raise GatewayError(504, "upstream_timeout", "the model did not answer in time") from None
         finally:
-            call.active = False
+            active = False
             watcher.cancel()
             if in_flight is not None:
                 in_flight.dec()
@@ -262,11 +231,9 @@ class OpenAIEndpoint:
             if call.endpoint:
                 self.ctx.balancer.release(call.endpoint)
 
-    async def _connect(
-        self, call: Call, span: trace.Span, resolved: Resolved, body: bytes
-    ) -> aiohttp.ClientResponse:
+    async def _connect(self, call: Call, span: trace.Span, plan: Plan) -> aiohttp.ClientResponse:
         ctx = self.ctx
-        route = resolved.route
+        route = plan.route
         headers = {"Content-Type": "application/json", "X-Request-Id": call.request_id}
         span_context = trace.set_span_in_context(span)
         tried: set[str] = set()
@@ -282,13 +249,11 @@ class OpenAIEndpoint:
                     502, "upstream_unreachable", f"no endpoint of model '{call.model}' is reachable"
                 )
             ctx.balancer.acquire(url)
-            call.endpoint = url
-            call.sent = True
+            call.endpoint = url  # from here the model may have the body
             try:
-                response = await ctx.upstream.post(url + self.path, body, headers, span_context)
+                response = await ctx.upstream.post(url + self.path, plan.body, headers, span_context)
             except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
                 # Nothing reached the model: the next endpoint may take it.
-                call.sent = False
                 timed_out = timed_out or isinstance(exc, aiohttp.ConnectionTimeoutError)
                 log.warning(
                     "request %s: no connection to %s (%s); trying the next endpoint if any",
@@ -307,7 +272,7 @@ class OpenAIEndpoint:
                 span.set_attribute(t.SERVER_PORT, response.url.port)
             return response
 
-    async def _upstream_error(self, call: Call, response: aiohttp.ClientResponse) -> None:
+    async def _upstream_error(self, call: Call, response: aiohttp.ClientResponse) -> NoReturn:
         raw = await response.content.read(64 * 1024)
         message = f"the model's server answered {response.status}"
         try:
@@ -328,14 +293,12 @@ class OpenAIEndpoint:
             headers.append(upstream_retry_after(response.headers.get("Retry-After")))
         if status < 500 or status == 503:
             call.input_tokens = call.output_tokens = 0  # refused before it ran: nothing generated
-        # Otherwise the model may have worked before failing: `finish` charges the reservation.
+        # Otherwise the model may have worked before failing: the settlement charges the reservation.
         raise GatewayError(
             status, "upstream_error" if status >= 500 else "upstream_rejected", message, headers=headers
         )
 
-    async def _unary(
-        self, call: Call, span: trace.Span, response: aiohttp.ClientResponse, send: Send
-    ) -> None:
+    async def _unary(self, call: Call, span: trace.Span, response: aiohttp.ClientResponse) -> LastWord:
         data = await response.read()
         call.ttft = time.perf_counter() - call.t0
         try:
@@ -360,15 +323,12 @@ class OpenAIEndpoint:
                 span.set_attribute(t.RESPONSE_MODEL, doc["model"])
             if isinstance(doc.get("id"), str):
                 span.set_attribute(t.RESPONSE_ID, doc["id"])
-        call.active = False  # from here on the client's "disconnect" is the end of the response
-        call.response_started = True
-        # Settled before the answer leaves, so the caller's next request sees its spend.
-        await finish(self.ctx, call, span)
-        await send_json(send, 200, data, [*call.rate_headers, (b"x-request-id", call.request_id.encode())])
+        # Sent only once settled, so the caller's next request sees its spend.
+        return LastWord(data, 200, [*call.rate_headers, (b"x-request-id", call.request_id.encode())])
 
     async def _stream(
         self, call: Call, span: trace.Span, response: aiohttp.ClientResponse, send: Send, strip_usage: bool
-    ) -> None:
+    ) -> LastWord:
         tap = SSETap(strip_usage_chunk=strip_usage)
         try:
             await send(
@@ -389,13 +349,28 @@ class OpenAIEndpoint:
                 out = tap.feed(data)
                 if out:
                     await send({"type": "http.response.body", "body": out, "more_body": True})
-            tail = tap.flush()
-            call.active = False
-            stream_usage(call, tap)
-            await finish(self.ctx, call, span)
-            await send({"type": "http.response.body", "body": tail, "more_body": False})
+            # The tail (an event without its blank line) ends the stream once it is settled.
+            return LastWord(tap.flush())
         finally:
-            stream_usage(call, tap)
+            # Once, however the stream ended (whole, broken off, the client gone).
+            self._stream_usage(call, tap)
+
+    @staticmethod
+    def _stream_usage(call: Call, tap: SSETap) -> None:
+        if tap.first_chunk_at is not None:
+            call.ttft = tap.first_chunk_at - call.t0
+        call.finish_reasons = tap.finish_reasons
+        if tap.usage is not None:
+            call.input_tokens = int_or_none(tap.usage.get("prompt_tokens"))
+            call.output_tokens = int_or_none(tap.usage.get("completion_tokens"))
+            return
+        # No usage (the client left, or the model broke off): charge the prompt's upper bound and
+        # an upper bound of what was streamed, never more than was reserved for the output.
+        prompt_bound = call.plan.prompt_bound if call.plan is not None else 0
+        output = tap.output_bound()
+        if call.reservation is not None:
+            output = min(output, max(call.reservation.tokens - prompt_bound, 0))
+        call.input_tokens, call.output_tokens = prompt_bound, output
 
 
 UPSTREAM_RETRY_AFTER_S = 1
@@ -408,17 +383,8 @@ def upstream_retry_after(value: str | None) -> tuple[bytes, bytes]:
     return retry_after(UPSTREAM_RETRY_AFTER_S)
 
 
-async def stream_error(send: Send, body: bytes) -> None:
-    """End a stream that broke after it started with an OpenAI-shaped `error` event, so the client
-    raises an error instead of taking a cut-off answer for a whole one."""
-    with contextlib.suppress(OSError):  # the client may be gone too
-        await send(
-            {
-                "type": "http.response.body",
-                "body": b"event: error\ndata: " + body + b"\n\n",
-                "more_body": False,
-            }
-        )
+def int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 class ModelsEndpoint:
@@ -436,8 +402,6 @@ class ModelsEndpoint:
         data = [
             {"id": name, "object": "model", "created": int(route.created), "owned_by": "respublica"}
             for name, route in self.ctx.routes.table.model_names()
-            if route.endpoints
-            and route.allows_tenant(principal.tenant)
-            and (principal.allows_model(name) or principal.allows_model(route.name))
+            if route.endpoints and may_use(principal, name, route)
         ]
         await send_json(send, 200, jsoncodec.dumps({"object": "list", "data": data}), [])

@@ -1,0 +1,140 @@
+"""What the gateway will do with one request, decided before anything is reserved or sent.
+
+`plan_request` is pure: from the parsed body, the caller, the route its model resolved to and the
+gateway's default cap it returns either a `Plan` (access granted, the output cap, the body to send
+upstream, the tokens to reserve) or the OpenAI-shaped `GatewayError` to answer with. No I/O, no
+clock, its arguments untouched, so every rule here is tested without HTTP
+(tests/serving/gateway/test_request_plan.py). The endpoint (routes/openai.py) only carries it out.
+
+The plan comes before admission on purpose (contracts.py states the order): a request for a model
+that does not exist, that the caller may not use, that can not serve now, or whose body is invalid
+is answered without reserving tokens, taking a concurrency slot or counting against the requests per
+minute, and without a round trip to the quota store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from respublica.serving.gateway import jsoncodec
+from respublica.serving.gateway.contracts import Principal
+from respublica.serving.gateway.errors import GatewayError
+from respublica.serving.gateway.quota.estimate import Endpoint, EstimateError, reservation_tokens
+from respublica.serving.gateway.routes.body import positive_int
+from respublica.serving.gateway.routing.table import Resolved, Route
+
+MAX_N = 128  # sequences per request: bounds the reservation a single request can ask for
+
+
+def may_use(principal: Principal, name: str, route: Route) -> bool:
+    """The access rule, spelled only here (requests and GET /v1/models both ask it): the route lets
+    the caller's tenant in, and the allowed models of the tenant and of the key name the model, or
+    for an adapter (`<base>:<adapter>`) its base model."""
+    return route.allows_tenant(principal.tenant) and (
+        principal.allows_model(name) or (name != route.name and principal.allows_model(route.name))
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A request the caller may make, ready to be admitted and proxied."""
+
+    model: str  # the name the client asked for (a served name or `<base>:<adapter>`)
+    route: Route
+    cap: int  # output tokens per sequence written or passed upstream; 0 for embeddings
+    stream: bool
+    # The gateway asked for `stream_options.include_usage` the client did not ask for: the usage
+    # chunk is read for the settlement and removed before the client sees it.
+    strip_usage: bool
+    body: bytes  # what is sent upstream: the client's bytes, or re-encoded where the gateway wrote into it
+    reserve: int  # tokens admission holds: the prompt's upper bound plus cap x sequences
+    prompt_bound: int  # the prompt's share of `reserve`, charged when a stream never reports usage
+
+
+def plan_request(
+    doc: Mapping[str, Any],
+    raw: bytes,
+    endpoint: Endpoint,
+    principal: Principal,
+    resolved: Resolved | None,
+    default_max_tokens: int,
+) -> Plan | GatewayError:
+    """The plan for a parsed body (`doc`, parsed from `raw`), or the error to answer with.
+
+    The checks run in the order the answers have always come: 404 unknown model, 403 not allowed,
+    503 not ready, then 400 for the fields. An unknown model and a model the caller may not use
+    differ (404/403) only by the route table; a private model's endpoints are never named."""
+    try:
+        return _plan(doc, raw, endpoint, principal, resolved, default_max_tokens)
+    except GatewayError as exc:
+        return exc
+
+
+def _plan(
+    doc: Mapping[str, Any],
+    raw: bytes,
+    endpoint: Endpoint,
+    principal: Principal,
+    resolved: Resolved | None,
+    default_max_tokens: int,
+) -> Plan:
+    model: str = doc["model"]
+    if resolved is None:
+        raise GatewayError(404, "model_not_found", f"model '{model}' does not exist", param="model")
+    route = resolved.route
+    if not may_use(principal, model, route):
+        raise GatewayError(
+            403,
+            "model_not_allowed",
+            f"tenant '{principal.tenant}' may not use model '{model}'",
+            param="model",
+        )
+    if not route.endpoints:
+        raise GatewayError(
+            503, "model_not_ready", f"model '{model}' is not ready to serve; try again later", param="model"
+        )
+
+    written: dict[str, Any] = {}  # fields the gateway writes into the body it sends
+    strip_usage = False
+    stream = doc.get("stream") is True
+    cap = 0
+    n = positive_int(doc, "n", MAX_N) or 1
+    if endpoint != "embeddings":
+        requested = positive_int(doc, "max_tokens")
+        if endpoint == "chat":
+            requested = positive_int(doc, "max_completion_tokens") or requested
+        if requested is None:
+            # A request without a cap could hold a whole context of output: write the key's,
+            # the tenant's or the gateway's default, and reserve for that.
+            cap = principal.default_max_tokens or default_max_tokens
+            written["max_tokens"] = cap
+        else:
+            cap = requested
+        if stream:
+            options = doc.get("stream_options")
+            if not (isinstance(options, dict) and options.get("include_usage") is True):
+                # The settlement needs the model's own count: ask for it, hide it from the client.
+                written["stream_options"] = {
+                    **(options if isinstance(options, dict) else {}),
+                    "include_usage": True,
+                }
+                strip_usage = True
+    elif stream:
+        raise GatewayError(400, "invalid_value", "embeddings can not be streamed", param="stream")
+    try:
+        # The policy side's bound: prompt tokens from the text's size, plus cap x sequences.
+        reserve = reservation_tokens(doc, endpoint, cap)
+    except EstimateError as exc:
+        raise GatewayError(400, "invalid_value", exc.message, param=exc.param) from None
+    return Plan(
+        model=model,
+        route=route,
+        cap=cap,
+        stream=stream,
+        strip_usage=strip_usage,
+        body=jsoncodec.dumps({**doc, **written}) if written else raw,
+        reserve=reserve,
+        prompt_bound=max(0, reserve - cap * n),
+    )
