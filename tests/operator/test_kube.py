@@ -1,15 +1,21 @@
-"""The operator's API client against kmock: answers, errors, discovery, logging in again."""
+"""The operator's API client against kmock: answers, errors, discovery, logging in again, credentials."""
 
 from __future__ import annotations
+
+import base64
+import ssl
+import tempfile
+from pathlib import Path
 
 import kmock
 import kopf
 import pytest
 
 from helpers import kmock_api as kapi
+from helpers.tls import self_signed
 from respublica.api.kube_client import ApiError
-from respublica.operator.kube import Kube
-from respublica.operator.render import DOWNLOAD_JOB, RAYSERVICE
+from respublica.operator.kube import RESOURCES, Kube, access_of, path_of
+from respublica.operator.render import CHILD_KINDS, DOWNLOAD_JOB, RAYSERVICE
 
 
 def client(server: kmock.KubernetesEmulator, logins: list[int] | None = None) -> Kube:
@@ -85,3 +91,33 @@ async def test_a_rotated_token_logs_in_again(k8s: kmock.KubernetesEmulator) -> N
     finally:
         await kube.close()
     assert len(logins) == 2
+
+
+def test_kopf_inline_credentials_become_a_context_and_leave_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kopf's kubeconfig login hands over base64 `*-data` fields: loaded through the one TLS helper."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    cert, key = self_signed()
+    info = kopf.ConnectionInfo(
+        server="https://127.0.0.1:6443",
+        ca_data=base64.b64encode(cert).decode(),
+        certificate_data=base64.b64encode(cert).decode(),
+        private_key_data=base64.b64encode(key).decode(),
+        token="t0k",
+    )
+    access = access_of(info)
+    assert isinstance(access.ssl_context, ssl.SSLContext)
+    assert len(access.ssl_context.get_ca_certs()) == 1
+    assert access.headers() == {"Authorization": "Bearer t0k"}
+    assert list(scratch.iterdir()) == []
+    assert access_of(kopf.ConnectionInfo(server="https://h", insecure=True)).ssl_context is False
+
+
+def test_paths_come_from_the_declared_kinds() -> None:
+    assert path_of("RayService", "ai", "m", "status") == "/apis/ray.io/v1/namespaces/ai/rayservices/m/status"
+    assert path_of("PersistentVolumeClaim", "ai") == "/api/v1/namespaces/ai/persistentvolumeclaims"
+    assert path_of("ModelDeployment", None) == "/apis/respublica.dev/v1alpha1/modeldeployments"
+    assert {k.kind for k in CHILD_KINDS} <= set(RESOURCES)

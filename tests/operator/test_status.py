@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from respublica.api.models import ModelDeploymentStatus
 from respublica.operator.status import Observation, compute_status, pod_problems, status_changed, status_dict
 
 NOW = "2026-01-01T00:00:00Z"
@@ -308,3 +309,11 @@ def test_deleted_pods_are_ignored() -> None:
     leaving = pod(waiting="ErrImagePull")
     leaving["metadata"]["deletionTimestamp"] = NOW
     assert pod_problems([leaving]) == []
+
+
+def test_status_is_the_api_model_and_reads_back_the_same() -> None:
+    status = compute_status(obs(rayservice=rayservice(ready=1, desired=2)), None, NOW)
+    assert isinstance(status, ModelDeploymentStatus)
+    assert ModelDeploymentStatus.model_validate(status_dict(status)) == status
+    ready = next(c for c in status.conditions if c.type == "Ready")
+    assert (ready.status, ready.reason, ready.last_transition_time) == ("True", "Serving", NOW)

@@ -1,0 +1,141 @@
+"""The work queue: one retry policy for every reconcile, whoever asked for it, whatever failed."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+import pytest
+
+from respublica.api.kube_client import ApiError
+from respublica.operator.reconciler import Logger
+from respublica.operator.work_queue import RetryPolicy, WorkQueue, owner_uid
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.mark.parametrize(
+    ("exc", "delay"),
+    [
+        (ApiError(409, "conflict"), 2.0),
+        (ApiError(429, "slow down"), 2.0),
+        (ApiError(503, "unavailable"), 2.0),
+        (TimeoutError(), 2.0),
+        (aiohttp.ServerDisconnectedError(), 2.0),
+        (ConnectionResetError(), 2.0),
+        (ApiError(403, "forbidden"), 12.0),
+        (ApiError(422, "invalid"), 12.0),
+        (KeyError("a bug"), 12.0),
+        (ApiError(429, "slow down", retry_after=7), 7.0),
+        (ApiError(403, "forbidden", retry_after=1), 1.0),
+    ],
+)
+def test_retry_delay(exc: BaseException, delay: float) -> None:
+    assert RetryPolicy(base_seconds=2.0).delay(exc) == delay
+
+
+class Flaky:
+    """A reconciler that fails with the given exceptions, one per call, then succeeds."""
+
+    def __init__(self, *failures: BaseException) -> None:
+        self.failures = list(failures)
+        self.calls: list[str] = []
+        self.done = asyncio.Event()
+
+    async def reconcile(self, body: Mapping[str, Any], logger: Logger) -> None:
+        self.calls.append(str(body["metadata"]["uid"]))
+        if self.failures:
+            raise self.failures.pop(0)
+        self.done.set()
+
+    def forget(self, uid: str) -> None:
+        pass
+
+
+def md(uid: str = "u1") -> dict[str, Any]:
+    return {"metadata": {"uid": uid, "name": "m", "namespace": "ai"}}
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [TimeoutError(), ApiError(500, "boom"), ApiError(403, "forbidden"), RuntimeError("a bug")],
+    ids=["timeout", "api-5xx", "api-403", "bug"],
+)
+async def test_any_failure_of_a_kicked_reconcile_is_retried(failure: BaseException) -> None:
+    reconciler = Flaky(failure, failure)
+    queue = WorkQueue(reconciler, RetryPolicy(base_seconds=0.01, slow_factor=2), resync_seconds=3600)
+    queue.remember(md(), deleted=False)
+    queue.kick("u1")  # as a child event does
+    await asyncio.wait_for(reconciler.done.wait(), 5)
+    assert reconciler.calls == ["u1", "u1", "u1"]
+    await queue.stop()
+
+
+async def test_handler_submissions_take_the_same_path_and_retry() -> None:
+    reconciler = Flaky(TimeoutError())
+    queue = WorkQueue(reconciler, RetryPolicy(base_seconds=0.01), resync_seconds=3600)
+    queue.submit(md("u2"))  # as the create/update/resume handlers do
+    await asyncio.wait_for(reconciler.done.wait(), 5)
+    assert reconciler.calls == ["u2", "u2"]
+    assert queue.known["u2"]["metadata"]["name"] == "m"
+    await queue.stop()
+
+
+async def test_the_retry_waits_the_policy_delay() -> None:
+    reconciler = Flaky(ApiError(503, "unavailable"))
+    queue = WorkQueue(reconciler, RetryPolicy(base_seconds=0.3), resync_seconds=3600)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    queue.submit(md())
+    await asyncio.wait_for(reconciler.done.wait(), 5)
+    assert loop.time() - started >= 0.3
+    await queue.stop()
+
+
+async def test_kicks_while_running_fold_into_one_more_run() -> None:
+    gate = asyncio.Event()
+    calls: list[int] = []
+
+    class Slow(Flaky):
+        async def reconcile(self, body: Mapping[str, Any], logger: Logger) -> None:
+            calls.append(1)
+            await gate.wait()
+
+    queue = WorkQueue(Slow(), RetryPolicy(base_seconds=0.01), resync_seconds=3600)
+    queue.submit(md())
+    await asyncio.sleep(0.05)
+    for _ in range(5):
+        queue.kick("u1")
+    gate.set()
+    await asyncio.sleep(0.1)
+    assert len(calls) == 2
+    await queue.stop()
+
+
+async def test_unknown_and_deleted_deployments_are_not_reconciled() -> None:
+    reconciler = Flaky()
+    queue = WorkQueue(reconciler, RetryPolicy(base_seconds=0.01), resync_seconds=3600)
+    queue.kick("nobody")
+    queue.remember(md(), deleted=False)
+    queue.remember(md(), deleted=True)
+    queue.kick("u1")
+    await asyncio.sleep(0.05)
+    assert reconciler.calls == []
+    await queue.stop()
+
+
+def test_owner_uid_only_from_a_modeldeployment_owner() -> None:
+    owned = {
+        "metadata": {
+            "ownerReferences": [
+                {"kind": "ReplicaSet", "apiVersion": "apps/v1", "uid": "x"},
+                {"kind": "ModelDeployment", "apiVersion": "respublica.dev/v1alpha1", "uid": "u1"},
+            ]
+        }
+    }
+    assert owner_uid(owned) == "u1"
+    assert owner_uid({"metadata": {}}) is None
+    foreign = {"metadata": {"ownerReferences": [{"kind": "ModelDeployment", "apiVersion": "other.io/v1"}]}}
+    assert owner_uid(foreign) is None
