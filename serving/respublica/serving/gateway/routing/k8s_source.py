@@ -11,6 +11,10 @@ created first (`metadata.creationTimestamp`) owns the name, ties broken by `name
 lexical order. The others never serve it; each conflict is logged once and kept in
 `RouteTable.conflicts`. The owner keeps the name even while it is not ready, so a request never
 flips silently to another namespace's model (with another access list).
+
+The API is reached through the one Kubernetes client the operator uses too
+(`respublica.api.kube_client`: access from a kubeconfig or the service account, inline
+certificates, logging in again on 401); this module adds only the list-then-watch loop.
 """
 
 from __future__ import annotations
