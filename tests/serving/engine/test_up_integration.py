@@ -3,7 +3,9 @@ the official `openai` client as the caller.
 
 One `up` process serves every test of the session (the engine takes about a minute to load); the
 last test stops it with SIGINT and checks that no process of the run is left behind: none carrying
-the marker put into `up`'s environment, none in the process session `up` was started in.
+the marker put into `up`'s environment, none in the process session `up` was started in. It is
+started with SIGINT ignored, as `up &` from a script or `nohup up` start it: Ctrl-C must work anyway.
+A second `up` is stopped while its model loads, and must leave nothing behind either.
 """
 
 from __future__ import annotations
@@ -61,8 +63,11 @@ def _pump(stream: object, sink: list[str]) -> None:
         sink.append(line)
 
 
-@pytest.fixture(scope="session")
-def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # what a non-interactive shell does for `cmd &`
+
+
+def _start(tmp_path_factory: pytest.TempPathFactory) -> Running:
     if not _engine_installed():
         pytest.skip("the engine is not installed: pip install -e '.[engine-cpu]' (or '.[engine]' with a GPU)")
     marker = uuid.uuid4().hex
@@ -86,11 +91,35 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         str(int(START_TIMEOUT_S)),
     ]
     proc = subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=_ignore_sigint,
     )
     running = Running(proc=proc, marker=marker, env=env)
     for stream, sink in ((proc.stdout, running.stdout), (proc.stderr, running.stderr)):
         threading.Thread(target=_pump, args=(stream, sink), daemon=True).start()
+    return running
+
+
+def _end(running: Running) -> None:
+    proc = running.proc
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+    processes.end_processes(processes.pids_with_env(MARKER_ENV, running.marker), grace_s=2.0)
+
+
+@pytest.fixture(scope="session")
+def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    running = _start(tmp_path_factory)
+    proc = running.proc
     try:
         deadline = time.monotonic() + START_TIMEOUT_S + 60
         while not any("Ctrl-C stops everything" in line for line in running.stderr):
@@ -109,13 +138,7 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         running.api_key = key.group(1)
         yield running
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-        processes.end_processes(processes.pids_with_env(MARKER_ENV, marker), grace_s=2.0)
+        _end(running)
 
 
 @pytest.fixture
@@ -247,21 +270,51 @@ def test_status_reports_it(up: Running) -> None:
     assert proxies == ["proxy_127.0.0.1.log"]
 
 
-def test_sigint_stops_everything(up: Running) -> None:
-    def left() -> list[int]:
-        return sorted(
-            set(processes.pids_with_env(MARKER_ENV, up.marker)) | set(_session_members(up.proc.pid))
-        )
+def _left(running: Running) -> list[int]:
+    marked = processes.pids_with_env(MARKER_ENV, running.marker)
+    return sorted(set(marked) | set(_session_members(running.proc.pid)))
 
-    running = left()
+
+def _assert_nothing_left(running: Running) -> None:
+    deadline = time.monotonic() + 20
+    while _left(running) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left_behind = _left(running)
+    described = [Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:120] for pid in left_behind]
+    assert not left_behind, f"left behind: {described}"
+
+
+def test_sigint_stops_everything(up: Running) -> None:
+    """SIGINT stops `up` although it was started with SIGINT ignored (see `_start`)."""
+    running = _left(up)
     assert len(running) > 5, running  # Ray's daemons, Serve's actors, vLLM's engine processes
     os.kill(up.proc.pid, signal.SIGINT)
     assert up.proc.wait(timeout=120) == 0, up.output()
-    deadline = time.monotonic() + 20
-    while left() and time.monotonic() < deadline:
-        time.sleep(0.5)
-    left_behind = left()
-    described = [Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:120] for pid in left_behind]
-    assert not left_behind, f"left behind: {described}"
+    _assert_nothing_left(up)
     assert "leftover" not in "".join(up.stderr), up.output()  # Ray's own shutdown ended everything
     assert "(raylet)" not in "".join(up.stderr), up.output()  # nor Ray's notices on the terminal
+    assert "graceful_shutdown" not in "".join(up.stderr), up.output()
+
+
+def test_a_stop_while_the_model_loads_leaves_nothing_behind(
+    up: Running, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Runs after the session's `up` stopped (one engine at a time on a small machine)."""
+    assert up.proc.poll() is not None
+    running = _start(tmp_path_factory)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not any("loading the model(s)" in line for line in running.stderr):
+            assert running.proc.poll() is None, running.output()
+            assert time.monotonic() < deadline, running.output()
+            time.sleep(0.2)
+        time.sleep(5.0)  # Serve's deploy thread is inside serve.run, the replica starting vLLM
+        assert not any("Ctrl-C stops everything" in line for line in running.stderr), "loaded too fast"
+        os.kill(running.proc.pid, signal.SIGINT)
+        assert running.proc.wait(timeout=120) == 0, running.output()
+        _assert_nothing_left(running)
+        output = running.output()
+        assert "Started a local Ray instance" not in output, output  # no second Ray after the stop
+        assert "Stopping…" in output and "Traceback" not in output, output
+    finally:
+        _end(running)
