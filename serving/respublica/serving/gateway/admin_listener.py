@@ -1,4 +1,4 @@
-"""The optional admin listener: /admin and /metrics on their own host and port (`admin_port`),
+"""The optional admin listener: /admin, /console and /metrics on their own host and port (`admin_port`),
 so the public listener serves only the OpenAI surface and health. It runs inside the gateway's
 process and event loop, started and stopped by the public app's lifespan, sharing its parts."""
 

@@ -99,6 +99,15 @@ class TelemetrySettings(_Section):
     )
 
 
+class ConsoleSettings(_Section):
+    enabled: bool = Field(default=True, description="The web console at /console (needs admin_key).")
+    secure_cookie: bool = Field(
+        default=False,
+        description="Mark the session cookie Secure: set it when the console is reached over TLS.",
+    )
+    session_hours: float = Field(default=8.0, gt=0, le=24 * 30, description="How long a login lasts.")
+
+
 class GatewaySettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
@@ -120,6 +129,7 @@ class GatewaySettings(_Section):
         description="Serve /admin and /metrics on this port (admin_host) instead of the public one.",
     )
     admin_host: str = Field(default="127.0.0.1", description="Address of the admin listener.")
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
     oidc: OIDCSettings = Field(default_factory=OIDCSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)

@@ -122,6 +122,22 @@ def build_from_settings(settings: GatewaySettings) -> FastAPI:
         from respublica.serving.gateway.admin import admin_router
 
         routers.append(admin_router(repo, settings.admin_key.get_secret_value(), tenants=tenants, keys=keys))
+        if settings.console.enabled:
+            from respublica.serving.gateway.admin_service import AdminService
+            from respublica.serving.gateway.console import console_router
+
+            service = AdminService(
+                repo, declared=tenants.declared, forget_tenant=tenants.forget, forget_key=keys.forget
+            )
+            routers.append(
+                console_router(
+                    service,
+                    holder,
+                    settings.admin_key.get_secret_value(),
+                    secure_cookie=settings.console.secure_cookie,
+                    session_ttl_s=settings.console.session_hours * 3600,
+                )
+            )
     app = create_app(
         settings,
         authenticator=authenticator,

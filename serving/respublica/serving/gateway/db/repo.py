@@ -53,6 +53,15 @@ class SpendTotal:
 
 
 @dataclass(frozen=True)
+class ModelActivity:
+    model: str
+    requests: int
+    errors: int
+    input_tokens: int
+    output_tokens: int
+
+
+@dataclass(frozen=True)
 class AuditEntry:
     at: float
     actor: str
@@ -239,6 +248,34 @@ class Repository:
             (since,),
         )
         return [SpendTotal(r["tenant"], r["subject"], int(r["tokens"] or 0)) for r in rows]
+
+    async def model_activity(self, since: float) -> list[ModelActivity]:
+        """Requests, errors (status >= 400) and tokens per model for requests started at or after `since`."""
+        rows = await self.db.fetch(
+            "SELECT model, COUNT(*) AS requests, SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END) AS errors, "
+            "SUM(input_tokens) AS input_tokens, SUM(output_tokens) AS output_tokens "
+            "FROM usage WHERE started_at >= ? GROUP BY model ORDER BY model",
+            (since,),
+        )
+        return [
+            ModelActivity(
+                model=r["model"],
+                requests=int(r["requests"]),
+                errors=int(r["errors"] or 0),
+                input_tokens=int(r["input_tokens"] or 0),
+                output_tokens=int(r["output_tokens"] or 0),
+            )
+            for r in rows
+        ]
+
+    async def ttft_samples(self, since: float, limit: int = 50_000) -> list[tuple[str, float]]:
+        """(model, time to first token in ms) of the latest streamed requests started since `since`."""
+        rows = await self.db.fetch(
+            "SELECT model, ttft_ms FROM usage WHERE started_at >= ? AND ttft_ms IS NOT NULL "
+            "ORDER BY started_at DESC LIMIT ?",
+            (since, limit),
+        )
+        return [(r["model"], float(r["ttft_ms"])) for r in rows]
 
     # -- audit ----------------------------------------------------------------------------------
     async def audit(self, actor: str, action: str, target: str, detail: dict[str, Any] | None = None) -> None:
