@@ -194,7 +194,7 @@ def _read_only_root(image: Image, container: str, work: Path) -> Iterator[Callab
 
         def wrap(command: list[str]) -> list[str]:
             script = (
-                'set -e; R="$0"; W="$1"; shift 2; '
+                'set -e; R="$0"; W="$1"; shift; '
                 'mount --bind "$R" "$R"; mount -o remount,bind,ro "$R" "$R"; '
                 'mount -t tmpfs -o mode=1777 tmpfs "$R/tmp"; mkdir "$R/tmp/work"; '
                 'mount --bind "$W" "$R/tmp/work"; mount --rbind /dev "$R/dev"; mount -t proc proc "$R/proc"; '
