@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 from collections import deque
 from typing import Any, cast
@@ -108,7 +109,9 @@ def pace_of(model: str, default_s: float) -> float:
     return default_s
 
 
-MODELS = json.dumps({"object": "list", "data": [{"id": "m", "object": "model", "owned_by": "bench"}]}).encode()
+MODELS = json.dumps(
+    {"object": "list", "data": [{"id": "m", "object": "model", "owned_by": "bench"}]}
+).encode()
 NOT_FOUND = b'{"error":{"message":"not found","type":"not_found"}}'
 BAD = b'{"error":{"message":"body is not JSON","type":"invalid_request_error"}}'
 
@@ -225,16 +228,16 @@ def run(coro: Any) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--tokens", type=int, default=16, help="Tokens when a request sets no max_tokens.")
     parser.add_argument("--delay-ms", type=float, default=0.0, help="Between a stream's tokens.")
     args = parser.parse_args()
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         run(serve(args.host, args.port, args.tokens, args.delay_ms / 1000))
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

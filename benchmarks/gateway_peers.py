@@ -2,7 +2,7 @@
 
     bash benchmarks/setup_peers.sh                                  # once: the peers' own venv
     benchmarks/.venv-peers/bin/python benchmarks/gateway_peers.py   # the full run (docs/performance.md)
-    .venv/bin/python benchmarks/gateway_peers.py --quick            # seconds: direct, pass-through, respublica
+    .venv/bin/python benchmarks/gateway_peers.py --quick            # seconds: direct, floor, respublica
 
 Targets: `direct` (the fake upstream itself), `passthrough` (a bare aiohttp proxy: the floor),
 `respublica` (every feature on), `litellm` (LiteLLM's proxy) and `vllm-router` (Rust). All proxy to
@@ -68,7 +68,9 @@ async def measure(target: Target, scenario: Scenario, seconds: float, upstream_p
     """One window: the load, the target's and the upstream's CPU over it, the target's peak RSS."""
     assert target.proc is not None
     pid = target.proc.pid
-    workload = loadgen.Workload(target.url, target.headers, scenario.model, scenario.max_tokens, scenario.stream)
+    workload = loadgen.Workload(
+        target.url, target.headers, scenario.model, scenario.max_tokens, scenario.stream
+    )
     peak = proctree.rss_bytes(pid)
     running = True
 
@@ -99,7 +101,9 @@ async def measure(target: Target, scenario: Scenario, seconds: float, upstream_p
 async def warm_up(target: Target, quick: bool) -> str | None:
     """A few requests of each kind; the reason when the target can not serve them."""
     for scenario in scenarios(8, 10):
-        workload = loadgen.Workload(target.url, target.headers, scenario.model, scenario.max_tokens, scenario.stream)
+        workload = loadgen.Workload(
+            target.url, target.headers, scenario.model, scenario.max_tokens, scenario.stream
+        )
         result = await loadgen.closed_loop(workload, 4, 0.3 if quick else 1.5)
         if result.completed == 0:
             return f"warm-up failed ({scenario.name}): {'; '.join(result.error_samples[:2]) or 'no reply'}"
@@ -156,7 +160,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         for name in chosen:
             target = start_target(name, workdir, upstream, otlp_url, args)
             started.append(target)
-            print(f"  {name}: {target.unavailable and 'unavailable: ' + target.unavailable or 'up ' + target.url}")
+            state = f"unavailable: {target.unavailable}" if target.unavailable else f"up {target.url}"
+            print(f"  {name}: {state}", flush=True)
         idle_rss: dict[str, int] = {}
         for target in started:
             if target.unavailable is None:
@@ -178,7 +183,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     windows.append(window)
                     print(
                         f"  round {round_no + 1} {scenario.name:8} {target.name:12} "
-                        f"{window['rps']:8.1f} req/s  cpu {window['cpu_s']:6.2f} s  errors {window['errors']}",
+                        f"{window['rps']:8.1f} req/s  cpu {window['cpu_s']:6.2f} s  "
+                        f"errors {window['errors']}",
                         flush=True,
                     )
                     await asyncio.sleep(0.2)
@@ -211,14 +217,20 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rounds", type=int, default=3, help="Alternating rounds (default 3).")
     parser.add_argument("--seconds", type=float, default=10.0, help="Per target, scenario and round.")
-    parser.add_argument("--quick", action="store_true", help="1 round of 1.5 s; direct, pass-through, respublica.")
+    parser.add_argument(
+        "--quick", action="store_true", help="1 round of 1.5 s; direct, pass-through, respublica."
+    )
     parser.add_argument("--targets", default="", help=f"Comma-separated, from {', '.join(ALL_TARGETS)}.")
     parser.add_argument("--concurrency", type=int, default=32, help="Closed-loop connections (default 32).")
     parser.add_argument("--rate", type=float, default=50.0, help="Open-loop req/s of the paced scenario.")
-    parser.add_argument("--litellm-workers", type=int, default=2, help="LiteLLM proxy workers (default 2).")
+    parser.add_argument(
+        "--litellm-workers", type=int, default=1, help="LiteLLM proxy workers (default 1, as respublica)."
+    )
     parser.add_argument("--out-dir", type=Path, default=targets.HERE / "results")
     parser.add_argument("--no-chart", action="store_true", help="Skip the PNG even if matplotlib is there.")
     args = parser.parse_args(argv)

@@ -51,7 +51,7 @@ class Parser:
                 head = bytes(buf[:end])
                 del buf[: end + 4]
                 self._head(head)
-            elif state == _LENGTH or state == _CHUNK_DATA:
+            elif state in (_LENGTH, _CHUNK_DATA):
                 take = min(self.remaining, len(buf))
                 self.sink.on_body(bytes(buf[:take]))
                 del buf[:take]
@@ -142,7 +142,10 @@ def response_head(status: int, content_type: bytes, length: int | None, extra: b
     reason = {200: b"OK", 404: b"Not Found", 400: b"Bad Request", 405: b"Method Not Allowed"}.get(
         status, b"Status"
     )
-    return (
-        b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\n%s\r\n%s\r\n"
-        % (status, reason, content_type, framing, extra)
+    return b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\n%s\r\n%s\r\n" % (
+        status,
+        reason,
+        content_type,
+        framing,
+        extra,
     )

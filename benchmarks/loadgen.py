@@ -147,7 +147,7 @@ class Conn(asyncio.Protocol):
 async def connect(url: str) -> Conn:
     parts = urlsplit(url)
     loop = asyncio.get_running_loop()
-    _, conn = await loop.create_connection(Conn, parts.hostname, parts.port or 80)
+    _, conn = await loop.create_connection(Conn, parts.hostname or "127.0.0.1", parts.port or 80)
     return conn
 
 
@@ -159,7 +159,7 @@ async def one(
         if conn is None or not conn.usable:
             conn = await connect(url)
         status, first, tail = await conn.send(request)
-    except (OSError, asyncio.TimeoutError, ValueError) as exc:
+    except (TimeoutError, OSError, ValueError) as exc:
         result.error(f"{type(exc).__name__}: {exc}"[:200])
         if conn is not None and conn.transport is not None:
             conn.transport.close()

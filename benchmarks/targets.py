@@ -8,6 +8,7 @@ tenants|keys create`, `respublica gateway`), never through internal imports.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -120,10 +121,8 @@ def stop(proc: Proc, within_s: float = 15.0) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.popen.wait(10)
-    try:  # workers left behind by their parent
+    with contextlib.suppress(ProcessLookupError):  # workers left behind by their parent
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def get_json(url: str) -> object:
@@ -136,7 +135,11 @@ def get_json(url: str) -> object:
 
 def start_upstream(workdir: Path, python: str, tokens: int) -> Target:
     port = free_port()
-    proc = spawn("upstream", [python, str(HERE / "fake_upstream.py"), "--port", str(port), "--tokens", str(tokens)], workdir)
+    proc = spawn(
+        "upstream",
+        [python, str(HERE / "fake_upstream.py"), "--port", str(port), "--tokens", str(tokens)],
+        workdir,
+    )
     url = f"http://127.0.0.1:{port}"
     wait_ready(proc, url + "/health", 30)
     return Target("direct", url, proc=proc, note="the fake upstream itself")
@@ -191,7 +194,21 @@ def start_respublica(workdir: Path, upstream: str, otlp: str) -> Target:
     home.mkdir(exist_ok=True)
     db = f"sqlite:///{home / 'gateway.db'}"
     # Limits far above what a run spends, but set: an unlimited tenant would skip the quota path.
-    _cli(binary, ["tenants", "create", "bench", "--db", db, "--rpm", "1000000000", "--tokens-per-day", "1000000000000"], home)
+    _cli(
+        binary,
+        [
+            "tenants",
+            "create",
+            "bench",
+            "--db",
+            db,
+            "--rpm",
+            "1000000000",
+            "--tokens-per-day",
+            "1000000000000",
+        ],
+        home,
+    )
     key = _cli(binary, ["keys", "create", "--tenant", "bench", "--name", "benchmark", "--db", db], home)
     routes = home / "routes.yaml"
     routes.write_text(yaml.safe_dump({"models": [{"name": m, "endpoints": [upstream]} for m in MODELS]}))
@@ -236,7 +253,10 @@ def peers_bin(name: str) -> Path:
 def peer_version(package: str) -> str:
     venv = Path(os.environ.get("PEERS_VENV", HERE / ".venv-peers"))
     done = subprocess.run(
-        [str(venv / "bin" / "python"), "-m", "pip", "show", package], capture_output=True, text=True, timeout=60
+        [str(venv / "bin" / "python"), "-m", "pip", "show", package],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     for line in done.stdout.splitlines():
         if line.startswith("Version:"):
@@ -256,7 +276,11 @@ def start_litellm(workdir: Path, upstream: str, workers: int) -> Target:
                 "model_list": [
                     {
                         "model_name": m,
-                        "litellm_params": {"model": f"openai/{m}", "api_base": upstream + "/v1", "api_key": "none"},
+                        "litellm_params": {
+                            "model": f"openai/{m}",
+                            "api_base": upstream + "/v1",
+                            "api_key": "none",
+                        },
                     }
                     for m in MODELS
                 ],
@@ -294,8 +318,10 @@ def start_vllm_router(workdir: Path, upstream: str) -> Target:
     home.mkdir(exist_ok=True)
     port = free_port()
     args = [str(binary), "--worker-urls", upstream, "--host", "127.0.0.1", "--port", str(port)]
-    args += ["--policy", "round_robin"]
+    args += ["--policy", "round_robin", "--prometheus-port", str(free_port()), "--log-level", "warning"]
     proc = spawn("vllm-router", args, home)
     url = f"http://127.0.0.1:{port}"
     wait_ready(proc, url + "/health", 60)
-    return Target("vllm-router", url, proc=proc, version=peer_version("vllm-router"), note="round robin, 1 worker")
+    return Target(
+        "vllm-router", url, proc=proc, version=peer_version("vllm-router"), note="round robin, 1 worker"
+    )

@@ -1,0 +1,135 @@
+"""The benchmark harness still works: a reduced run of benchmarks/gateway_peers.py (direct, the bare
+pass-through, respublica's gateway with every feature on) completes requests on every target with no
+error, exports traces to the loopback OTLP receiver, and writes the JSON the docs are made from. No
+timing is asserted: CI machines are shared and their numbers mean nothing."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+RUNNER = REPO / "benchmarks" / "gateway_peers.py"
+SCENARIOS = {"plain16", "stream64", "paced"}
+
+
+def run_bench(out: Path, *args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(RUNNER),
+            "--quick",
+            "--seconds",
+            "0.7",
+            "--out-dir",
+            str(out),
+            "--no-chart",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    files = list(out.glob("gateway-peers-*.json"))
+    assert len(files) == 1, files
+    results: dict[str, Any] = json.loads(files[0].read_text())
+    assert "| target |" in done.stdout  # the printed table
+    return results
+
+
+def test_quick_run_measures_direct_passthrough_and_respublica(tmp_path: Path) -> None:
+    results = run_bench(tmp_path)
+    rows = {row["target"]: row for row in results["rows"]}
+    assert list(rows) == ["direct", "passthrough", "respublica"]
+    for name, row in rows.items():
+        assert row["unavailable"] is None, (name, row["unavailable"])
+        assert set(row["scenarios"]) == SCENARIOS
+        for scenario, figures in row["scenarios"].items():
+            where = f"{name}/{scenario}"
+            assert figures["completed"] > 0, where
+            assert figures["errors"] == 0, (where, figures["error_samples"])
+            assert figures["cpu_ms_per_request"] > 0, where
+            assert figures["latency_ms"]["p50"] > 0, where
+            assert figures["peak_rss_mb"] > 0, where
+        for scenario in ("stream64", "paced"):
+            assert row["scenarios"][scenario]["ttft_ms"]["p50"] is not None
+        assert row["idle_rss_mb"] > 0
+    # The gateway's tracing reached the real OTLP receiver (the stop flushes the last batch).
+    assert results["otlp_receiver"]["posts"] > 0
+    assert set(results["ratios"]) == {"respublica_vs_passthrough", "respublica_vs_direct"}
+
+
+def test_a_peer_that_is_not_installed_is_a_row_not_a_crash(tmp_path: Path) -> None:
+    empty = tmp_path / "no-peers-venv"
+    empty.mkdir()
+    results = run_bench(
+        tmp_path / "out", "--targets", "direct,litellm,vllm-router", env={"PEERS_VENV": str(empty)}
+    )
+    rows = {row["target"]: row for row in results["rows"]}
+    assert rows["litellm"]["unavailable"].startswith("not installed")
+    assert rows["vllm-router"]["unavailable"].startswith("not installed")
+    assert rows["direct"]["scenarios"]["plain16"]["completed"] > 0
+
+
+@pytest.fixture(scope="module")
+def http11() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_http11", REPO / "benchmarks" / "http11.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.messages: list[tuple[bytes, bytes]] = []
+        self.start = b""
+        self.body = b""
+
+    def on_head(self, start: bytes, headers: dict[bytes, bytes]) -> None:
+        self.start, self.body = start, b""
+
+    def on_body(self, data: bytes) -> None:
+        self.body += data
+
+    def on_done(self) -> None:
+        self.messages.append((self.start, self.body))
+
+
+@pytest.mark.parametrize("step", [1, 3, 7, 1000])
+def test_parser_reads_pipelined_chunked_and_sized_responses_in_any_split(
+    http11: ModuleType, step: int
+) -> None:
+    wire = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + http11.chunk(b"data: a\n\n")
+        + http11.chunk(b"data: [DONE]\n\n")
+        + http11.LAST_CHUNK
+        + b"HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\n\r\nnop"
+        + b"HTTP/1.1 204 No Content\r\n\r\n"
+    )
+    sink = Recorder()
+    parser = http11.Parser(sink, response=True)
+    for i in range(0, len(wire), step):
+        parser.feed(wire[i : i + step])
+    assert sink.messages == [
+        (b"HTTP/1.1 200 OK", b"data: a\n\ndata: [DONE]\n\n"),
+        (b"HTTP/1.1 404 Not Found", b"nop"),
+        (b"HTTP/1.1 204 No Content", b""),
+    ]
+
+
+def test_parser_rejects_a_bad_chunk_size(http11: ModuleType) -> None:
+    parser = http11.Parser(Recorder(), response=True)
+    with pytest.raises(http11.ParseError, match="bad chunk size"):
+        parser.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
