@@ -1,7 +1,15 @@
 """The seams of the gateway's request path: who is calling, how much they may spend, what it cost.
 
-The request path is `authenticate -> admit (reserve) -> route -> proxy -> settle -> record`. The
-HTTP side (app, routes, proxy, routing, telemetry) talks to the policy side (auth, quota stores,
+The request path is `authenticate -> route and plan -> admit (reserve) -> proxy -> settle ->
+observe (span, metrics, ledger)`. Routing and planning (routes/plan.py: the route, the access rule,
+the output cap, the reservation size) come before admission on purpose: a request for a model
+that does not exist, that the caller may not use or that can not serve now, or with an invalid
+body, is answered without reserving tokens, taking a concurrency slot, counting against the
+requests per minute or a round trip to the quota store, and the reservation's size depends on the
+plan (the cap and the body). What a refusal reveals is the same either way: 404 for a name no route
+serves, 403 for one the caller may not use, before readiness (503) is looked at.
+
+The HTTP side (app, routes, proxy, routing, telemetry) talks to the policy side (auth, quota stores,
 database, ledger) only through these types, so either side can change without the other.
 """
 
