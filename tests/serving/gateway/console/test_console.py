@@ -7,15 +7,12 @@ import io
 import re
 
 import httpx
-import pytest
 from fastapi import FastAPI
 
-from helpers.clock import Clock
 from respublica.serving.gateway.admin_service import AdminService
 from respublica.serving.gateway.console import console_router
 from respublica.serving.gateway.console.router import CSP
 from respublica.serving.gateway.contracts import UsageRecord
-from respublica.serving.gateway.db import Repository
 from respublica.serving.gateway.routing.table import RouteHolder
 
 from .conftest import ADMIN, BASE, Console
@@ -303,13 +300,3 @@ async def test_usage_page_draws_both_charts(console: Console) -> None:
     assert "<b>llama</b>" not in page and "&lt;b&gt;llama&lt;/b&gt;" in page  # names are escaped
     assert re.search(r'<rect class="s0"[^>]*><title>2026-11-18 gitops: 120 tokens</title>', page)
     assert 'href="/console/usage.csv?from=2026-11-05&amp;to=2026-11-18"' in page
-
-
-def test_repo_is_the_only_source(console: Console) -> None:
-    # The console reads through the Repository the ledger writes: no second store of figures.
-    assert isinstance(console.repo, Repository)
-
-
-@pytest.mark.parametrize("clock_start", [Clock().now])
-def test_clock_fixture_day(clock_start: float) -> None:
-    assert 1_794_960_000 <= clock_start < 1_794_960_000 + 86400

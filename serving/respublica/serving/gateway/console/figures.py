@@ -122,7 +122,7 @@ def stacked_bars(days: Sequence[str], series: Mapping[str, Mapping[str, int]], t
     parts = [
         Markup(
             '<svg class="chart" viewBox="0 0 {w} {h}" role="img" aria-label="{title}"><title>{title}</title>'
-        ).format(w=width, h=height + 20 * ((len(names) + 3) // 4), title=title)
+        ).format(w=width, h=height + 12 + 20 * ((len(names) + 3) // 4), title=title)
     ]
     for tick in (0, ceiling // 2, ceiling):
         y = top + plot_h - plot_h * tick / ceiling
