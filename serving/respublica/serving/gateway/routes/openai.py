@@ -63,7 +63,7 @@ class OpenAIEndpoint:
         self.estimate = endpoint_of(path)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """admit -> proxy -> settle -> observe, each once; then the last word to the client."""
+        """plan -> admit -> proxy -> settle -> observe, each once; then the last word to the client."""
         call = Call()
         span = self.ctx.tracer.start_span(
             self.operation,
@@ -74,7 +74,9 @@ class OpenAIEndpoint:
         last: LastWord | None = None
         try:
             try:
-                last = await self._admit_and_proxy(call, span, scope, receive, send)
+                plan = await self._plan(call, span, scope, receive)
+                await self._admit(call, plan)
+                last = await self._proxy(call, span, plan, receive, send)
             except GatewayError as exc:
                 call.status, call.error_type = exc.status, exc.code
                 last = self._error(call, exc.body(), exc.headers)
@@ -120,9 +122,9 @@ class OpenAIEndpoint:
         except Exception as exc:
             log.error("request %s failed: %s", call.request_id, type(exc).__name__)
 
-    async def _admit_and_proxy(
-        self, call: Call, span: trace.Span, scope: Scope, receive: Receive, send: Send
-    ) -> LastWord | None:
+    async def _plan(self, call: Call, span: trace.Span, scope: Scope, receive: Receive) -> Plan:
+        """Who is calling and what they ask for: authenticate, read the body, resolve the route,
+        then the pure plan (routes/plan.py); its refusal is raised as the answer."""
         ctx = self.ctx
         principal = call.principal = await authenticate(ctx, scope)
         raw = await read_body(scope, receive, ctx.max_body_bytes)
@@ -142,16 +144,19 @@ class OpenAIEndpoint:
         if ctx.record_content:
             content = doc.get("messages") or doc.get("prompt") or doc.get("input")
             span.set_attribute(t.INPUT_MESSAGES, jsoncodec.dumps(content).decode())
+        return plan
 
-        decision = await ctx.quota.admit(principal, plan.reserve)
+    async def _admit(self, call: Call, plan: Plan) -> None:
+        """Reserve the plan's tokens and a concurrency slot; a rejection is raised as 429 (or 503)."""
+        ctx = self.ctx
+        assert call.principal is not None  # set by `_plan`
+        decision = await ctx.quota.admit(call.principal, plan.reserve)
         if isinstance(decision, Rejection):
             raise self._rejected(decision)
         call.reservation = decision.reservation
         if ctx.leases is not None:
             ctx.leases.hold(decision.reservation)
         call.rate_headers = rate_limit_headers(decision.headers)
-
-        return await self._proxy(call, span, plan, receive, send)
 
     def _rejected(self, rejection: Rejection) -> GatewayError:
         headers = [retry_after(rejection.retry_after_s), *rate_limit_headers(rejection.headers)]
