@@ -152,6 +152,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     unknown = sorted(set(chosen) - set(ALL_TARGETS))
     if unknown:
         raise SystemExit(f"unknown targets {unknown}; choose from {', '.join(ALL_TARGETS)}")
+    at_start = machine()
     upstream = targets.start_upstream(workdir, sys.executable, 16)
     otlp_proc, otlp_url = targets.start_otlp_receiver(workdir, sys.executable)
     assert upstream.proc is not None
@@ -212,7 +213,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "quick": args.quick,
             "litellm_workers": args.litellm_workers,
         },
-        machine={**machine(), "loadavg_end": list(os.getloadavg())},
+        machine={**at_start, "loadavg_end": list(os.getloadavg())},
     )
 
 
