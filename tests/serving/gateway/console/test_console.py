@@ -263,7 +263,7 @@ async def test_models_page_figures_of_the_last_hour(console: Console) -> None:
     assert cells == ["21", "300", "1", "100 ms", "190 ms"]  # requests, tokens, errors, p50, p95
     assert "ModelDeployment ai/llama (Running)" in llama and "http://10.0.0.7:8000" in llama
     private = page[page.index("<strong>private</strong>") :]
-    assert "no endpoint" in private and "gitops" in private and "no streamed request" in private
+    assert "no endpoint" in private and "gitops" in private and "no data" in private
 
 
 async def test_usage_csv_export(console: Console) -> None:
