@@ -64,10 +64,18 @@ def render_command(
         Text, _setting("Labels of the gateway's pods (key=value,...), admitted to the Serve port.")
     ] = None,
     kuberay_namespace: Annotated[
-        Text, _setting("Namespace of the KubeRay operator, admitted to the dashboard port (default: any).")
+        Text,
+        _setting(
+            "Namespace of the KubeRay operator, admitted to the head's dashboard and Serve ports "
+            "(default: kuberay-system)."
+        ),
     ] = None,
     kuberay_labels: Annotated[
         Text, _setting("Labels of the KubeRay operator's pods (key=value,...).")
+    ] = None,
+    monitoring_namespace: Annotated[
+        Text,
+        _setting("Namespace of Prometheus, admitted to the Ray pods' metrics port (default: monitoring)."),
     ] = None,
     hf_token_secret: Annotated[
         Text, _setting("Secret (key `token`) with a Hugging Face token for gated repositories.")
@@ -96,6 +104,7 @@ def render_command(
         "gateway-labels": gateway_labels,
         "kuberay-namespace": kuberay_namespace,
         "kuberay-labels": kuberay_labels,
+        "monitoring-namespace": monitoring_namespace,
         "hf-token-secret": hf_token_secret,
     }
     try:

@@ -276,6 +276,10 @@ def test_network_policies_admit_only_gateway_peers_and_kuberay(md: ModelDeployme
             "ports": [{"protocol": "TCP", "port": 8000}],
         },
         {"from": [{"podSelector": ray_pods}]},
+        {
+            "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+            "ports": [{"protocol": "TCP", "port": 8080}],
+        },
     ]
     head = policies[f"{name}-ray-head"]
     assert head["podSelector"] == {"matchLabels": {MODEL_LABEL: name, "respublica.dev/component": "ray-head"}}
@@ -285,10 +289,10 @@ def test_network_policies_admit_only_gateway_peers_and_kuberay(md: ModelDeployme
             "from": [
                 {
                     "podSelector": {"matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}},
-                    "namespaceSelector": {},
+                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kuberay-system"}},
                 }
             ],
-            "ports": [{"protocol": "TCP", "port": 8265}],
+            "ports": [{"protocol": "TCP", "port": 8265}, {"protocol": "TCP", "port": 8000}],
         }
     ]
 
@@ -353,7 +357,7 @@ def test_network_policy_options() -> None:
     assert kuberay_rule["from"][0]["namespaceSelector"] == {
         "matchLabels": {"kubernetes.io/metadata.name": "ray-system"}
     }
-    assert kuberay_rule["ports"] == [{"protocol": "TCP", "port": 9265}]
+    assert kuberay_rule["ports"] == [{"protocol": "TCP", "port": 9265}, {"protocol": "TCP", "port": 9000}]
     assert _serve_config(render(md, options))["http_options"]["port"] == 9000
     assert endpoint_url(md, options) == "http://m-serve-svc.ai.svc:9000"
 

@@ -39,6 +39,7 @@ VALUES = {
     "gateway-labels": "app=gw,tier=front",
     "kuberay-namespace": "ray-system",
     "kuberay-labels": "app.kubernetes.io/name=kuberay",
+    "monitoring-namespace": "prometheus",
     "hf-token-secret": "hf-token",
 }
 

@@ -109,6 +109,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("gateway-labels", "gateway_pod_labels", _labels),
     Setting("kuberay-namespace", "kuberay_namespace", _namespace),
     Setting("kuberay-labels", "kuberay_pod_labels", _labels),
+    Setting("monitoring-namespace", "monitoring_namespace", _namespace),
     Setting("hf-token-secret", "hf_token_secret", _secret_name),
 )
 BY_NAME = {setting.name: setting for setting in SETTINGS}

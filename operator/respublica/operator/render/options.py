@@ -34,12 +34,17 @@ class RenderOptions:
     gateway_pod_labels: Mapping[str, str] = field(
         default_factory=lambda: _labels(**{"app.kubernetes.io/name": "respublica-gateway"})
     )
-    # Who may reach the head's dashboard port (KubeRay submits the Serve config there).
-    # None: the operator's pods in any namespace.
-    kuberay_namespace: str | None = None
+    # Who may reach the head's dashboard port (KubeRay submits the Serve config there) and its Serve
+    # port (KubeRay's proxy health check): the pods with these labels in KubeRay's namespace, never
+    # the labels alone. None: the model's own namespace. Default: where the KubeRay chart is
+    # usually installed on a platform; set it to yours.
+    kuberay_namespace: str | None = "kuberay-system"
     kuberay_pod_labels: Mapping[str, str] = field(
         default_factory=lambda: _labels(**{"app.kubernetes.io/name": "kuberay-operator"})
     )
+
+    # Prometheus' namespace, admitted to every Ray pod's metrics port. None: no scraping.
+    monitoring_namespace: str | None = "monitoring"
 
     serve_port: int = 8000
     dashboard_port: int = 8265
