@@ -207,3 +207,12 @@ def test_render_passes_operator_settings(tmp_path: Path) -> None:
     default = run("render", "-f", write(tmp_path, GOOD))
     assert "registry.example.org" not in default.stdout
     assert "namespace: default" in default.stdout
+
+
+def test_version_flag_and_command_print_the_distribution_version() -> None:
+    from importlib.metadata import version
+
+    for argv in (["--version"], ["version"]):
+        result = CliRunner().invoke(app, argv)
+        assert result.exit_code == 0, result.output
+        assert result.stdout == f"{version('respublica')}\n"

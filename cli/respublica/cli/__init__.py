@@ -6,6 +6,8 @@ heavy (Ray, vLLM, FastAPI) until a command that needs it runs.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from respublica.cli import admin, gateway, local, operator_cmd, spec
@@ -18,8 +20,21 @@ app = typer.Typer(
 )
 
 
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        from importlib.metadata import version
+
+        typer.echo(version("respublica"))
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
     """respublica: open, sovereign model serving on Kubernetes and on one machine."""
 
 
