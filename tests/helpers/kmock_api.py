@@ -34,7 +34,7 @@ MD = "respublica.dev/v1alpha1/modeldeployments"
 RAYSERVICES = f"{RAYSERVICE.api_version}/{RAYSERVICE.plural}"
 # kmock's resource name (group/version/plural) -> kind, for every kind render declares.
 CHILD_RESOURCES = {f"{child.api_version}/{child.plural}": child.kind for child in CHILD_KINDS}
-OTHER_RESOURCES = {"v1/pods": "Pod", "v1/events": "Event"}
+OTHER_RESOURCES = {"v1/pods": "Pod", "v1/events": "Event", "ray.io/v1/rayclusters": "RayCluster"}
 # kopf waits for these two in discovery before it watches anything, even with scanning off.
 BACKBONE = {
     "v1/namespaces": "Namespace",
@@ -147,6 +147,9 @@ NEEDED = {
         for child in CHILD_KINDS
         for verb in ("get", "list", "watch", "create", "patch", "delete")
     },
+    # The running RayClusters' worker-group bounds and tolerations (raycluster_bounds).
+    ("ray.io", "rayclusters", "get"),
+    ("ray.io", "rayclusters", "patch"),
     ("", "pods", "list"),
     ("", "events", "create"),
     ("events.k8s.io", "events", "create"),

@@ -25,6 +25,7 @@ from respublica.api.load import describe_in_one_line
 from respublica.api.models import ModelDeployment
 from respublica.operator import drift, events
 from respublica.operator.kube import Kube
+from respublica.operator.raycluster_bounds import carry_bounds
 from respublica.operator.render import CHILD_KINDS, DOWNLOAD_JOB, MODEL_LABEL, RAYSERVICE, RenderError
 from respublica.operator.status import Observation, compute_status, status_changed, status_dict
 
@@ -207,6 +208,8 @@ class Reconciler:
                 refused.append(result.error)
             if want["kind"] == RAYSERVICE.kind:
                 rayservice = result.live
+                # KubeRay ignores bound and toleration changes (raycluster_bounds): carry them over.
+                await carry_bounds(self.kube, want, rayservice, logger)
             elif want["kind"] == DOWNLOAD_JOB.kind:
                 job = result.live
 
