@@ -33,6 +33,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from helpers import dashboards_configmap as configmap
 from helpers.gateway_harness import (
     ALPHA_KEY,
     LoopThread,
@@ -43,8 +44,7 @@ from helpers.gateway_harness import (
     start_gateway,
     stop_gateway,
 )
-from monitoring import configmap
-from monitoring.promql import PromQLSyntaxError, grafana_variable_names, metric_names, tokenize
+from helpers.promql import PromQLSyntaxError, grafana_variable_names, metric_names, tokenize
 from respublica.serving.gateway.routing.table import RouteHolder
 from respublica.serving.gateway.settings import GatewaySettings
 
@@ -412,7 +412,8 @@ def test_every_alert_is_unit_tested_or_named_in_the_runbooks() -> None:
 
 
 def test_configmap_carries_the_dashboard_files() -> None:
-    assert configmap.CONFIGMAP.read_text() == configmap.render(), "run `python tests/monitoring/configmap.py`"
+    regenerate = "run `python tests/helpers/dashboards_configmap.py`"
+    assert configmap.CONFIGMAP.read_text() == configmap.render(), regenerate
     doc = yaml.safe_load(configmap.CONFIGMAP.read_text())
     assert doc["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert set(doc["data"]) == {path.name for path in configmap.dashboard_files()}

@@ -3,7 +3,7 @@
 Grafana's dashboard sidecar (kiwigrid/k8s-sidecar, as the grafana and kube-prometheus-stack charts
 run it) loads every ConfigMap labelled `grafana_dashboard: "1"`; `grafana_folder` is the folder
 annotation those charts set (`sidecar.dashboards.folderAnnotation`). The JSON files are the source;
-`python tests/monitoring/configmap.py` rewrites the ConfigMap and the tests check it is current.
+`python tests/helpers/dashboards_configmap.py` rewrites the ConfigMap and the tests check it is current.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ DASHBOARDS = MONITORING / "dashboards"
 CONFIGMAP = MONITORING / "dashboards-configmap.yaml"
 
 HEADER = """\
-# Generated from manifests/monitoring/dashboards/*.json by `python tests/monitoring/configmap.py`;
+# Generated from manifests/monitoring/dashboards/*.json by `python tests/helpers/dashboards_configmap.py`;
 # edit the JSON files and rerun it. Grafana's dashboard sidecar loads ConfigMaps labelled
 # grafana_dashboard: "1" (set its search namespace to include this one, or copy it to Grafana's).
 apiVersion: v1
