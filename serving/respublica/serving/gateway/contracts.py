@@ -19,6 +19,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+# Priority classes of fair sharing, highest first: a waiting `interactive` request goes before any
+# waiting `batch` one; within a class the tenant with the least weighted service goes first.
+Priority = Literal["interactive", "batch"]
+PRIORITIES: tuple[Priority, ...] = ("interactive", "batch")
+
 RejectReason = Literal[
     "requests_per_minute",
     "tokens_per_minute",
@@ -42,6 +47,12 @@ class Limits:
     # The output cap written upstream where a client sets none; None inherits (key -> tenant ->
     # the gateway's `default_max_tokens` setting).
     default_max_tokens: int | None = None
+    # Fair sharing under saturation (fairness/): the tenant's share of a saturated model relative
+    # to others (None: 1), and the class its requests wait in; a key's priority overrides its
+    # tenant's. Weight is the tenant's only: fairness is between tenants.
+    fair_share_weight: float | None = None
+    priority: Priority | None = None
+    max_queued: int | None = None  # requests waiting per model at once; None: the gateway's setting
 
 
 @dataclass(frozen=True)
@@ -66,6 +77,13 @@ class Principal:
         if self.key_limits is not None and self.key_limits.default_max_tokens is not None:
             return self.key_limits.default_max_tokens
         return self.tenant_limits.default_max_tokens
+
+    @property
+    def priority(self) -> Priority:
+        """The key's class, else the tenant's, else `interactive` (every tenant equal by default)."""
+        if self.key_limits is not None and self.key_limits.priority is not None:
+            return self.key_limits.priority
+        return self.tenant_limits.priority or "interactive"
 
 
 class AuthError(Exception):

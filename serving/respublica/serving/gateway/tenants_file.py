@@ -8,6 +8,9 @@
           maxConcurrent: 32
           allowedModels: [llama-3-8b, qwen]
           defaultMaxTokens: 1024
+          fairShareWeight: 2         # twice the share of a saturated model (fair sharing)
+          priority: interactive      # or batch: waits behind every interactive request
+          maxQueued: 64              # requests waiting per model at once
       - name: students          # no limits: unlimited, every model
 
 A tenant in the file wins over a database tenant of the same name, and the admin API refuses

@@ -16,7 +16,7 @@ from pydantic.alias_generators import to_camel
 
 from respublica.api.load import describe_in_one_line
 from respublica.api.models import TENANT_PATTERN
-from respublica.serving.gateway.contracts import Limits
+from respublica.serving.gateway.contracts import Limits, Priority
 
 # One tenant-name rule for the whole project: the ModelDeployment API's `access.tenants` pattern,
 # whose '*' (every tenant) is not a name a tenant can have.
@@ -47,6 +47,10 @@ class LimitsModel(BaseModel):
     max_concurrent: int | None = Field(default=None, ge=0, le=LIMIT_MAX)
     allowed_models: tuple[str, ...] = Field(default=("*",), min_length=1)
     default_max_tokens: int | None = Field(default=None, ge=1, le=LIMIT_MAX)  # None: inherit
+    # Fair sharing (fairness/): share relative to other tenants, class, waiting requests per model.
+    fair_share_weight: float | None = Field(default=None, gt=0, le=1_000_000)
+    priority: Priority | None = None
+    max_queued: int | None = Field(default=None, ge=0, le=LIMIT_MAX)
 
     def to_limits(self) -> Limits:
         return Limits(**self.model_dump())
@@ -61,6 +65,9 @@ class LimitsModel(BaseModel):
             max_concurrent=limits.max_concurrent,
             allowed_models=limits.allowed_models,
             default_max_tokens=limits.default_max_tokens,
+            fair_share_weight=limits.fair_share_weight,
+            priority=limits.priority,
+            max_queued=limits.max_queued,
         )
 
 

@@ -6,6 +6,7 @@ models:
     endpoints: [http://127.0.0.1:8000]    # OpenAI-compatible servers (a trailing /v1 is dropped)
     tenants: ["*"]                        # optional, default every tenant
     adapters: [sql-helper]                # optional LoRA adapters: "llama-3-8b:sql-helper"
+    capacity: 8                           # optional: requests generating at once (fair sharing)
 ```
 """
 
@@ -31,6 +32,7 @@ class _Entry(BaseModel):
     endpoints: list[str] = Field(min_length=1)
     tenants: list[str] = Field(default_factory=lambda: ["*"])
     adapters: list[str] = Field(default_factory=list)
+    capacity: int | None = Field(default=None, ge=1, le=1_000_000)
 
     @field_validator("endpoints")
     @classmethod
@@ -65,6 +67,7 @@ def parse_routes(data: Any, origin: str = "routes file") -> RouteTable:
             tenants=tuple(e.tenants),
             adapters=tuple(e.adapters),
             source=origin,
+            capacity=e.capacity,
         )
         for e in parsed.models
     )

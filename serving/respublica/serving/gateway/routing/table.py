@@ -28,6 +28,8 @@ class Route:
     adapters: tuple[str, ...] = ()
     source: str = ""  # where it came from, e.g. `ModelDeployment ai/llama` or the routes file
     created: float = 0.0
+    # Requests its endpoints take at once, all together (fair sharing queues above it); None: unknown.
+    capacity: int | None = None
 
     def allows_tenant(self, tenant: str) -> bool:
         return "*" in self.tenants or tenant in self.tenants
