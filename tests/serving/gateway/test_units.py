@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from helpers.tls import self_signed
 from respublica.serving.gateway.contracts import RateHeaders
 from respublica.serving.gateway.errors import rate_limit_headers, retry_after
 from respublica.serving.gateway.routing.balancer import LeastOutstanding
@@ -169,34 +170,6 @@ def test_kubeconfig_token_context(tmp_path: Path) -> None:
         kubeconfig_access(config)
 
 
-def _self_signed() -> tuple[bytes, bytes]:
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return cert.public_bytes(serialization.Encoding.PEM), key_pem
-
-
 def test_kubeconfig_inline_credentials_leave_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import base64
     import ssl
@@ -205,7 +178,7 @@ def test_kubeconfig_inline_credentials_leave_no_file(tmp_path: Path, monkeypatch
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
-    cert, key = _self_signed()
+    cert, key = self_signed()
     b64 = {"cert": base64.b64encode(cert).decode(), "key": base64.b64encode(key).decode()}
     config = tmp_path / "kubeconfig"
     config.write_text(
