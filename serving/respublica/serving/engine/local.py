@@ -26,6 +26,7 @@ from respublica.api.engine_args import Accelerator, build_serving_args
 from respublica.api.models import ModelDeployment
 from respublica.api.telemetry_env import TELEMETRY_OFF_ENV
 from respublica.serving.engine import processes
+from respublica.serving.engine.tiny_model import default_cache_dir
 
 LOOPBACK = "127.0.0.1"
 APP_NAME = "respublica"
@@ -101,6 +102,64 @@ def engine_env(run_id: str) -> dict[str, str]:
     return {**TELEMETRY_OFF_ENV, **OFFLINE_ENV, **SINGLE_NODE_ENV, processes.RUN_ID_ENV: run_id}
 
 
+# Ray's dashboard process asks the cloud metadata servers (169.254.169.254, metadata.google.internal)
+# at start, usage statistics off or not: ray/dashboard/modules/usage_stats/usage_stats_head.py
+# `UsageStatsHead.run` calls `get_cluster_config_to_report("~/ray_bootstrap_config.yaml")` before it
+# reads the opt-out, and ray/_common/usage/usage_lib.py probes only when that file is missing. So
+# Ray's processes get a HOME of their own holding that file; the user's home is not written to.
+RAY_BOOTSTRAP_CONFIG = "ray_bootstrap_config.yaml"
+RAY_BOOTSTRAP_TEXT = """\
+# Written by `respublica up`. Ray's dashboard reads this file (as ~/ray_bootstrap_config.yaml) to
+# report the cluster's configuration; when it is missing, Ray asks the cloud metadata servers
+# (169.254.169.254, metadata.google.internal) which cloud it runs on. An empty mapping: nothing to
+# report, nothing to ask. This directory is the HOME of respublica's Ray processes only.
+{}
+"""
+
+
+def ray_home(cache_dir: Path) -> Path:
+    """The private HOME of Ray's processes, `<cache_dir>/ray-home`, holding the bootstrap config."""
+    home = cache_dir / "ray-home"
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / RAY_BOOTSTRAP_CONFIG
+    if not config.is_file() or config.read_text() != RAY_BOOTSTRAP_TEXT:
+        temporary = config.with_suffix(f".{os.getpid()}.tmp")  # two `up`s may write at once
+        temporary.write_text(RAY_BOOTSTRAP_TEXT)
+        os.replace(temporary, config)
+    return home
+
+
+def ray_home_env(home: Path, environ: Mapping[str, str]) -> dict[str, str]:
+    """HOME for Ray's processes, with the caches and configuration kept where the user's HOME put them.
+
+    Only HOME moves: Hugging Face, vLLM and torch caches follow XDG_CACHE_HOME, vLLM's configuration
+    XDG_CONFIG_HOME, Triton's kernel cache TRITON_HOME, so each is pinned to its value under the real
+    HOME unless the user set it.
+    """
+    real = Path(environ.get("HOME") or Path.home())
+    return {
+        "HOME": str(home),
+        "XDG_CACHE_HOME": environ.get("XDG_CACHE_HOME") or str(real / ".cache"),
+        "XDG_CONFIG_HOME": environ.get("XDG_CONFIG_HOME") or str(real / ".config"),
+        "TRITON_HOME": environ.get("TRITON_HOME") or str(real),
+    }
+
+
+@contextlib.contextmanager
+def _environment(changes: Mapping[str, str]) -> Iterator[None]:
+    """`changes` in os.environ while the block runs (processes started then inherit them), then undone."""
+    saved = {name: os.environ.get(name) for name in changes}
+    os.environ.update(changes)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def get_json(url: str, timeout: float = 5.0) -> Any:
     request = urllib.request.Request(url, headers={"Accept": "application/json"})
     with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -164,16 +223,21 @@ class LocalEngine:
 
             # Read when Ray is first imported; set here too in case something imported it earlier.
             ray_constants.ENABLE_RAY_CLUSTER = False
-            ray.init(
-                address="local",  # always a new private instance, never one RAY_ADDRESS points at
-                num_cpus=self.num_cpus,
-                num_gpus=self.num_gpus,
-                include_dashboard=False,
-                _node_ip_address=LOOPBACK,
-                log_to_driver=False,
-                logging_level=logging.WARNING,
-                namespace=APP_NAME,
-            )
+            # Every Ray process (the dashboard, the raylet, and through it the workers and vLLM) is
+            # started inside ray.init and inherits its HOME; `up` itself keeps the user's, where the
+            # gateway's database and the run's state file are found.
+            private_home = ray_home(default_cache_dir())
+            with _environment(ray_home_env(private_home, os.environ)):
+                ray.init(
+                    address="local",  # always a new private instance, never one RAY_ADDRESS points at
+                    num_cpus=self.num_cpus,
+                    num_gpus=self.num_gpus,
+                    include_dashboard=False,
+                    _node_ip_address=LOOPBACK,
+                    log_to_driver=False,
+                    logging_level=logging.WARNING,
+                    namespace=APP_NAME,
+                )
         # Serve logs every deployment's options at INFO on the driver: noise on the user's terminal.
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
         self.logs_dir = _logs_dir()
