@@ -18,6 +18,7 @@ import yaml
 from helpers import kmock_api as kapi
 from helpers.chart import CHART, NAMESPACE, RELEASE, objects, render
 from helpers.paths import CRD_FILE, REPO, SAMPLES
+from helpers.rbac import grants
 from respublica.operator.settings import OperatorConfig
 from respublica.serving.gateway.settings import load_settings
 
@@ -233,16 +234,6 @@ def test_samples_pass_the_rendered_crds_schema(sample: Path) -> None:
 # --- RBAC ----------------------------------------------------------------------------------------
 
 
-def _grants(role: dict[str, Any]) -> set[tuple[str, str, str]]:
-    return {
-        (group, resource, verb)
-        for rule in role["rules"]
-        for group in rule["apiGroups"]
-        for resource in rule["resources"]
-        for verb in rule["verbs"]
-    }
-
-
 @pytest.mark.parametrize("case", CASES)
 def test_rbac_has_no_wildcards_and_grants_exactly_what_the_code_uses(case: str) -> None:
     docs = rendered(case)
@@ -260,7 +251,7 @@ def test_rbac_has_no_wildcards_and_grants_exactly_what_the_code_uses(case: str) 
                 ("respublica.dev", "modeldeployments", v) for v in ("get", "list", "watch")
             },
         }[component]
-        assert _grants(role) == expected, (case, component)
+        assert grants(role) == expected, (case, component)
 
 
 def test_namespaced_operator_has_a_role_per_namespace_and_nothing_cluster_wide() -> None:

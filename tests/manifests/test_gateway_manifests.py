@@ -13,6 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from helpers.rbac import grants
 from respublica.api.models import ModelDeployment
 from respublica.operator.render import RenderOptions, render
 from respublica.operator.settings import OperatorConfig
@@ -76,18 +77,8 @@ def test_the_namespace_is_the_operators() -> None:
     ).read_text()
 
 
-def _grants(role: dict[str, Any]) -> set[tuple[str, str, str]]:
-    return {
-        (group, resource, verb)
-        for rule in role["rules"]
-        for group in rule["apiGroups"]
-        for resource in rule["resources"]
-        for verb in rule["verbs"]
-    }
-
-
 def test_cluster_role_reads_modeldeployments_and_nothing_else() -> None:
-    assert _grants(one("ClusterRole")) == {("respublica.dev", "modeldeployments", verb) for verb in READ_ONLY}
+    assert grants(one("ClusterRole")) == {("respublica.dev", "modeldeployments", verb) for verb in READ_ONLY}
     binding = one("ClusterRoleBinding")
     account = one("ServiceAccount")["metadata"]
     assert binding["roleRef"]["name"] == one("ClusterRole")["metadata"]["name"]
@@ -131,7 +122,7 @@ async def test_cluster_mode_asks_only_for_what_the_role_grants(kmock: kmock.Kube
         ("respublica.dev", "modeldeployments", "list"),
         ("respublica.dev", "modeldeployments", "watch"),
     }
-    assert used <= _grants(one("ClusterRole"))
+    assert used <= grants(one("ClusterRole"))
 
 
 def test_pod_is_hardened_with_a_writable_tmp_only() -> None:

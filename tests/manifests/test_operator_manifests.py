@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from helpers import kmock_api as kapi
+from helpers.rbac import grants
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
 ROOT = MANIFESTS / "operator"
@@ -66,24 +67,14 @@ def test_kubectl_applies_the_folder_in_a_working_order(folder: str) -> None:
     assert not (MANIFESTS / folder / "kustomization.yaml").exists()  # kubectl -f would send it to the API
 
 
-def _grants(role: dict[str, Any]) -> set[tuple[str, str, str]]:
-    return {
-        (group, resource, verb)
-        for rule in role["rules"]
-        for group in rule["apiGroups"]
-        for resource in rule["resources"]
-        for verb in rule["verbs"]
-    }
-
-
 def test_cluster_role_grants_exactly_what_the_operator_uses() -> None:
     role = one("ClusterRole")
-    assert _grants(role) == kapi.NEEDED
+    assert grants(role) == kapi.NEEDED
     assert all("*" not in str(rule) for rule in role["rules"])
 
 
 def test_namespaced_role_matches_the_cluster_role() -> None:
-    assert _grants(one("Role", where="namespaced/rbac.yaml")) == _grants(one("ClusterRole"))
+    assert grants(one("Role", where="namespaced/rbac.yaml")) == grants(one("ClusterRole"))
 
 
 def test_bindings_point_at_the_service_account() -> None:
