@@ -141,6 +141,8 @@ NEEDED = {
     ("respublica.dev", "modeldeployments", "patch"),
     ("respublica.dev", "modeldeployments/status", "get"),
     ("respublica.dev", "modeldeployments/status", "patch"),
+    # Not a call: the API server checks it when a child carries blockOwnerDeletion: true.
+    ("respublica.dev", "modeldeployments/finalizers", "update"),
     # Every child kind render declares: watched (kopf), read, created, patched, pruned.
     *{
         (child.group, child.plural, verb)

@@ -25,6 +25,7 @@ from respublica.operator.kube import connection
 from respublica.operator.render import CHILD_KINDS, MANAGED_BY, MANAGED_BY_LABEL
 from respublica.operator.settings import OperatorConfig
 from respublica.operator.work_queue import OperatorState, WorkQueue, owner_uid
+from respublica.operator.watch_filter import filter_child_watches
 
 
 def _state(memo: Any) -> OperatorState:
@@ -45,6 +46,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig | None = No
     async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         effective = config or OperatorConfig.from_env()
         effective.apply(settings)
+        filter_child_watches(settings)  # server-side labelSelector on the child kinds' watches
         state = OperatorState.build(effective, settings)
         memo["state"] = state
         state.queue.start()
