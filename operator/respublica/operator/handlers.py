@@ -24,8 +24,8 @@ from respublica.api.models import GROUP, PLURAL, VERSION
 from respublica.operator.kube import connection
 from respublica.operator.render import CHILD_KINDS, MANAGED_BY, MANAGED_BY_LABEL
 from respublica.operator.settings import OperatorConfig
-from respublica.operator.work_queue import OperatorState, WorkQueue, owner_uid
 from respublica.operator.watch_filter import filter_child_watches
+from respublica.operator.work_queue import OperatorState, WorkQueue, owner_uid
 
 
 def _state(memo: Any) -> OperatorState:
