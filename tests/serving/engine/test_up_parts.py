@@ -18,9 +18,13 @@ from respublica.cli import app
 from respublica.serving.engine import processes, state
 from respublica.serving.engine.local import (
     CPU_KV_CACHE_BYTES,
+    RAY_BOOTSTRAP_TEXT,
     LocalModel,
+    _environment,
     engine_env,
     local_engine_kwargs,
+    ray_home,
+    ray_home_env,
     root_cause,
     serving_args,
 )
@@ -314,3 +318,113 @@ print("initialized:", ray.is_initialized())
     assert "serve refused" in done.stdout and "auto-init refused" in done.stdout, done.stdout + done.stderr
     assert "initialized: False" in done.stdout
     assert "Started a local Ray instance" not in done.stdout + done.stderr
+
+
+def _needs(*modules: str) -> None:
+    import importlib.util
+
+    if any(importlib.util.find_spec(name) is None for name in modules):
+        pytest.skip(f"needs {', '.join(modules)}: pip install -e '.[gateway,engine-cpu]'")
+
+
+def test_rays_processes_get_a_home_whose_bootstrap_config_stops_the_metadata_probe(
+    private_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ray 2.60's dashboard runs ray/dashboard/modules/usage_stats/usage_stats_head.py
+    `UsageStatsHead.run`, which calls ray/_common/usage/usage_lib.py `get_cluster_config_to_report`
+    with `~/ray_bootstrap_config.yaml` before it reads the usage-statistics opt-out; that function
+    calls `get_cloud_from_metadata_requests` (169.254.169.254, metadata.google.internal) only when the
+    file is missing. Ray's own function is run here, with the probe replaced by a tripwire."""
+    _needs("ray")
+    from ray._common.usage import usage_lib
+
+    calls: list[str] = []
+
+    def tripwire() -> str:
+        calls.append("probe")
+        raise AssertionError("Ray asked the cloud metadata servers")
+
+    monkeypatch.setattr(usage_lib, "get_cloud_from_metadata_requests", tripwire)
+    home = ray_home(private_cache / "respublica")
+    assert home == private_cache / "respublica" / "ray-home"
+    config = home / "ray_bootstrap_config.yaml"
+    assert config.read_text().startswith("# Written by `respublica up`")  # says why it is there
+    assert yaml.safe_load(config.read_text()) == {}
+    for kubernetes in (False, True):  # in a pod (KUBERNETES_SERVICE_HOST) the missing file probes too
+        if kubernetes:
+            monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+        usage_lib.get_cluster_config_to_report(str(config))
+        assert calls == []
+        # The tripwire works: without the file Ray probes, and the probe's error escapes.
+        with pytest.raises(AssertionError, match="metadata servers"):
+            usage_lib.get_cluster_config_to_report(str(home / "missing.yaml"))
+        assert calls == ["probe"]
+        calls.clear()
+
+
+def test_the_ray_home_is_rewritten_when_changed_and_is_the_only_home_ray_gets(private_cache: Path) -> None:
+    home = ray_home(private_cache)
+    config = home / "ray_bootstrap_config.yaml"
+    config.write_text("provider: {type: aws}\n")
+    assert ray_home(private_cache) == home and config.read_text() == RAY_BOOTSTRAP_TEXT
+    assert sorted(p.name for p in home.iterdir()) == ["ray_bootstrap_config.yaml"]  # no temporary left
+    env = ray_home_env(home, {"HOME": "/home/u"})
+    assert env == {
+        "HOME": str(home),
+        "XDG_CACHE_HOME": "/home/u/.cache",
+        "XDG_CONFIG_HOME": "/home/u/.config",
+        "TRITON_HOME": "/home/u",
+    }
+    chosen = {"HOME": "/home/u", "XDG_CACHE_HOME": "/c", "XDG_CONFIG_HOME": "/f", "TRITON_HOME": "/t"}
+    assert ray_home_env(home, chosen) == {**chosen, "HOME": str(home)}
+    assert "HOME" not in engine_env("abc")  # `up` itself keeps the user's HOME (database, state file)
+
+
+CACHE_PATHS = """
+import importlib.util, json, os
+import huggingface_hub.constants as hf
+import triton.knobs as knobs
+# vllm/envs.py alone (importing vllm would import torch): the same module vLLM's workers read.
+origin = importlib.util.find_spec("vllm").origin
+spec = importlib.util.spec_from_file_location("vllm_envs", os.path.join(os.path.dirname(origin), "envs.py"))
+envs = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(envs)
+print(json.dumps({"vllm cache": envs.VLLM_CACHE_ROOT, "vllm config": envs.VLLM_CONFIG_ROOT,
+                  "hf hub": hf.HF_HUB_CACHE, "triton": knobs.cache.dir}))
+"""
+
+
+def test_caches_stay_under_the_users_home_in_rays_processes(tmp_path: Path) -> None:
+    """Hugging Face (huggingface_hub/constants.py HF_HOME), vLLM (vllm/envs.py VLLM_CACHE_ROOT,
+    VLLM_CONFIG_ROOT) and Triton (triton/knobs.py cache_knobs) find their directories where they
+    would under the user's HOME, though Ray's processes run with the private one."""
+    _needs("vllm", "triton", "huggingface_hub")
+    import json
+
+    user = tmp_path / "user"
+    base = {"PATH": os.environ.get("PATH", ""), "HOME": str(user)}
+
+    def paths(env: dict[str, str]) -> dict[str, str]:
+        done = subprocess.run(
+            [sys.executable, "-c", CACHE_PATHS], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        found: dict[str, str] = json.loads(done.stdout.splitlines()[-1])
+        return found
+
+    home = ray_home(tmp_path / "cache")
+    as_user = paths(base)
+    assert all(p.startswith(str(user)) for p in as_user.values()), as_user
+    assert paths({**base, **ray_home_env(home, base)}) == as_user
+    assert paths({**base, "HOME": str(home)}) != as_user  # HOME alone would move them
+
+
+def test_the_environment_is_changed_only_for_the_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", "/home/u")
+    monkeypatch.delenv("TRITON_HOME", raising=False)
+    with _environment({"HOME": "/private", "TRITON_HOME": "/home/u"}):
+        assert os.environ["HOME"] == "/private" and os.environ["TRITON_HOME"] == "/home/u"
+    assert os.environ["HOME"] == "/home/u" and "TRITON_HOME" not in os.environ
+    with pytest.raises(RuntimeError), _environment({"HOME": "/private"}):
+        raise RuntimeError("ray.init failed")
+    assert os.environ["HOME"] == "/home/u"
