@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import ssl
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import kmock
 import kopf
@@ -121,3 +123,60 @@ def test_paths_come_from_the_declared_kinds() -> None:
     assert path_of("PersistentVolumeClaim", "ai") == "/api/v1/namespaces/ai/persistentvolumeclaims"
     assert path_of("ModelDeployment", None) == "/apis/respublica.dev/v1alpha1/modeldeployments"
     assert {k.kind for k in CHILD_KINDS} <= set(RESOURCES)
+
+
+class Recording(Kube):
+    """A Kube whose API answers from a script: each request is recorded, writes return a version."""
+
+    def __init__(self) -> None:
+        async def login() -> kopf.ConnectionInfo:
+            raise AssertionError("no network in this test")
+
+        super().__init__(login)
+        self.requests: list[tuple[str, str]] = []
+        self.version = 0
+
+    async def request(self, method: str, path: str, body: Any = None, **_: Any) -> dict[str, Any] | None:
+        self.requests.append((method, path))
+        await asyncio.sleep(0.01)  # long enough for concurrent callers to pile up
+        if method == "GET":
+            return {"resources": [{"name": "rayservices"}]}
+        self.version += 1
+        return {
+            **(body or {}),
+            "metadata": {**((body or {}).get("metadata") or {}), "resourceVersion": str(self.version)},
+        }
+
+
+def _job(version: str) -> dict[str, Any]:
+    return {"kind": "Job", "metadata": {"name": "j", "namespace": kapi.NS, "resourceVersion": version}}
+
+
+async def test_the_echo_of_an_own_write_is_recognised_once() -> None:
+    kube = Recording()
+    await kube.create(
+        {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j", "namespace": kapi.NS}}
+    )
+    assert kube.is_echo("Job", "ADDED", _job("1")) is True
+    assert kube.is_echo("Job", "MODIFIED", _job("1")) is False  # consumed: a relist's copy is news
+    await kube.patch("Job", kapi.NS, "j", {"spec": {"b": 2}})
+    assert kube.is_echo("Job", "MODIFIED", _job("1")) is False  # an older version: someone else's
+    assert kube.is_echo("Job", "MODIFIED", _job("3")) is False  # a newer version: someone else's
+    assert kube.is_echo("Job", "MODIFIED", _job("2")) is True
+    await kube.delete("Job", kapi.NS, "j")
+    assert kube.is_echo("Job", "DELETED", _job("9")) is True
+    # A status patch is not a child write and leaves no echo behind.
+    await kube.patch("ModelDeployment", kapi.NS, "m", {"status": {}}, subresource="status")
+    assert (
+        kube.is_echo("ModelDeployment", "MODIFIED", {"metadata": {"name": "m", "namespace": kapi.NS}})
+        is False
+    )
+
+
+async def test_concurrent_discovery_sends_one_request() -> None:
+    kube = Recording()
+    answers = await asyncio.gather(*(kube.has_resource(RAYSERVICE) for _ in range(50)))
+    assert answers == [True] * 50
+    assert kube.requests == [("GET", RAYSERVICE.api_prefix)]
+    await kube.has_resource(RAYSERVICE)  # answered: the next caller asks again (the reconciler caches)
+    assert len(kube.requests) == 2

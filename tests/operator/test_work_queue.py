@@ -139,3 +139,119 @@ def test_owner_uid_only_from_a_modeldeployment_owner() -> None:
     assert owner_uid({"metadata": {}}) is None
     foreign = {"metadata": {"ownerReferences": [{"kind": "ModelDeployment", "apiVersion": "other.io/v1"}]}}
     assert owner_uid(foreign) is None
+
+
+def test_backoff_grows_with_failures_in_a_row_up_to_the_refusal_wait() -> None:
+    policy = RetryPolicy(base_seconds=2.0)
+    waits = [policy.delay(TimeoutError(), attempt) for attempt in range(1, 9)]
+    assert waits[:3] == [2.0, 3.0, 4.5]
+    assert waits == sorted(waits) and waits[-1] == 12.0
+    assert policy.delay(ApiError(403, "forbidden"), 5) == 12.0
+    assert policy.delay(ApiError(429, "slow", retry_after=7), 5) == 7.0
+
+
+async def test_kicks_while_waiting_for_a_slot_fold_into_that_run() -> None:
+    """The dirty flag is cleared only when the run has its slot: kicks before that are that run's."""
+    gate = asyncio.Event()
+    calls: list[str] = []
+
+    class Gated(Flaky):
+        async def reconcile(self, body: Mapping[str, Any], logger: Logger) -> None:
+            calls.append(str(body["metadata"]["uid"]))
+            await gate.wait()
+
+    queue = WorkQueue(Gated(), RetryPolicy(base_seconds=0.01), resync_seconds=3600, max_concurrent=1)
+    queue.submit(md("a"))
+    queue.submit(md("b"))  # waits for the only slot
+    await asyncio.sleep(0.05)
+    for _ in range(5):
+        queue.kick("b")
+    gate.set()
+    await asyncio.sleep(0.1)
+    assert calls == ["a", "b"]
+    assert queue.runs == 2
+    await queue.stop()
+
+
+async def test_at_most_max_concurrent_reconciles_run_at_once() -> None:
+    running = 0
+    peak = 0
+
+    class Counting(Flaky):
+        async def reconcile(self, body: Mapping[str, Any], logger: Logger) -> None:
+            nonlocal running, peak
+            running += 1
+            peak = max(peak, running)
+            await asyncio.sleep(0.01)
+            running -= 1
+            self.calls.append(str(body["metadata"]["uid"]))
+
+    reconciler = Counting()
+    queue = WorkQueue(reconciler, RetryPolicy(base_seconds=0.01), resync_seconds=3600, max_concurrent=3)
+    for i in range(20):
+        queue.submit(md(f"u{i}"))
+    for _ in range(100):
+        if len(reconciler.calls) == 20:
+            break
+        await asyncio.sleep(0.02)
+    assert sorted(reconciler.calls) == sorted(f"u{i}" for i in range(20))
+    assert peak == 3
+    await queue.stop()
+
+
+async def test_failures_are_counted_reported_and_successes_counted() -> None:
+    reported: list[tuple[str, str, float]] = []
+
+    async def report(body: Mapping[str, Any], exc: BaseException, delay: float) -> None:
+        reported.append((str(body["metadata"]["uid"]), type(exc).__name__, delay))
+
+    reconciler = Flaky(TimeoutError(), ApiError(500, "boom"))
+    queue = WorkQueue(reconciler, RetryPolicy(base_seconds=0.01), resync_seconds=3600, on_failure=report)
+    queue.submit(md())
+    await asyncio.wait_for(reconciler.done.wait(), 5)
+    await asyncio.sleep(0.01)
+    assert reported == [("u1", "TimeoutError", 0.01), ("u1", "ApiError", 0.015)]
+    text = queue.metrics.exposition().decode()
+    assert 'respublica_operator_reconciles_total{result="retry"} 2.0' in text
+    assert 'respublica_operator_reconciles_total{result="success"} 1.0' in text
+    assert 'respublica_operator_retries_total{error="TimeoutError"} 1.0' in text
+    assert "respublica_operator_reconcile_duration_seconds_count 3.0" in text
+    assert "respublica_operator_queue_depth 0.0" in text
+    await queue.stop()
+
+
+async def test_a_failing_failure_report_does_not_stop_the_retry() -> None:
+    async def report(body: Mapping[str, Any], exc: BaseException, delay: float) -> None:
+        raise ApiError(403, "events are forbidden")
+
+    reconciler = Flaky(TimeoutError())
+    queue = WorkQueue(reconciler, RetryPolicy(base_seconds=0.01), resync_seconds=3600, on_failure=report)
+    queue.submit(md())
+    await asyncio.wait_for(reconciler.done.wait(), 5)
+    assert reconciler.calls == ["u1", "u1"]
+    await queue.stop()
+
+
+async def test_the_resync_spreads_its_kicks_over_the_interval() -> None:
+    kicked: list[tuple[float, str]] = []
+    reconciler = Flaky()
+    queue = WorkQueue(reconciler, RetryPolicy(base_seconds=0.01), resync_seconds=0.4, shuffle=lambda _: None)
+    for i in range(4):
+        queue.remember(md(f"u{i}"), deleted=False)
+    loop = asyncio.get_running_loop()
+    original = queue.kick
+
+    def kick(uid: str) -> None:
+        kicked.append((loop.time(), uid))
+        original(uid)
+
+    queue.kick = kick  # type: ignore[method-assign]
+    started = loop.time()
+    queue.start()
+    await asyncio.sleep(0.75)
+    await queue.stop()
+    first_round = [t - started for t, _ in kicked[:4]]
+    assert [uid for _, uid in kicked[:4]] == ["u0", "u1", "u2", "u3"]
+    # One kick every interval/N (0.1 s), not all four at once.
+    assert first_round[3] - first_round[0] >= 0.25
+    assert sorted(reconciler.calls[:4]) == ["u0", "u1", "u2", "u3"]

@@ -228,7 +228,12 @@ class KubeClient:
         user_agent: str = "respublica",
     ) -> None:
         self._login = login
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        # Per socket operation, not in total: aiohttp's `total` (and `connect`) also count the wait
+        # for a free connection in the pool, so a burst of requests queued behind a busy pool would
+        # time out without the API server ever being slow. `sock_connect` bounds opening a
+        # connection, `sock_read` the wait for each chunk of the answer; a pool wait is bounded by
+        # the callers' own concurrency (the operator's work queue), not by this timeout.
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=min(timeout, 10.0), sock_read=timeout)
         self._user_agent = user_agent
         self._session: aiohttp.ClientSession | None = None
         self._access: KubeAccess | None = None

@@ -1,4 +1,7 @@
-"""Kubernetes Events on a ModelDeployment's phase transitions (`kubectl describe md` shows them)."""
+"""Kubernetes Events on a ModelDeployment's phase transitions and failed reconciles.
+
+`kubectl describe md` shows them.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +22,21 @@ def transition_event(
     md: Mapping[str, Any], old_phase: str | None, new_phase: str, message: str, now: datetime.datetime
 ) -> dict[str, Any]:
     """The core/v1 Event for one phase transition (pure)."""
+    kind = "Warning" if new_phase in _WARNING_PHASES else "Normal"
+    return _event(md, kind, new_phase, f"{old_phase or 'New'} -> {new_phase}: {message}", now)
+
+
+def failure_event(
+    md: Mapping[str, Any], exc: BaseException, retry_in: float, now: datetime.datetime
+) -> dict[str, Any]:
+    """The Warning Event for one failed reconcile and when it runs again (pure)."""
+    what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return _event(md, "Warning", "ReconcileFailed", f"{what}; retrying in {retry_in:g}s", now)
+
+
+def _event(
+    md: Mapping[str, Any], kind: str, reason: str, message: str, now: datetime.datetime
+) -> dict[str, Any]:
     meta = md.get("metadata") or {}
     stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
     return {
@@ -36,9 +54,9 @@ def transition_event(
             "uid": meta.get("uid"),
             "resourceVersion": meta.get("resourceVersion"),
         },
-        "type": "Warning" if new_phase in _WARNING_PHASES else "Normal",
-        "reason": new_phase,
-        "message": f"{old_phase or 'New'} -> {new_phase}: {message}"[:1024],
+        "type": kind,
+        "reason": reason,
+        "message": message[:1024],
         "source": {"component": COMPONENT},
         "reportingComponent": COMPONENT,
         "reportingInstance": COMPONENT,
@@ -54,3 +72,8 @@ async def post_transition(
     """Post the Event; an Event that cannot be posted is not worth failing a reconcile for."""
     event = transition_event(md, old_phase, new_phase, message, datetime.datetime.now(tz=datetime.UTC))
     await kube.create(event)
+
+
+async def post_failure(kube: Kube, md: Mapping[str, Any], exc: BaseException, retry_in: float) -> None:
+    """Post a failed reconcile's Event (the caller decides what a failure to post means)."""
+    await kube.create(failure_event(md, exc, retry_in, datetime.datetime.now(tz=datetime.UTC)))

@@ -5,7 +5,8 @@
 - every event of a ModelDeployment: remember its latest body (an in-memory index by uid).
 - every event of a child (each kind in `render.CHILD_KINDS`, labelled as managed by respublica):
   reconcile its owner soon, so KubeRay's status reports reach `.status` and a hand edit or a
-  deletion is put back at once.
+  deletion is put back at once; except the echo of the operator's own write (the resourceVersion
+  its create or patch returned), which would only reconcile again what was just reconciled.
 - a background resync reconciles every known ModelDeployment now and then (pods are not watched:
   their problems are read while reconciling).
 
@@ -49,7 +50,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig | None = No
         filter_child_watches(settings)  # server-side labelSelector on the child kinds' watches
         state = OperatorState.build(effective, settings)
         memo["state"] = state
-        state.queue.start()
+        await state.start()
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(memo: kopf.Memo, **_: Any) -> None:
@@ -81,11 +82,18 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig | None = No
     ):
         decorator(reconcile)
 
-    def child_handler() -> Callable[..., Awaitable[None]]:
-        async def child_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    def child_handler(kind: str) -> Callable[..., Awaitable[None]]:
+        async def child_changed(event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
             uid = owner_uid(body)
-            if uid is not None:
-                _queue(memo).kick(uid)
+            if uid is None:
+                return
+            state = _state(memo)
+            state.reconciler.saw_child(uid, kind)
+            # The echo of the operator's own create/patch/delete is not news: reconciling on it
+            # would run every deployment again right after each run that wrote something.
+            if state.kube.is_echo(kind, str(event.get("type") or ""), body):
+                return
+            state.queue.kick(uid)
 
         return child_changed
 
@@ -97,7 +105,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig | None = No
             registry=registry,
             labels={MANAGED_BY_LABEL: MANAGED_BY},
             id=f"child-{child.plural}",
-        )(child_handler())
+        )(child_handler(child.kind))
 
 
 def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistry:

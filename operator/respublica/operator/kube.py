@@ -8,6 +8,7 @@ write is a plain JSON merge patch, which means the same for built-in kinds and c
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -102,6 +103,29 @@ class Kube(KubeClient):
 
         super().__init__(access, timeout=timeout, user_agent="respublica-operator")
         self.writes = 0  # counts create/patch/delete calls, for logs
+        # (kind, namespace, name) -> the resourceVersion this process's last write produced ("" for
+        # a delete): the watch event of that very version is the operator's echo, not news.
+        self._echoes: dict[tuple[str, str | None, str], str] = {}
+        self._discovery: dict[str, asyncio.Future[Obj | None]] = {}
+
+    def _wrote(self, kind: str, namespace: str | None, name: str, obj: Obj | None) -> None:
+        version = ((obj or {}).get("metadata") or {}).get("resourceVersion")
+        if version:
+            self._echoes[(kind, namespace, name)] = str(version)
+
+    def is_echo(self, kind: str, event_type: str, body: Mapping[str, Any]) -> bool:
+        """Whether a watch event is the echo of this process's own last write of that object
+        (consumed: a second event of the same version, e.g. after a relist, counts as news)."""
+        meta = body.get("metadata") or {}
+        key = (kind, meta.get("namespace"), str(meta.get("name")))
+        expected = self._echoes.get(key)
+        if expected is None:
+            return False
+        seen = "" if event_type == "DELETED" else str(meta.get("resourceVersion") or "")
+        if seen != expected:
+            return False
+        del self._echoes[key]
+        return True
 
     async def get(self, kind: str, namespace: str | None, name: str) -> Obj | None:
         return await self.request("GET", path_of(kind, namespace, name))
@@ -116,6 +140,7 @@ class Kube(KubeClient):
         data = await self.request("POST", path_of(str(obj["kind"]), meta.get("namespace")), body=obj)
         if data is None:
             raise ApiError(404, f"the API has no {obj['kind']} resource")
+        self._wrote(str(obj["kind"]), meta.get("namespace"), str(meta.get("name")), data)
         return data
 
     async def patch(
@@ -127,16 +152,20 @@ class Kube(KubeClient):
         subresource: str | None = None,
     ) -> Obj | None:
         self.writes += 1
-        return await self.request(
+        data = await self.request(
             "PATCH",
             path_of(kind, namespace, name, subresource),
             body=patch,
             content_type="application/merge-patch+json",
         )
+        if subresource is None:
+            self._wrote(kind, namespace, name, data)
+        return data
 
     async def delete(self, kind: str, namespace: str | None, name: str) -> None:
         self.writes += 1
         # Background: the Job's pods go with it, without the caller waiting for them.
+        self._echoes[(kind, namespace, name)] = ""
         await self.request(
             "DELETE",
             path_of(kind, namespace, name),
@@ -144,6 +173,16 @@ class Kube(KubeClient):
         )
 
     async def has_resource(self, resource: ResourceKind) -> bool:
-        """Discovery: whether the API serves this kind (e.g. KubeRay's RayService)."""
-        data = await self.request("GET", resource.api_prefix)
+        """Discovery: whether the API serves this kind (e.g. KubeRay's RayService).
+
+        Single-flight: concurrent callers share one GET of the group version instead of each
+        sending its own (hundreds of reconciles would otherwise ask at once when a cache expires).
+        """
+        key = resource.api_prefix
+        pending = self._discovery.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(self.request("GET", key))
+            self._discovery[key] = pending
+            pending.add_done_callback(lambda _: self._discovery.pop(key, None))
+        data = await asyncio.shield(pending)
         return any(r.get("name") == resource.plural for r in (data or {}).get("resources") or [])

@@ -82,6 +82,13 @@ class Reconciler:
     _kuberay_seen: float | None = None
     _written: dict[str, dict[str, Any]] = field(default_factory=dict)
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    # owner uid -> kinds of children the watches have shown for it (what the prune must look at
+    # beyond the kinds the spec renders now, e.g. the cache's PVC and Job after `spec.cache` went).
+    _child_kinds: dict[str, set[str]] = field(default_factory=dict)
+
+    def saw_child(self, owner: str, kind: str) -> None:
+        """A watch event showed a child of this kind owned by this ModelDeployment."""
+        self._child_kinds.setdefault(owner, set()).add(kind)
 
     def lock(self, uid: str) -> asyncio.Lock:
         """One reconcile at a time per ModelDeployment (handlers and child events share it)."""
@@ -90,6 +97,7 @@ class Reconciler:
     def forget(self, uid: str) -> None:
         self._written.pop(uid, None)
         self._locks.pop(uid, None)
+        self._child_kinds.pop(uid, None)
 
     async def kuberay_installed(self) -> bool:
         # A positive answer is cached briefly; a negative one is asked again on every reconcile so
@@ -147,9 +155,13 @@ class Reconciler:
     ) -> None:
         meta = body.get("metadata") or {}
         ns, name, uid = str(meta.get("namespace")), str(meta.get("name")), str(meta.get("uid"))
-        # Every kind render can produce, so a child the spec no longer needs goes too.
+        # The kinds the spec renders now, and any other kind the watches have shown a child of:
+        # a LIST for every kind render could produce would cost reads on every reconcile for kinds
+        # this deployment never had. After a restart a child of another kind is still pruned: the
+        # watch's first listing shows it (saw_child) and its event kicks another reconcile.
+        kinds = {str(c["kind"]) for c in children} | self._child_kinds.get(uid, set())
         for child in CHILD_KINDS:
-            if child == RAYSERVICE and not kuberay:
+            if child.kind not in kinds or (child == RAYSERVICE and not kuberay):
                 continue
             kind = child.kind
             live = await self.kube.list(kind, ns, f"{MODEL_LABEL}={name}")

@@ -37,6 +37,13 @@ ENV_API = "RESPUBLICA_KUBE_API"
 ENV_RESYNC = "RESPUBLICA_RESYNC_SECONDS"
 ENV_RETRY = "RESPUBLICA_RETRY_SECONDS"
 ENV_API_BACKOFF = "RESPUBLICA_API_BACKOFF_SECONDS"
+ENV_MAX_CONCURRENT = "RESPUBLICA_MAX_CONCURRENT_RECONCILES"
+ENV_METRICS_PORT = "RESPUBLICA_METRICS_PORT"
+# Sized for a 2-core pod: a reconcile is mostly waiting on the API, but its render and JSON work
+# hold the one event loop; 8 keep the API busy without starving kopf's own watch processing.
+DEFAULT_MAX_CONCURRENT = 8
+# kopf's liveness endpoint holds 8080 in the pod; the metrics get their own port.
+DEFAULT_METRICS_PORT = 9090
 # Renamed to RESPUBLICA_RAY_IMAGE (one name with `respublica render --ray-image`); refused, not ignored.
 ENV_OLD_IMAGE = "RESPUBLICA_SERVING_IMAGE"
 
@@ -55,6 +62,19 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
         raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
     if value <= 0:
         raise ConfigError(f"{name} must be greater than 0, got {raw!r}")
+    return value
+
+
+def _count(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be between {low} and {high}, got {raw!r}")
     return value
 
 
@@ -86,6 +106,9 @@ class OperatorConfig:
     resync_seconds: float = 300.0
     retry_seconds: float = 10.0
     api_backoff_seconds: float | None = None
+    max_concurrent_reconciles: int = DEFAULT_MAX_CONCURRENT
+    # 0: no metrics endpoint.
+    metrics_port: int = DEFAULT_METRICS_PORT
     # The rendered objects' settings: RESPUBLICA_RAY_IMAGE, RESPUBLICA_GATEWAY_NAMESPACE, ... (the
     # same names as `respublica render`'s flags; see render/configure.py).
     render: RenderOptions = field(default_factory=RenderOptions)
@@ -114,6 +137,8 @@ class OperatorConfig:
             resync_seconds=_seconds(env, ENV_RESYNC, 300.0),
             retry_seconds=_seconds(env, ENV_RETRY, 10.0),
             api_backoff_seconds=_seconds(env, ENV_API_BACKOFF, 1.0) if backoff else None,
+            max_concurrent_reconciles=_count(env, ENV_MAX_CONCURRENT, DEFAULT_MAX_CONCURRENT, 1, 1000),
+            metrics_port=_count(env, ENV_METRICS_PORT, DEFAULT_METRICS_PORT, 0, 65535),
             render=render,
         )
 
