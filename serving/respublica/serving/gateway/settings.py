@@ -74,6 +74,9 @@ class UpstreamSettings(_Section):
     )
     max_connections: int = Field(default=1000, ge=1, description="Pooled connections, all endpoints.")
     max_connections_per_host: int = Field(default=0, ge=0, description="0: no per-endpoint cap.")
+    max_response_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1024, description="A larger unary answer from a model is a 502."
+    )
 
 
 class ClusterSettings(_Section):

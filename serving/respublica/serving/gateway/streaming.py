@@ -4,6 +4,8 @@ The gateway asks the model for `stream_options.include_usage`; the model then en
 with a chunk whose `choices` is empty and whose `usage` is the real count. That chunk settles
 the reservation, and is removed before the client sees it when the client did not ask for it.
 Only complete events are forwarded (an event is never split across writes), nothing more is held.
+An event is held until its end arrives, but never past `MAX_EVENT_BYTES` (the stream ends with an
+error), and each piece is scanned once: a stream without event boundaries costs linear CPU.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import time
 from typing import Any
 
 from respublica.serving.gateway import jsoncodec
+from respublica.serving.gateway.errors import GatewayError
 
 _EVENT_END = re.compile(rb"\r?\n\r?\n")
 # Cheap byte tests first: only events that can carry usage or a finish reason are parsed.
@@ -31,6 +34,7 @@ _TEXT_MARKS = (
     b'"reasoning_content": "',
 )
 _BACKSLASH = 0x5C
+MAX_EVENT_BYTES = 4 * 1024 * 1024  # one streamed chunk; vLLM's are a few hundred bytes
 
 
 def text_bytes(event: bytes) -> int:
@@ -62,20 +66,42 @@ def _escaped(data: bytes, quote: int) -> bool:
 
 
 class SSETap:
-    def __init__(self, strip_usage_chunk: bool) -> None:
+    def __init__(self, strip_usage_chunk: bool, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
         self.strip_usage_chunk = strip_usage_chunk
+        self.max_event_bytes = max_event_bytes
         self.usage: dict[str, Any] | None = None
         self.finish_reasons: list[str] = []
         self.response_model: str | None = None
         self.chunks = 0  # events that carried choices
         self.text_bytes = 0  # bytes of generated text seen, escaped as in the JSON
         self.first_chunk_at: float | None = None
-        self._tail = b""
+        self._held: list[bytes] = []  # the start of an event whose end has not arrived
+        self._held_bytes = 0
+
+    @property
+    def _tail(self) -> bytes:
+        return b"".join(self._held)
+
+    def _hold(self, data: bytes) -> None:
+        self._held.append(data)
+        self._held_bytes += len(data)
+        if self._held_bytes > self.max_event_bytes:
+            raise GatewayError(
+                502, "upstream_invalid", f"the model streamed an event over {self.max_event_bytes} bytes"
+            )
 
     def feed(self, data: bytes) -> bytes:
         """The complete events in `data` (plus what was held back), ready for the client."""
-        if self._tail:
+        if self._held:
+            # Only the new bytes (and the three before them, an event end may straddle) are
+            # searched; what is held was searched already.
+            if _EVENT_END.search(self._held[-1][-3:] + data) is None and (
+                len(self._held[-1]) >= 3 or _EVENT_END.search(self._tail[-3:] + data) is None
+            ):
+                self._hold(data)
+                return b""
             data = self._tail + data
+            self._held, self._held_bytes = [], 0
         end = 0
         out: list[bytes] = []
         for match in _EVENT_END.finditer(data):
@@ -83,14 +109,16 @@ class SSETap:
             end = match.end()
             if self._keep(event):
                 out.append(event)
-        self._tail = data[end:]
+        if end < len(data):
+            self._hold(data[end:])
         if not out:
             return b""
         return out[0] if len(out) == 1 else b"".join(out)
 
     def flush(self) -> bytes:
         """What remains when the upstream stream ends (an event without its blank line)."""
-        tail, self._tail = self._tail, b""
+        tail = self._tail
+        self._held, self._held_bytes = [], 0
         if tail and not self._keep(tail):
             return b""
         return tail

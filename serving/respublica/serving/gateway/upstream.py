@@ -13,6 +13,7 @@ import aiohttp
 from opentelemetry import propagate
 from opentelemetry.context import Context
 
+from respublica.serving.gateway.errors import GatewayError
 from respublica.serving.gateway.settings import UpstreamSettings
 
 
@@ -56,9 +57,30 @@ class UpstreamClient:
         """Send `body`; the caller reads and releases the response. W3C trace context from `context`."""
         out = dict(headers)
         propagate.inject(out, context=context)
-        return await self.session.post(url, data=body, headers=out)
+        # A model server never redirects; following one would send the body (and the tenant's
+        # prompt) wherever a compromised or misconfigured endpoint points.
+        return await self.session.post(url, data=body, headers=out, allow_redirects=False)
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+async def read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body of a unary answer, or 502 once it passes `limit` bytes (memory is finite)."""
+    declared = response.content_length
+    if declared is not None and declared > limit:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> GatewayError:
+    return GatewayError(502, "upstream_too_large", f"the model's answer is larger than {limit} bytes")

@@ -33,6 +33,15 @@ WINDOW_TTL_S = 3 * WINDOW_S
 # Period counters outlive their period so a late settlement still finds them.
 PERIOD_GRACE_S = 2 * 86400
 CONCURRENCY_RETRY_S = 1.0
+# The most tokens one request may reserve (the HTTP side answers 400 above it). Far above any real
+# request (a million-token context times 128 sequences is 1.3e8) and far below where the stores'
+# counters lose precision (Lua numbers are doubles: exact to 2^53, about 9e15) or overflow (Redis
+# INCRBY at 2^63). Limits stop at 1e15 (`db.codec.LIMIT_MAX`), so a counter, a limit and one
+# reservation always sum below 2^53.
+MAX_RESERVATION = 10**12
+# Usage a model reports is believed up to this (per request); above it, or negative, the report is
+# nonsense and the reservation is charged instead.
+MAX_REPORTED_TOKENS = MAX_RESERVATION
 
 Scope = Literal["tenant", "key"]
 
@@ -160,8 +169,8 @@ def _scope_checks(scope: Scope, subject: str, limits: Limits | None, tokens: int
 
 
 def plan_admission(principal: Principal, tokens: int, now: float) -> Plan:
-    if tokens < 0:
-        raise ValueError("a reservation can not be negative")
+    if not 0 <= tokens <= MAX_RESERVATION:
+        raise ValueError(f"a reservation must be between 0 and {MAX_RESERVATION} tokens")
     checks = _scope_checks("tenant", principal.subject, principal.tenant_limits, tokens, now)
     checks += _scope_checks("key", principal.subject, principal.key_limits, tokens, now)
     return Plan(now, tokens, tuple(checks), settle_keys(principal.subject, now))

@@ -65,7 +65,10 @@ def _utf8(text: str) -> int:
 
 
 def _json_bytes(value: Any) -> int:
-    return _utf8(json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str))
+    try:
+        return _utf8(json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str))
+    except RecursionError:
+        raise EstimateError("messages", "the request is nested too deeply") from None
 
 
 def _text(text: str) -> int:
@@ -148,13 +151,15 @@ def _positive_int(body: Mapping[str, Any], name: str) -> int | None:
 
 
 def requested_max_tokens(body: Mapping[str, Any], endpoint: Endpoint) -> int | None:
-    """The client's own output cap, or None (then the tenant's default is written upstream)."""
-    if endpoint == "chat":
-        cap = _positive_int(body, "max_completion_tokens")
-        return cap if cap is not None else _positive_int(body, "max_tokens")
-    if endpoint == "completions":
-        return _positive_int(body, "max_tokens")
-    return None
+    """The client's own output cap, or None (then the tenant's default is written upstream).
+
+    Both `max_tokens` and `max_completion_tokens` are read on both endpoints (vLLM's request
+    models take either); where both are given the larger bounds the output, whichever the
+    engine honours."""
+    if endpoint == "embeddings":
+        return None
+    caps = [c for c in (_positive_int(body, "max_completion_tokens"), _positive_int(body, "max_tokens")) if c]
+    return max(caps) if caps else None
 
 
 def reservation_tokens(

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from respublica.serving.gateway.contracts import Admission, Principal, Rejection, Reservation
 from respublica.serving.gateway.db.repo import SpendTotal
 from respublica.serving.gateway.quota.arithmetic import (
+    MAX_RESERVATION,
     PERIOD_GRACE_S,
     Check,
     SettleKeys,
@@ -138,7 +139,7 @@ class MemoryQuotaStore:
     async def settle(self, reservation: Reservation, used_tokens: int) -> None:
         if isinstance(reservation, QuotaReservation) and reservation.unaccounted:
             return
-        used = max(0, used_tokens)
+        used = min(max(0, used_tokens), MAX_RESERVATION)  # never past what a counter can hold
         async with self._lock:
             now = self._clock()
             tenant = reservation.tenant

@@ -10,12 +10,21 @@ settlement that arrives later (from a request that outlived Redis trouble) charg
 A settlement that fails is retried in the background, a bounded number of times.
 
 When Redis can not be reached the configured policy answers: `closed` (the default) rejects
-with `store_unavailable`, `open` admits without accounting. Neither raises.
+with `store_unavailable`; `open` admits without shared accounting, but never past a limit this
+process can still check on its own: the admission goes through a local in-memory store (the same
+arithmetic), so concurrency, the per-minute windows and a single request larger than a budget are
+still refused, and the day and month budgets count what this process admitted during the outage.
+A script that Redis runs and rejects (a bug, never an outage: inputs are bounded before they reach
+it, see `MAX_RESERVATION`) fails closed whatever the policy. Neither raises.
+
+A connection that broke under the pool (Redis restarted) is retried once on a fresh connection,
+so a restart costs no request an error; `health_check_interval` pings connections idle for long.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -24,12 +33,14 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
 
 from respublica.serving.gateway.contracts import Admission, Principal, Rejection, Reservation
 from respublica.serving.gateway.db.repo import SpendTotal
 from respublica.serving.gateway.quota.arithmetic import (
+    MAX_RESERVATION,
     PERIOD_GRACE_S,
     next_month,
     plan_admission,
@@ -37,6 +48,7 @@ from respublica.serving.gateway.quota.arithmetic import (
 )
 from respublica.serving.gateway.quota.base import (
     LATE_SETTLE_S,
+    STORE_RETRY_S,
     FailPolicy,
     QuotaReservation,
     answer,
@@ -45,6 +57,7 @@ from respublica.serving.gateway.quota.base import (
     started_at,
     unavailable,
 )
+from respublica.serving.gateway.quota.memory import MemoryQuotaStore
 
 log = logging.getLogger(__name__)
 
@@ -192,16 +205,24 @@ class RedisQuotaStore:
         self._last_overflow = 0.0
         self._pending: set[asyncio.Task[None]] = set()
         self.retry_delays_s: tuple[float, ...] = SETTLE_RETRY_DELAYS_S
+        # Fail-open admissions go through this process's own counters (see the module docstring).
+        self._local = MemoryQuotaStore(lease_s=lease_s, clock=clock)
+        self.errors = 0  # failed store operations (a metric: the quota store's health)
+        self.up = True  # the last operation reached the store
 
     @classmethod
     def from_url(cls, url: str, *, timeout_s: float = 1.0, **kwargs: Any) -> RedisQuotaStore:
-        """A store on its own connection pool; no client-side retries, the fail policy decides."""
+        """A store on its own connection pool. A broken connection (Redis restarted: every pooled
+        connection is stale) is retried once on a new one; a timeout is not retried, the fail
+        policy decides (a retried timeout would double the wait of every request)."""
         client = aioredis.Redis.from_url(
             url,
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0),
-            health_check_interval=30,
+            retry=Retry(
+                ExponentialBackoff(cap=0.05, base=0.005), 1, supported_errors=(RedisConnectionError,)
+            ),
+            health_check_interval=5,
         )
         return cls(client, op_timeout_s=2 * timeout_s, **kwargs)
 
@@ -223,6 +244,8 @@ class RedisQuotaStore:
         return self.key(tenant, f"released:{rid}")
 
     def _warn(self, what: str, exc: BaseException) -> None:
+        self.errors += 1
+        self.up = False
         # One line per 10 s at most: a Redis outage must not flood the logs.
         now = time.monotonic()
         if now - self._last_warning >= 10.0:
@@ -263,6 +286,11 @@ class RedisQuotaStore:
         keys.append(self._tombstone(tenant, rid))
         try:
             raw = await asyncio.wait_for(self._admit(keys=keys, args=args), self._op_timeout_s)
+        except ResponseError as exc:
+            # Redis ran the script and refused it: not an outage, and never admitted unaccounted.
+            self.errors += 1
+            log.error("quota script failed during admission: %s", type(exc).__name__)
+            return Rejection("store_unavailable", "the quota store refused the admission", STORE_RETRY_S)
         except _STORE_ERRORS as exc:
             self._warn("admission", exc)
             # Whatever failed (a timeout, a connection reset after the script was sent), the
@@ -277,18 +305,33 @@ class RedisQuotaStore:
                 started_at=now,
             )
             self._settle_later(lost, 0, self.retry_delays_s, release=True)
-            return unavailable(principal, tokens, now, self.lease_s, self.fail_policy)
+            return await self._unavailable(principal, tokens, now)
+        self.up = True
         if int(raw[0]) < 0:  # released before it ran: only a lost answer's release does that
-            return unavailable(principal, tokens, now, self.lease_s, self.fail_policy)
+            return await self._unavailable(principal, tokens, now)
         values = [(int(raw[1 + 2 * i]), int(raw[2 + 2 * i])) for i in range(len(plan.checks))]
         return answer(principal, plan, values, rid, self.lease_s)
 
+    async def _unavailable(self, principal: Principal, tokens: int, now: float) -> Admission | Rejection:
+        """The fail policy's answer; fail-open only through this process's own counters."""
+        if self.fail_policy != "open":
+            return unavailable(principal, tokens, now, self.lease_s, self.fail_policy)
+        local = await self._local.admit(principal, tokens)
+        if isinstance(local, Rejection):
+            return local
+        held = local.reservation
+        assert isinstance(held, QuotaReservation)
+        return Admission(dataclasses.replace(held, unaccounted=True), local.headers)
+
     async def settle(self, reservation: Reservation, used_tokens: int) -> None:
         if isinstance(reservation, QuotaReservation) and reservation.unaccounted:
+            # Admitted by the local counters during an outage: settled there.
+            await self._local.settle(dataclasses.replace(reservation, unaccounted=False), used_tokens)
             return
-        used = max(0, used_tokens)
+        used = min(max(0, used_tokens), MAX_RESERVATION)  # never past what a counter can hold
         try:
             await self._settle_once(reservation, used)
+            self.up = True
         except _STORE_ERRORS as exc:
             # Retried in the background. Until it lands the reservation stays charged, also past
             # its lease: a budget may be undercharged by nothing, at worst overcharged by the hold.

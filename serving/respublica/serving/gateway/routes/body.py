@@ -8,6 +8,8 @@ from typing import Any
 from respublica.serving.gateway import jsoncodec
 from respublica.serving.gateway.errors import GatewayError
 
+MAX_MODEL_NAME = 256  # a served name, or `<base>:<adapter>`
+
 
 def positive_int(doc: Mapping[str, Any], name: str, upper: int | None = None) -> int | None:
     value = doc.get(name)
@@ -31,6 +33,11 @@ def parse_body(body: bytes) -> dict[str, Any]:
     model = doc.get("model")
     if not isinstance(model, str) or not model:
         raise GatewayError(400, "missing_model", "'model' is required and must be a string", param="model")
+    if len(model) > MAX_MODEL_NAME:
+        # Served names are DNS-label-sized; a longer one is no model's, and never goes into a log or span.
+        raise GatewayError(
+            400, "invalid_value", f"'model' is longer than {MAX_MODEL_NAME} characters", param="model"
+        )
     stream = doc.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise GatewayError(400, "invalid_value", "'stream' must be true or false", param="stream")

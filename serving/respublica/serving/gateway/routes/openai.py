@@ -25,6 +25,7 @@ from starlette.types import Receive, Scope, Send
 from respublica.serving.gateway import jsoncodec
 from respublica.serving.gateway.contracts import Rejection
 from respublica.serving.gateway.errors import GatewayError, error_body, rate_limit_headers, retry_after
+from respublica.serving.gateway.quota.arithmetic import MAX_REPORTED_TOKENS
 from respublica.serving.gateway.quota.estimate import endpoint_of
 from respublica.serving.gateway.routes.asgi import (
     ClientGone,
@@ -38,6 +39,7 @@ from respublica.serving.gateway.routes.call import Call, GatewayContext, authent
 from respublica.serving.gateway.routes.plan import Plan, may_use, plan_request
 from respublica.serving.gateway.streaming import SSETap
 from respublica.serving.gateway.telemetry import tracing as t
+from respublica.serving.gateway.upstream import read_bounded
 
 log = logging.getLogger("respublica.gateway")
 
@@ -130,11 +132,11 @@ class OpenAIEndpoint:
         raw = await read_body(scope, receive, ctx.max_body_bytes)
         doc = parse_body(raw)
         model: str = doc["model"]
-        span.update_name(f"{self.operation} {model}")
-        span.set_attribute(t.REQUEST_MODEL, model)
         resolved = ctx.routes.table.resolve(model)
         if resolved is not None:
-            call.model = model  # a metric label only once it names a served model
+            call.model = model  # a metric label, span name and attribute only once it names a served model
+            span.update_name(f"{self.operation} {model}")
+            span.set_attribute(t.REQUEST_MODEL, model)
         plan = plan_request(doc, raw, self.estimate, principal, resolved, ctx.default_max_tokens)
         if isinstance(plan, GatewayError):
             raise plan
@@ -304,7 +306,7 @@ class OpenAIEndpoint:
         )
 
     async def _unary(self, call: Call, span: trace.Span, response: aiohttp.ClientResponse) -> LastWord:
-        data = await response.read()
+        data = await read_bounded(response, self.ctx.upstream.settings.max_response_bytes)
         call.ttft = time.perf_counter() - call.t0
         try:
             doc = jsoncodec.loads(data)
@@ -389,7 +391,11 @@ def upstream_retry_after(value: str | None) -> tuple[bytes, bytes]:
 
 
 def int_or_none(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    """A token count the model reported, or None where it is no count (negative, absurdly large,
+    not an integer): the settlement then charges the reservation, as for a missing report."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_REPORTED_TOKENS:
+        return value
+    return None
 
 
 class ModelsEndpoint:

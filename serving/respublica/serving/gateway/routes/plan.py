@@ -21,11 +21,15 @@ from typing import Any
 from respublica.serving.gateway import jsoncodec
 from respublica.serving.gateway.contracts import Principal
 from respublica.serving.gateway.errors import GatewayError
+from respublica.serving.gateway.quota.arithmetic import MAX_RESERVATION
 from respublica.serving.gateway.quota.estimate import Endpoint, EstimateError, reservation_tokens
 from respublica.serving.gateway.routes.body import positive_int
 from respublica.serving.gateway.routing.table import Resolved, Route
 
 MAX_N = 128  # sequences per request: bounds the reservation a single request can ask for
+# Output tokens per sequence a client may ask for: above any model's context today, and small
+# enough that cap x n x prompts stays a number every store counts exactly (quota/arithmetic.py).
+MAX_OUTPUT_TOKENS = 10_000_000
 
 
 def may_use(principal: Principal, name: str, route: Route) -> bool:
@@ -70,6 +74,8 @@ def plan_request(
         return _plan(doc, raw, endpoint, principal, resolved, default_max_tokens)
     except GatewayError as exc:
         return exc
+    except RecursionError:  # the estimator or the re-encoding went as deep as the JSON does
+        return GatewayError(400, "invalid_body", "request body is nested too deeply")
 
 
 def _plan(
@@ -101,10 +107,18 @@ def _plan(
     stream = doc.get("stream") is True
     cap = 0
     n = positive_int(doc, "n", MAX_N) or 1
+    positive_int(doc, "best_of", MAX_N)  # completions: that many sequences are generated
     if endpoint != "embeddings":
-        requested = positive_int(doc, "max_tokens")
-        if endpoint == "chat":
-            requested = positive_int(doc, "max_completion_tokens") or requested
+        # Either field caps the output (vLLM takes both, on both endpoints): the larger bounds it.
+        given = [
+            c
+            for c in (
+                positive_int(doc, "max_tokens", MAX_OUTPUT_TOKENS),
+                positive_int(doc, "max_completion_tokens", MAX_OUTPUT_TOKENS),
+            )
+            if c
+        ]
+        requested = max(given) if given else None
         if requested is None:
             # A request without a cap could hold a whole context of output: write the key's,
             # the tenant's or the gateway's default, and reserve for that.
@@ -128,6 +142,12 @@ def _plan(
         reserve = reservation_tokens(doc, endpoint, cap)
     except EstimateError as exc:
         raise GatewayError(400, "invalid_value", exc.message, param=exc.param) from None
+    if reserve > MAX_RESERVATION:
+        raise GatewayError(
+            400,
+            "request_too_large",
+            f"this request may use up to {reserve} tokens, more than the {MAX_RESERVATION} any request may",
+        )
     return Plan(
         model=model,
         route=route,
