@@ -312,7 +312,7 @@ CASES = [
         put("spec.model.source", "s3://bucket/llama"),
         drop("spec.model.revision"),
         field="spec.model.source",
-        allowed="hf://, pvc:// or file://",
+        allowed="hf://, pvc://, file:// or pkg://",
         layer="cel",
     ),
     case(

@@ -73,7 +73,7 @@ def test_validate_bad_lists_every_problem(tmp_path: Path) -> None:
     assert lines[1] == "invalid: bad (3 problems)"
     assert lines[2:] == [
         "  - spec.scaling.minReplicas: must be at least 0 (got -1)",
-        "  - spec.model.source must start with hf://, pvc:// or file:// "
+        "  - spec.model.source must start with hf://, pvc://, file:// or pkg:// "
         "(s3:// and oci:// are not supported yet)",
         "  - spec.engine.tensorParallelSize must equal spec.resources.gpus "
         "(the GPUs of one replica; 1 when gpus is 0): tensor parallelism stays inside one pod",

@@ -119,6 +119,9 @@ def engine_kwargs(spec: ModelDeploymentSpec, *, kind: Accelerator, from_hub: boo
         kwargs["max_model_len"] = engine.max_model_len
     if engine.quantization is not None:
         kwargs["quantization"] = engine.quantization
+    if spec.model.task == "embed":
+        # vLLM's pooling runner serves /v1/embeddings (and no generation); generate is its default.
+        kwargs["runner"] = "pooling"
     if engine.max_num_seqs is not None:
         kwargs["max_num_seqs"] = engine.max_num_seqs
     if from_hub and spec.model.revision is not None:

@@ -74,6 +74,9 @@ class _Model(BaseModel):
     )
 
 
+ModelTask = Literal["generate", "embed"]
+
+
 class ModelSpec(_Model):
     """Which weights to serve and the name clients use for them."""
 
@@ -83,7 +86,9 @@ class ModelSpec(_Model):
         description="Where the weights come from: hf://<org>/<name> (a Hugging Face repository, "
         "with `revision` pinned), pvc://<claim>/<path> (a PersistentVolumeClaim in the same "
         "namespace) or file:///<path> (a directory inside the serving image or on the local "
-        "machine for `respublica up`). s3:// and oci:// are not supported yet.",
+        "machine for `respublica up`), or pkg://<python package>/<path> (a file or directory inside "
+        "an installed Python package, for `respublica up` only: a .gguf file is converted into a "
+        "Hugging Face directory in the cache on first use). s3:// and oci:// are not supported yet.",
     )
     revision: str | None = Field(
         default=None,
@@ -106,6 +111,12 @@ class ModelSpec(_Model):
         description="Optional content digest of the weights, `sha256:<64 hex>`, over the model's "
         "files in a stated order (see docs/model-digest.md). Verified before serving; a "
         "mismatch refuses to serve.",
+    )
+    task: ModelTask = Field(
+        default="generate",
+        description="What the model serves: generate (chat and text completions) or embed "
+        "(/v1/embeddings). Sets vLLM's runner (embed: pooling) and which routes the gateway sends "
+        "to the model; the other kind of request gets a 400 from the gateway.",
     )
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-SUPPORTED_SCHEMES = ("hf://", "pvc://", "file://")
+SUPPORTED_SCHEMES = ("hf://", "pvc://", "file://", "pkg://")
 
 # What Ray Serve LLM 2.60 can load LoRA adapters from (its LoraConfig accepts nothing else): object
 # storage, one subfolder per adapter, fetched when a request first names the adapter. The scheme and
@@ -32,6 +32,7 @@ TYPED_ENGINE_FLAGS = {
     "--gpu-memory-utilization": "engine.gpuMemoryUtilization",
     "--served-model-name": "model.servedName",
     "--model": "model.source",
+    "--runner": "model.task",
 }
 
 Spec = dict[str, Any]
@@ -116,8 +117,8 @@ RULES: tuple[Rule, ...] = (
     Rule(
         where=("model",),
         cel="self.source.startsWith('hf://') || self.source.startsWith('pvc://') || "
-        "self.source.startsWith('file://')",
-        message="spec.model.source must start with hf://, pvc:// or file:// "
+        "self.source.startsWith('file://') || self.source.startsWith('pkg://')",
+        message="spec.model.source must start with hf://, pvc://, file:// or pkg:// "
         "(s3:// and oci:// are not supported yet)",
         field="spec.model.source",
         check=_source_scheme_ok,
