@@ -279,6 +279,9 @@ def test_http_and_cli_write_the_same_audit_payloads(db_url: str) -> None:
                 "maxConcurrent": None,
                 "allowedModels": ["a", "b"],
                 "defaultMaxTokens": None,
+                "fairShareWeight": None,
+                "priority": None,
+                "maxQueued": None,
             }
         },
     )

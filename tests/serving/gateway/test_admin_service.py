@@ -98,6 +98,9 @@ async def test_tenants(repo: Repository, clock: Clock) -> None:
         "maxConcurrent": None,
         "allowedModels": ["*"],
         "defaultMaxTokens": None,
+        "fairShareWeight": None,
+        "priority": None,
+        "maxQueued": None,
     }
     assert audit == [
         (
@@ -175,6 +178,9 @@ async def test_keys(repo: Repository, clock: Clock) -> None:
                     "maxConcurrent": 2,
                     "allowedModels": ["*"],
                     "defaultMaxTokens": None,
+                    "fairShareWeight": None,
+                    "priority": None,
+                    "maxQueued": None,
                 },
             },
         ),

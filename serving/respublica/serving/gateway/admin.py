@@ -39,6 +39,7 @@ from respublica.serving.gateway.contracts import Limits
 from respublica.serving.gateway.db.base import DatabaseError
 from respublica.serving.gateway.db.codec import TENANT_NAME_HELP, LimitsModel, format_instant
 from respublica.serving.gateway.db.repo import Repository
+from respublica.serving.gateway.fairness.gate import FairnessGate
 
 _TYPES = {
     400: "invalid_request_error",
@@ -158,8 +159,10 @@ def admin_router(
     *,
     tenants: TenantDirectory | None = None,
     keys: ApiKeyAuthenticator | None = None,
+    fairness: FairnessGate | None = None,
 ) -> APIRouter:
-    """`/admin/...` routes; `tenants` and `keys` (this process's) see changes at once."""
+    """`/admin/...` routes; `tenants` and `keys` (this process's) see changes at once; `fairness`
+    (this process's queues) for `/admin/fairness`."""
     if len(admin_key) < 16:
         raise ValueError("the admin key must be at least 16 characters long")
     expected = admin_key.encode()
@@ -259,6 +262,13 @@ def admin_router(
                 for t in totals
             ],
         }
+
+    @router.get("/fairness")
+    async def fairness_view(who: str = Depends(actor)) -> dict[str, Any]:
+        """This process's fair-sharing queues: per model its slots, per tenant service and waiting."""
+        if fairness is None:
+            return {"enabled": False, "models": []}
+        return fairness.snapshot()
 
     @router.get("/audit")
     async def audit(since: str = Query(default="0"), who: str = Depends(actor)) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from starlette.routing import Route
 from respublica.serving.gateway.admin_listener import AdminListener
 from respublica.serving.gateway.contracts import Authenticator, Ledger, QuotaStore
 from respublica.serving.gateway.errors import error_body
+from respublica.serving.gateway.fairness.gate import FairnessGate
 from respublica.serving.gateway.quota.keeper import LeaseKeeper
 from respublica.serving.gateway.routes.call import GatewayContext
 from respublica.serving.gateway.routes.openai import ModelsEndpoint, OpenAIEndpoint
@@ -56,6 +57,7 @@ def create_app(
     route_table: RouteTable | RouteHolder,
     tracer_provider: trace.TracerProvider | None = None,
     metrics: GatewayMetrics | None = None,
+    fairness: FairnessGate | None = None,
     routers: Sequence[APIRouter] = (),
     on_startup: Sequence[Hook] = (),
     on_shutdown: Sequence[Hook] = (),
@@ -73,6 +75,10 @@ def create_app(
         metrics = GatewayMetrics()
     upstream = UpstreamClient(settings.upstream)
     leases = LeaseKeeper(quota_store, settings.quota.lease_seconds)
+    if fairness is None and settings.fairness.enabled:
+        fairness = FairnessGate(settings.fairness, settings.fairness.gateway_replicas * settings.workers)
+    if fairness is not None:
+        fairness.metrics = metrics
     ctx = GatewayContext(
         authenticator=authenticator,
         quota=quota_store,
@@ -85,6 +91,7 @@ def create_app(
         max_body_bytes=settings.max_body_bytes,
         record_content=settings.telemetry.record_content,
         default_max_tokens=settings.default_max_tokens,
+        fairness=fairness,
     )
 
     # /admin and /metrics: on the public app, or on their own listener (admin_port).

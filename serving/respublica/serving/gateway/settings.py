@@ -111,6 +111,42 @@ class ConsoleSettings(_Section):
     session_hours: float = Field(default=8.0, gt=0, le=24 * 30, description="How long a login lasts.")
 
 
+class FairnessSettings(_Section):
+    """Fair sharing of a saturated model between tenants (fairness/, docs/fairness.md)."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Queue requests above a model's capacity and serve the tenant with the least "
+        "weighted service first (Virtual Token Counter). Models of unknown capacity are never gated.",
+    )
+    input_weight: float = Field(default=1.0, ge=0, description="Service counted per input token.")
+    output_weight: float = Field(default=2.0, ge=0, description="Service counted per output token.")
+    capacity: dict[str, int] = Field(
+        default_factory=dict,
+        description="Requests a model generates at once, all replicas (model name -> slots); wins over "
+        "the routes file's and the ModelDeployment's.",
+    )
+    gateway_replicas: int = Field(
+        default=1,
+        ge=1,
+        le=1000,
+        description="Gateway replicas sharing the models: each process gates capacity // (replicas x "
+        "workers) slots.",
+    )
+    max_queued: int = Field(
+        default=64, ge=0, description="Requests a tenant may have waiting per model; more get 429."
+    )
+    max_wait_s: float = Field(
+        default=30.0, gt=0, description="Longest wait for a slot; then 503 with Retry-After."
+    )
+    output_every: int = Field(
+        default=8,
+        ge=1,
+        description="A stream's output tokens are counted into its tenant's service every this many "
+        "events (and at its end).",
+    )
+
+
 class GatewaySettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
@@ -136,6 +172,7 @@ class GatewaySettings(_Section):
     oidc: OIDCSettings = Field(default_factory=OIDCSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
+    fairness: FairnessSettings = Field(default_factory=FairnessSettings)
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, description="Larger bodies get 413.")
     default_max_tokens: int = Field(
         default=1024, ge=1, description="Token cap for tenants that declare none."

@@ -91,6 +91,10 @@ def build_from_settings(settings: GatewaySettings) -> FastAPI:
     )
     ledger = SqlLedger(repo)
 
+    from respublica.serving.gateway.fairness.gate import FairnessGate
+
+    fair = settings.fairness
+    fairness = FairnessGate(fair, fair.gateway_replicas * settings.workers) if fair.enabled else None
     holder = RouteHolder()
     startup: list[Hook] = [db.open]
     shutdown: list[Hook] = []
@@ -121,7 +125,11 @@ def build_from_settings(settings: GatewaySettings) -> FastAPI:
     if settings.admin_key is not None:
         from respublica.serving.gateway.admin import admin_router
 
-        routers.append(admin_router(repo, settings.admin_key.get_secret_value(), tenants=tenants, keys=keys))
+        routers.append(
+            admin_router(
+                repo, settings.admin_key.get_secret_value(), tenants=tenants, keys=keys, fairness=fairness
+            )
+        )
         if settings.console.enabled:
             from respublica.serving.gateway.admin_service import AdminService
             from respublica.serving.gateway.console import console_router
@@ -144,6 +152,7 @@ def build_from_settings(settings: GatewaySettings) -> FastAPI:
         quota_store=quota,
         ledger=ledger,
         route_table=holder,
+        fairness=fairness,
         routers=routers,
         on_startup=startup,
         on_shutdown=shutdown,

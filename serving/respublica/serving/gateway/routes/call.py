@@ -9,7 +9,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode, Tracer
@@ -34,6 +34,9 @@ from respublica.serving.gateway.telemetry import tracing as t
 from respublica.serving.gateway.telemetry.metrics import GatewayMetrics
 from respublica.serving.gateway.upstream import UpstreamClient
 
+if TYPE_CHECKING:
+    from respublica.serving.gateway.fairness.gate import FairnessGate, Slot
+
 log = logging.getLogger("respublica.gateway")
 
 UNKNOWN_MODEL = "_unknown"  # metric label for a model name that is not served: clients choose names freely
@@ -56,6 +59,7 @@ class GatewayContext:
     record_content: bool = False
     # The cap written upstream where neither the client nor its key or tenant set one.
     default_max_tokens: int = 1024
+    fairness: FairnessGate | None = None  # fair sharing of saturated models (fairness/); None: off
 
 
 class Call:
@@ -77,6 +81,7 @@ class Call:
         "request_id",
         "reservation",
         "response_started",
+        "slot",
         "started",
         "status",
         "t0",
@@ -100,6 +105,7 @@ class Call:
         self.ttft: float | None = None
         self.endpoint = ""  # the model server the body was sent to; "" while none may have it
         self.response_started = False  # a stream's headers went out: an error can only end it
+        self.slot: Slot | None = None  # its model's slot under fair sharing, released as it settles
 
     @property
     def stream(self) -> bool:

@@ -77,6 +77,8 @@ class OpenAIEndpoint:
         try:
             try:
                 plan = await self._plan(call, span, scope, receive)
+                if self.ctx.fairness is not None:  # a saturated model: wait for its turn (fairness/)
+                    call.slot = await self.ctx.fairness.acquire(call.principal, plan, receive)
                 await self._admit(call, plan)
                 last = await self._proxy(call, span, plan, receive, send)
             except GatewayError as exc:
@@ -100,6 +102,8 @@ class OpenAIEndpoint:
                 last = self._error(call, body, ())
         finally:
             # The one place a request ends, however it went (a shutdown's cancellation included).
+            if call.slot is not None:
+                call.slot.release(call.input_tokens, call.output_tokens)
             await settle_and_observe(self.ctx, call, span)
         if last is not None:
             await self._say(call, send, last)
@@ -354,6 +358,8 @@ class OpenAIEndpoint:
             call.response_started = True
             async for data in response.content.iter_any():
                 out = tap.feed(data)
+                if call.slot is not None:
+                    call.slot.progress(tap.chunks)  # output counted into fair sharing every N events
                 if out:
                     await send({"type": "http.response.body", "body": out, "more_body": True})
             # The tail (an event without its blank line) ends the stream once it is settled.

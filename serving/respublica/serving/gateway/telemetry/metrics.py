@@ -92,6 +92,29 @@ class GatewayMetrics:
             registry=reg,
             multiprocess_mode="max",
         )
+        # Fair sharing (fairness/): who waits for a saturated model, how long, and the service each
+        # tenant received (the weighted tokens its virtual token counter grew by).
+        self.fair_queue_length = Gauge(
+            f"{PREFIX}_fair_queue_length",
+            "Requests waiting for a slot of a saturated model, by tenant and model.",
+            ["tenant", "model"],
+            registry=reg,
+            multiprocess_mode="livesum",
+        )
+        self.fair_queue_wait = Histogram(
+            f"{PREFIX}_fair_queue_wait_seconds",
+            "How long requests that waited for a slot waited, by tenant and model.",
+            ["tenant", "model"],
+            buckets=TTFT_BUCKETS,
+            registry=reg,
+        )
+        self.fair_service = Counter(
+            f"{PREFIX}_fair_service",
+            "Weighted service (w_in x input + w_out x output tokens, / the tenant's weight) counted by "
+            "fair sharing, by tenant and model; input at its reserved bound.",
+            ["tenant", "model"],
+            registry=reg,
+        )
         self._series: dict[tuple[str, str], _Series] = {}
 
     def series(self, tenant: str, model: str) -> _Series:

@@ -1,0 +1,1 @@
+"""Fair sharing of saturated models between tenants: the Virtual Token Counter (README.md)."""

@@ -1,0 +1,144 @@
+"""The Virtual Token Counter of one model: who goes next when its slots are full.
+
+Sheng et al., "Fairness in Serving Large Language Models" (OSDI 2024, arXiv 2401.00588),
+Algorithm 2, adapted from a batch of KV-cache memory to a number of request slots (the engines'
+concurrency). Pure: no clock, no I/O, no asyncio; the gate (gate.py) carries out what it says.
+
+- Each tenant has a counter `c`: the weighted service it received,
+  `c += w_in * input_tokens / weight` at dispatch and `c += w_out * output_tokens / weight` as its
+  output streams (`charge`).
+- Below capacity with nobody waiting a request is dispatched at once (work-conserving).
+- Otherwise it waits in its tenant's queue (one per priority class); when a slot frees, the head of
+  the queue of the backlogged tenant with the least counter in the highest waiting class goes next.
+- A tenant that was not backlogged is lifted on arrival: to the least counter of the backlogged
+  tenants, or, when none is backlogged, to the counter of the last tenant to leave the queue — so
+  idle time banks no credit, and service it received earlier is kept.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from respublica.serving.gateway.contracts import PRIORITIES, Priority
+
+_RANK = {p: i for i, p in enumerate(PRIORITIES)}
+
+
+@dataclass(frozen=True, slots=True)
+class Weights:
+    """Cost of a token by kind; the paper's defaults: an output token costs two input tokens."""
+
+    input: float = 1.0
+    output: float = 2.0
+
+
+@dataclass(eq=False, slots=True)
+class Ticket:
+    """One request asking for a slot. Identity is the ticket itself (two tickets never equal)."""
+
+    tenant: str
+    input_tokens: int
+    weight: float = 1.0  # the tenant's fair-share weight
+    priority: Priority = "interactive"
+    dispatched: bool = False
+
+
+@dataclass(slots=True)
+class VirtualTokenCounter:
+    capacity: int
+    weights: Weights = field(default_factory=Weights)
+    in_flight: int = 0
+    counters: dict[str, float] = field(default_factory=dict)
+    # (rank, tenant) -> its waiting tickets, oldest first; an empty queue is removed.
+    queues: dict[tuple[int, str], deque[Ticket]] = field(default_factory=dict)
+    last_left: str | None = None  # the tenant whose queue emptied last (the lift with nobody waiting)
+
+    # -- questions
+
+    @property
+    def waiting(self) -> int:
+        return sum(len(q) for q in self.queues.values())
+
+    def backlogged(self) -> set[str]:
+        return {tenant for _, tenant in self.queues}
+
+    def queued(self, tenant: str) -> int:
+        return sum(len(q) for (_, t), q in self.queues.items() if t == tenant)
+
+    def counter(self, tenant: str) -> float:
+        return self.counters.get(tenant, 0.0)
+
+    # -- events
+
+    def arrive(self, ticket: Ticket) -> bool:
+        """A request asks for a slot: True when it is dispatched now, False when it waits."""
+        self._lift(ticket.tenant)
+        if self.in_flight < self.capacity and not self.queues:
+            self._dispatch(ticket)
+            return True
+        self.queues.setdefault((_RANK[ticket.priority], ticket.tenant), deque()).append(ticket)
+        return False
+
+    def finish(self) -> list[Ticket]:
+        """A dispatched request ended: its slot goes to whoever is next; the tickets dispatched."""
+        self.in_flight = max(0, self.in_flight - 1)
+        return self._fill()
+
+    def cancel(self, ticket: Ticket) -> bool:
+        """A waiting request gave up (timeout, client gone): True when it was still waiting."""
+        key = (_RANK[ticket.priority], ticket.tenant)
+        queue = self.queues.get(key)
+        if queue is None or ticket not in queue:
+            return False
+        queue.remove(ticket)
+        if not queue:
+            self._drop(key)
+        return True
+
+    def charge(self, tenant: str, output_tokens: int, weight: float = 1.0, input_tokens: int = 0) -> None:
+        """Service a tenant received after dispatch: output tokens as they stream, and corrections of
+        the input charge (negative where the real prompt was shorter than the bound charged)."""
+        cost = self.weights.output * output_tokens + self.weights.input * input_tokens
+        if cost:
+            self.counters[tenant] = self.counter(tenant) + cost / weight
+
+    def resize(self, capacity: int) -> list[Ticket]:
+        """The model's capacity changed (replicas came or went): fill what opened."""
+        self.capacity = max(1, capacity)
+        return self._fill()
+
+    # -- the rule
+
+    def _lift(self, tenant: str) -> None:
+        if tenant in self.backlogged():
+            return
+        if self.queues:
+            floor = min(self.counter(t) for t in self.backlogged())
+        elif self.last_left is not None:
+            floor = self.counter(self.last_left)
+        else:
+            floor = 0.0
+        self.counters[tenant] = max(self.counter(tenant), floor)
+
+    def _fill(self) -> list[Ticket]:
+        started: list[Ticket] = []
+        while self.in_flight < self.capacity and self.queues:
+            key = min(self.queues, key=lambda k: (k[0], self.counter(k[1]), k[1]))
+            queue = self.queues[key]
+            ticket = queue.popleft()
+            if not queue:
+                self._drop(key)
+            self._dispatch(ticket)
+            started.append(ticket)
+        return started
+
+    def _dispatch(self, ticket: Ticket) -> None:
+        ticket.dispatched = True
+        self.in_flight += 1
+        self.charge(ticket.tenant, 0, ticket.weight, input_tokens=ticket.input_tokens)
+
+    def _drop(self, key: tuple[int, str]) -> None:
+        del self.queues[key]
+        if key[1] not in self.backlogged():
+            self.last_left = key[1]
