@@ -22,7 +22,12 @@ from urllib.parse import urlsplit
 from http11 import Parser
 
 TIMEOUT_S = 30.0
-MAX_OPEN_LOOP_CONNECTIONS = 2000
+# A target far behind an open loop is not flooded with thousands of connections (its backlog would
+# spill into the next window): past this many in flight, a scheduled request counts as an error.
+MAX_OPEN_LOOP_CONNECTIONS = 256
+# An idle connection older than this is closed, not reused: a server's keep-alive timeout (uvicorn:
+# 5 s) may be closing it just as a request goes out, which would read as the server's error.
+MAX_IDLE_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -200,13 +205,24 @@ async def closed_loop(workload: Workload, concurrency: int, seconds: float) -> R
 async def open_loop(workload: Workload, rate: float, seconds: float) -> Result:
     request = workload.encode()
     result = Result()
-    idle: list[Conn] = []
+    idle: list[tuple[Conn, float]] = []
     tasks: set[asyncio.Task[None]] = set()
     open_count = 0
 
+    def take_idle() -> Conn | None:
+        nonlocal open_count
+        while idle:
+            conn, since = idle.pop()
+            if time.perf_counter() - since < MAX_IDLE_S and conn.usable:
+                return conn
+            if conn.transport is not None:
+                conn.transport.close()
+            open_count -= 1
+        return None
+
     async def fire(intended: float) -> None:
         nonlocal open_count
-        conn = idle.pop() if idle else None
+        conn = take_idle()
         if conn is None:
             if open_count >= MAX_OPEN_LOOP_CONNECTIONS:
                 result.error("open loop: too many connections in flight")
@@ -214,7 +230,7 @@ async def open_loop(workload: Workload, rate: float, seconds: float) -> Result:
             open_count += 1
         kept = await one(conn, workload.url, request, workload.stream, intended, result)
         if kept is not None:
-            idle.append(kept)
+            idle.append((kept, time.perf_counter()))
         else:
             open_count -= 1
 
@@ -234,7 +250,7 @@ async def open_loop(workload: Workload, rate: float, seconds: float) -> Result:
     if tasks:
         await asyncio.wait(tasks, timeout=TIMEOUT_S + 5)
     result.seconds = time.perf_counter() - begin
-    for conn in idle:
+    for conn, _ in idle:
         if conn.transport is not None:
             conn.transport.close()
     return result

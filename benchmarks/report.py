@@ -168,17 +168,24 @@ def chart(results: dict[str, Any], path: Path) -> str:
         ("ttft_p50_ms", "time to first token p50 (ms), paced", "lower is better"),
         ("idle_rss_mb", "idle RSS (MB)", "lower is better"),
     ]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4))
+    fig, grid = plt.subplots(2, 3, figsize=(14, 7))
+    axes = list(grid.flat)
+    axes[-1].axis("off")
     names = [r["target"] for r in rows]
     colours = ["#2a9d8f" if n == "respublica" else "#8d99ae" for n in names]
-    for ax, (key, title, hint) in zip(axes, panels, strict=True):
-        values = [r["headline"].get(key) or 0 for r in rows]
+    for ax, (key, title, hint) in zip(axes, panels, strict=False):
+        values = [r["headline"].get(key) or 0.0 for r in rows]
         ax.barh(names, values, color=colours)
+        positive = [v for v in values if v > 0]
+        spread = max(positive) / min(positive) if positive else 1.0
+        if spread > 20:  # the peers may be orders of magnitude apart
+            ax.set_xscale("log")
+            hint += "; log scale"
         ax.set_title(f"{title}\n({hint})", fontsize=9)
         ax.invert_yaxis()
         ax.tick_params(labelsize=8)
         for i, v in enumerate(values):
-            ax.text(v, i, f" {v:,.3g}", va="center", fontsize=7)
+            ax.text(v, i, f" {v:,.0f}" if v >= 100 else f" {v:.3g}", va="center", fontsize=8)
     load = results["machine"]["loadavg_start"][0]
     fig.suptitle(
         f"respublica gateway beside its peers: {results['settings']['rounds']} alternating rounds, "
