@@ -10,6 +10,7 @@ between stream chunks). A prompt's tokens are its whitespace-separated words; a 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -34,6 +35,12 @@ class FakeUpstream:
     aborted: list[str] = field(default_factory=list)  # x-request-id of requests whose client left
     finished: list[str] = field(default_factory=list)
     in_flight: int = 0
+    # An engine's batch cap: at most this many completions generate at once, later ones wait (FIFO)
+    # for a place, like vLLM's max_num_seqs. None: no cap.
+    max_generating: int | None = None
+    generating: int = 0
+    peak_generating: int = 0
+    _places: asyncio.Semaphore | None = None
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -84,6 +91,17 @@ class FakeUpstream:
         return await self._generate(request, chat=False)
 
     async def _generate(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        if self.max_generating is not None and self._places is None:
+            self._places = asyncio.Semaphore(self.max_generating)
+        async with self._places or contextlib.nullcontext():
+            self.generating += 1
+            self.peak_generating = max(self.peak_generating, self.generating)
+            try:
+                return await self._generate_now(request, chat)
+            finally:
+                self.generating -= 1
+
+    async def _generate_now(self, request: web.Request, chat: bool) -> web.StreamResponse:
         body = await self._begin(request)
         failed = await self._misbehave(body, request.headers.get("X-Request-Id", ""))
         if failed is not None:

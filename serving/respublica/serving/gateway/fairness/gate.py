@@ -62,14 +62,18 @@ class Slot:
             self.counted = output_tokens
 
     def release(self, input_tokens: int | None, output_tokens: int | None) -> None:
-        """The request ended: the input charge corrected to the model's count (the bound charged at
-        dispatch is an upper bound), the rest of the output counted, the slot handed on."""
+        """The request ended: the rest of its output counted, the slot handed on.
+
+        The input stays charged at the bound charged at dispatch (the plan's prompt bound, an upper
+        bound from the text's size), never corrected down to the model's count: a tenant lifted to
+        another's counter must not find that counter lowered afterwards, or the lift would be
+        undone and the other tenant would win every slot until its corrections ran out. Every
+        tenant is measured by the same rule, so shares stay fair; `input_tokens` is unused."""
         if self.released:
             return
         self.released = True
-        correction = input_tokens - self.ticket.input_tokens if input_tokens is not None else 0
         rest = (output_tokens or 0) - self.counted
-        self.gate.charge(self, max(rest, 0), correction)
+        self.gate.charge(self, max(rest, 0), 0)
         self.gate.finish(self)
 
 
