@@ -47,7 +47,14 @@ async def test_apply_creates_children_with_owner_refs_and_hash(k8s: kmock.Kubern
         # returns no results into status, and adds no finalizer.
         await kapi.quiet(k8s)
         md = kapi.objects_of(k8s, kapi.MD)["llama"]
-        assert set(md["status"]) <= {"phase", "conditions", "observedGeneration", "replicas", "endpoint"}
+        assert set(md["status"]) <= {
+            "phase",
+            "conditions",
+            "observedGeneration",
+            "replicas",
+            "endpoint",
+            "wakeTimeoutSeconds",
+        }
         assert "respublica.dev/last-handled-configuration" in md["metadata"]["annotations"]
         assert not any(k.startswith("kopf.zalando.org") for k in md["metadata"]["annotations"])
         assert not md["metadata"].get("finalizers")

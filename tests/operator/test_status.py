@@ -190,7 +190,10 @@ def test_scaled_to_zero_keeps_the_endpoint_and_wakes() -> None:
     assert cond(idle, "Progressing")[:2] == ("False", "Idle")
     waking = run(obs(min_replicas=0, rayservice=rayservice(ready=0, desired=1)))
     assert waking["phase"] == "ScaledToZero"
-    assert cond(waking, "Progressing")[:2] == ("True", "ScalingUp")
+    assert cond(waking, "Progressing")[:2] == ("True", "Waking")
+    assert "900 s" in cond(waking, "Progressing")[2]
+    # The wake budget is published with the endpoint, for the gateway's per-model wait.
+    assert idle["wakeTimeoutSeconds"] == waking["wakeTimeoutSeconds"] == 900
 
 
 def test_zero_replicas_with_min_one_is_not_scaled_to_zero() -> None:

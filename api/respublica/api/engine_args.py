@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from respublica.api.models import ModelDeploymentSpec
@@ -38,6 +39,7 @@ def build_serving_args(
     model_path: str | None = None,
     accelerator: Accelerator = "gpu",
     ingress_num_cpus: float | None = None,
+    ingress_resources: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """Ray Serve LLM's `LLMServingArgs` for one ModelDeployment, as plain data.
 
@@ -46,7 +48,8 @@ def build_serving_args(
     hf:// sources load by repository id and pinned revision, file:// sources from their path.
 
     `accelerator` is where this run has to place the engine; a spec with `resources.gpus: 0` runs
-    on CPU whatever is asked. `ingress_num_cpus` overrides the ingress replica's CPU request.
+    on CPU whatever is asked. `ingress_num_cpus` overrides the ingress replica's CPU request;
+    `ingress_resources` adds custom Ray resources to it (the operator pins the ingress to the head).
     """
     kind: Accelerator = "cpu" if accelerator == "cpu" or spec.resources.gpus == 0 else "gpu"
     llm_config: dict[str, Any] = {
@@ -75,13 +78,16 @@ def build_serving_args(
             "max_num_adapters_per_replica": spec.lora.max_adapters_per_replica,
         }
     num_cpus = DEFAULT_INGRESS_NUM_CPUS[kind] if ingress_num_cpus is None else ingress_num_cpus
+    actor_options: dict[str, Any] = {"num_cpus": num_cpus}
+    if ingress_resources:
+        actor_options["resources"] = dict(sorted(ingress_resources.items()))
     return {
         "llm_configs": [llm_config],
         "ingress_deployment_config": {
             # The ingress is CPU-only and cheap: it stays up while the model scales to zero, so the
             # proxy answers /v1/models and holds the first request while a replica starts.
             "autoscaling_config": {"min_replicas": 1},
-            "ray_actor_options": {"num_cpus": num_cpus},
+            "ray_actor_options": actor_options,
         },
     }
 

@@ -268,6 +268,14 @@ class ScalingSpec(_Model):
         description="How long the last replica stays idle before scaling to zero; only with "
         "minReplicas 0. Unset: downscaleDelaySeconds.",
     )
+    wake_timeout_seconds: int = Field(
+        default=900,
+        ge=60,
+        le=7200,
+        description="How long a request may wait for a replica to start (a wake from zero: GPU node, "
+        "image pull, weights, engine start). Sets Ray Serve LLM's router timeout and the gateway's wait "
+        "for this model.",
+    )
 
 
 class RoutingSpec(_Model):
@@ -469,6 +477,9 @@ class ModelDeploymentStatus(_Model):
     )
     observed_generation: int | None = Field(default=None, description="The spec generation last acted on.")
     replicas: ReplicaStatus | None = Field(default=None, description="Desired and ready replicas.")
+    wake_timeout_seconds: int | None = Field(
+        default=None, description="How long a request waits for a replica to start (spec.scaling)."
+    )
     endpoint: str | None = Field(
         default=None,
         max_length=512,

@@ -231,6 +231,7 @@ class Reconciler:
             generation=generation,
             endpoint=self.endpoint(md),
             min_replicas=md.spec.scaling.min_replicas,
+            wake_timeout_seconds=md.spec.scaling.wake_timeout_seconds,
             gpus=md.spec.resources.gpus,
             gpu_product=md.spec.resources.gpu_product,
             kuberay_missing=not kuberay,

@@ -54,6 +54,7 @@ class Observation:
     job: Obj | None = None
     pods: Sequence[Obj] = ()
     refused: Sequence[str] = ()  # children the API refused (admission, quota), as messages
+    wake_timeout_seconds: int = 900  # spec.scaling.wakeTimeoutSeconds, published with the endpoint
 
 
 @dataclass(frozen=True)
@@ -420,7 +421,12 @@ def _scaled_to_zero(view: _RayServiceView, obs: Observation) -> Verdict | None:
         view.phase("ScaledToZero"),
         ready=Condition(True, "ScaledToZero", msg),
         progressing=(
-            Condition(True, "ScalingUp", "A request woke the model: a replica is starting.")
+            Condition(
+                True,
+                "Waking",
+                "A request woke the model: a replica is starting; requests wait up to "
+                f"{obs.wake_timeout_seconds} s (spec.scaling.wakeTimeoutSeconds).",
+            )
             if waking
             else Condition(False, "Idle", "No replica is needed now.")
         ),
@@ -546,6 +552,8 @@ def compute_status(obs: Observation, previous: Obj | None, now: str) -> models.M
         observed_generation=obs.generation,
         replicas=models.ReplicaStatus(desired=found.replicas.desired, ready=found.replicas.ready),
         endpoint=obs.endpoint if found.publish_endpoint else None,
+        # The gateway's per-model wait for a replica to start: read from status with the endpoint.
+        wake_timeout_seconds=obs.wake_timeout_seconds if found.publish_endpoint else None,
     )
 
 

@@ -159,7 +159,9 @@ def test_serve_config_is_the_engine_mapping(md: ModelDeployment) -> None:
     elif source.startswith("pvc://"):
         claim, _, path = source.removeprefix("pvc://").partition("/")
         model_path = f"/mnt/pvc/{claim}/{path}".rstrip("/")
-    expected = build_serving_args(md.spec, model_path=model_path, ingress_num_cpus=1)
+    expected = build_serving_args(
+        md.spec, model_path=model_path, ingress_num_cpus=1, ingress_resources={"respublica_ingress": 1}
+    )
     assert app["args"] == json.loads(json.dumps(expected))
 
 
@@ -204,7 +206,9 @@ def test_one_worker_group_one_pod_per_replica(md: ModelDeployment) -> None:
     assert group["numOfHosts"] == 1
     (container,) = group["template"]["spec"]["containers"]
     resources = container["resources"]
-    assert resources["requests"] == resources["limits"]
+    # Requests = limits, but for the downloading replica's scratch space (test_scale_to_zero).
+    requests = {k: v for k, v in resources["requests"].items() if k != "ephemeral-storage"}
+    assert requests == resources["limits"]
     assert resources["limits"]["cpu"] == spec.resources.cpu
     assert resources["limits"]["memory"] == spec.resources.memory
     if spec.resources.gpus > 0:

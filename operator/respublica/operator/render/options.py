@@ -73,3 +73,5 @@ class RenderOptions:
     # How long a replica waits for the cache download before its pod fails and restarts.
     download_wait_seconds: int = 6 * 3600
     download_backoff_limit: int = 4
+    # Scratch space (ephemeral-storage request) of a replica that downloads its weights itself.
+    download_scratch: str = "200Gi"

@@ -23,6 +23,12 @@ class ModelStorage:
     model_path: str | None = None
     # The weights are on disk: the engine must not reach for the hub at run time.
     offline: bool = False
+
+    @property
+    def downloads(self) -> bool:
+        """Whether each replica fetches the weights itself (into its container's scratch space)."""
+        return not self.offline
+
     # The cache's completion marker a replica waits for before starting; None without a cache.
     wait_for: str | None = None
 
