@@ -29,7 +29,7 @@ from rich.console import Console
 from respublica.api.engine_args import Accelerator
 from respublica.api.models import ModelDeployment
 from respublica.serving.engine import digest as digests
-from respublica.serving.engine import sizing, sources, state, tiny_model
+from respublica.serving.engine import engine_phase, sizing, sources, state, tiny_model
 from respublica.serving.engine.local import LOOPBACK, EngineError, LocalEngine, LocalModel, detect_gpus
 from respublica.serving.engine.progress import Waiting
 
@@ -348,8 +348,9 @@ class Up:
         current.logs_dir = engine.logs_dir
         state.write(current)
         with Waiting(self.err, "loading the model(s) into vLLM under Ray Serve") as wait:
+            logs = engine_phase.LogTail(Path(engine.logs_dir), names) if engine.logs_dir else None
             try:
-                engine.wait_ready(self.options.timeout_s, wait.update)
+                engine.wait_ready(self.options.timeout_s, engine_phase.EngineProgress(logs, wait.update))
             except EngineError as err:
                 raise UpError(str(err)) from None
 
