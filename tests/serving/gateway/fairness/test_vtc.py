@@ -172,7 +172,7 @@ def simulate(
                     if order:
                         started(order.popleft())
                 else:
-                    for ticket in vtc.finish():
+                    for ticket in vtc.finish(job.tenant):
                         started(by_ticket[id(ticket)])
         out.append(service["a"] - service["b"])
     return out

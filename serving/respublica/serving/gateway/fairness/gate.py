@@ -168,7 +168,7 @@ class FairnessGate:
                 queued.dec()
             if not taken:
                 if ticket.dispatched:  # a slot given to a request that is gone: hand it on
-                    self._wake(model.vtc.finish())
+                    self._wake(model.vtc.finish(ticket.tenant))
                 else:
                     model.vtc.cancel(ticket)  # its place in the queue is freed
 
@@ -187,7 +187,7 @@ class FairnessGate:
             return
         held = self.clock() - slot.started
         model.mean_hold_s += _EWMA * (held - model.mean_hold_s)
-        self._wake(model.vtc.finish())
+        self._wake(model.vtc.finish(slot.ticket.tenant))
 
     def snapshot(self) -> dict[str, Any]:
         """The /admin view: per model, its slots, and per tenant its counter and waiting requests."""

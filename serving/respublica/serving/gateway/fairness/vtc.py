@@ -53,6 +53,7 @@ class VirtualTokenCounter:
     # (rank, tenant) -> its waiting tickets, oldest first; an empty queue is removed.
     queues: dict[tuple[int, str], deque[Ticket]] = field(default_factory=dict)
     last_left: str | None = None  # the tenant whose queue emptied last (the lift with nobody waiting)
+    running: dict[str, int] = field(default_factory=dict)  # dispatched requests per tenant
 
     # -- questions
 
@@ -80,9 +81,12 @@ class VirtualTokenCounter:
         self.queues.setdefault((_RANK[ticket.priority], ticket.tenant), deque()).append(ticket)
         return False
 
-    def finish(self) -> list[Ticket]:
-        """A dispatched request ended: its slot goes to whoever is next; the tickets dispatched."""
+    def finish(self, tenant: str | None = None) -> list[Ticket]:
+        """A dispatched request (of `tenant`) ended: its slot goes to whoever is next; the tickets
+        dispatched."""
         self.in_flight = max(0, self.in_flight - 1)
+        if tenant is not None and self.running.get(tenant, 0) > 0:
+            self.running[tenant] -= 1
         return self._fill()
 
     def cancel(self, ticket: Ticket) -> bool:
@@ -124,7 +128,10 @@ class VirtualTokenCounter:
     def _fill(self) -> list[Ticket]:
         started: list[Ticket] = []
         while self.in_flight < self.capacity and self.queues:
-            key = min(self.queues, key=lambda k: (k[0], self.counter(k[1]), k[1]))
+            # Equal counters (a returning tenant is lifted to exactly the least): the tenant with
+            # fewer requests running goes first, so a light tenant is not sent behind a flood's
+            # backlog by a tie; then the name, so the order is deterministic.
+            key = min(self.queues, key=lambda k: (k[0], self.counter(k[1]), self.running.get(k[1], 0), k[1]))
             queue = self.queues[key]
             ticket = queue.popleft()
             if not queue:
@@ -136,6 +143,7 @@ class VirtualTokenCounter:
     def _dispatch(self, ticket: Ticket) -> None:
         ticket.dispatched = True
         self.in_flight += 1
+        self.running[ticket.tenant] = self.running.get(ticket.tenant, 0) + 1
         self.charge(ticket.tenant, 0, ticket.weight, input_tokens=ticket.input_tokens)
 
     def _drop(self, key: tuple[int, str]) -> None:
