@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from respublica.cli import admin, gateway, local, operator_cmd, spec
+from respublica.cli import admin, gateway, local, operator_cmd, spec, top
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -38,7 +38,7 @@ def _root(
     """respublica: open, sovereign model serving on Kubernetes and on one machine."""
 
 
-for module in (spec, operator_cmd, gateway, admin, local):
+for module in (spec, operator_cmd, gateway, admin, local, top):
     module.register(app)
 
 
