@@ -8,6 +8,7 @@ official openai client, and `top --once` must then show it in that tenant's and 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +32,7 @@ from helpers.gateway_harness import (
 )
 from respublica.cli import app
 from respublica.cli.top import Snapshot, build_view, render
+from respublica.serving.engine import state
 from respublica.serving.gateway.auth.keys import hash_secret
 from respublica.serving.gateway.db import Repository, open_database
 from respublica.serving.gateway.routing.table import RouteHolder
@@ -184,3 +186,34 @@ def test_the_view_adds_queues_per_model_and_waiting_per_tenant() -> None:
     text = console.export_text()
     assert "Fair sharing is off" in text and row(text, "x")[5:7] == ["-", "-"]
     assert row(text, "b")[3] == "unlimited"
+
+
+def test_status_and_top_find_ups_gateway_and_show_the_same_rows(
+    gateway: Running, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`up`'s state file names the gateway: `top` needs no --url, `status --admin-key` adds the frame."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("RESPUBLICA_ADMIN_KEY", ADMIN_KEY)
+    state.write(
+        state.UpState(
+            pid=os.getpid(),
+            run_id="r",
+            started_at=0.0,
+            phase="ready",
+            engine_url=closed_port_url(),  # no engine: status says so and exits 1
+            gateway_url=gateway.url,
+            models=["m", "not-called-yet"],
+        )
+    )
+    frame = top("--once")
+    assert row(frame, "not-called-yet")[1:3] == ["0", "0"]  # up's models are listed before any use
+    result = CliRunner().invoke(app, ["status"])
+    assert result.exit_code == 1, result.stdout
+    assert "engine:" in result.stdout and "not answering" in result.stdout
+    assert row(result.stdout, "not-called-yet") == row(frame, "not-called-yet")
+    assert row(result.stdout, "alpha") == row(frame, "alpha")
+    result = CliRunner().invoke(app, ["status", "--admin-key", "not-the-admin-key-at-all"])
+    assert "admin:     " in result.stdout and "refused the admin key" in result.stdout
+    monkeypatch.delenv("RESPUBLICA_ADMIN_KEY")
+    result = CliRunner().invoke(app, ["status"])
+    assert "--admin-key or RESPUBLICA_ADMIN_KEY adds" in result.stdout and "alpha" not in result.stdout

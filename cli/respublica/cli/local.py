@@ -106,7 +106,17 @@ def up_command(
     raise typer.Exit(code)
 
 
-def status_command() -> None:
+def status_command(
+    admin_key: Annotated[
+        str | None,
+        typer.Option(
+            "--admin-key",
+            envvar="RESPUBLICA_ADMIN_KEY",
+            show_envvar=True,
+            help="The gateway's admin key (`up` prints it): adds its models, tenants and queues, as `top`.",
+        ),
+    ] = None,
+) -> None:
     """Show what `respublica up` runs on this machine, and whether it answers."""
     import time
 
@@ -139,6 +149,12 @@ def status_command() -> None:
         typer.echo(f"  gateway:   {current.gateway_url}/v1: {'answers' if gateway_ok else 'not answering'}")
     if current.logs_dir:
         typer.echo(f"  Ray logs:  {current.logs_dir}")
+    if current.gateway_url and admin_key:
+        from respublica.cli.top import show_once
+
+        show_once(current.gateway_url, admin_key, current.models)
+    elif current.gateway_url:
+        typer.echo("  (--admin-key or RESPUBLICA_ADMIN_KEY adds the models, tenants and queues)")
     if not healthy:
         raise typer.Exit(1)
 

@@ -273,9 +273,26 @@ def top_command(
     console = Console(highlight=False)
     if once or not console.is_terminal:
         # Off a terminal, a live view would print a frame per refresh into a file: one frame instead.
-        Console(highlight=False, force_terminal=False, no_color=not console.is_terminal).print(render(first))
+        _plain(no_color=not console.is_terminal).print(render(first))
         return
     _live(console, target, admin_key, models, interval, first)
+
+
+def _plain(*, no_color: bool) -> Console:
+    """A console for one frame into a pipe or file: no cursor moves, and wide enough that names are
+    not cut (a pipe has no width; rich would assume 80 columns)."""
+    return Console(highlight=False, force_terminal=False, no_color=no_color, width=200)
+
+
+def show_once(url: str, admin_key: str, models: list[str]) -> bool:
+    """One plain frame for `respublica status`; a line saying why when the admin API does not answer."""
+    try:
+        view = build_view(fetch_snapshot(url, admin_key, models))
+    except AdminApiError as err:
+        typer.echo(f"  admin:     {err}")
+        return False
+    _plain(no_color=True).print(render(view))
+    return True
 
 
 def _live(console: Console, url: str, key: str, models: list[str], interval: float, first: View) -> None:
