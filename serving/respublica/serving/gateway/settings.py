@@ -174,6 +174,11 @@ class GatewaySettings(_Section):
     upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
     fairness: FairnessSettings = Field(default_factory=FairnessSettings)
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, description="Larger bodies get 413.")
+    journal_dir: Path | None = Field(
+        default=None,
+        description="The usage journal (every ledger record on disk before its answer completes); "
+        "unset: `<database file>.journal` for SQLite, else $XDG_STATE_HOME/respublica/journal.",
+    )
     default_max_tokens: int = Field(
         default=1024, ge=1, description="Token cap for tenants that declare none."
     )

@@ -61,6 +61,7 @@ def build_from_settings(settings: GatewaySettings) -> FastAPI:
         TenantDirectory,
     )
     from respublica.serving.gateway.db.repo import Repository
+    from respublica.serving.gateway.journal import UsageJournal
     from respublica.serving.gateway.ledger import SqlLedger
     from respublica.serving.gateway.quota import open_store, seed_from_ledger
     from respublica.serving.gateway.routing.file_source import load_routes_file
@@ -89,14 +90,14 @@ def build_from_settings(settings: GatewaySettings) -> FastAPI:
         lease_s=settings.quota.lease_seconds,
         fail_policy=settings.quota.fail_policy,
     )
-    ledger = SqlLedger(repo)
+    ledger = SqlLedger(repo, journal=UsageJournal(journal_dir(settings)))
 
     from respublica.serving.gateway.fairness.gate import FairnessGate
 
     fair = settings.fairness
     fairness = FairnessGate(fair, fair.gateway_replicas * settings.workers) if fair.enabled else None
     holder = RouteHolder()
-    startup: list[Hook] = [db.open]
+    startup: list[Hook] = [db.open, ledger.open]  # a dead process's records in, before spend is seeded
     shutdown: list[Hook] = []
     if settings.routes_file is not None:
         holder.replace(load_routes_file(settings.routes_file))
@@ -159,6 +160,17 @@ def build_from_settings(settings: GatewaySettings) -> FastAPI:
         after_shutdown=[db.close],
     )
     return app
+
+
+def journal_dir(settings: GatewaySettings) -> Path:
+    """The usage journal's directory: the setting, else beside a SQLite file, else the state home."""
+    if settings.journal_dir is not None:
+        return settings.journal_dir
+    url = settings.database_url
+    if url.startswith("sqlite:///"):
+        return Path(url.removeprefix("sqlite:///") + ".journal")
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "respublica" / "journal"
 
 
 def app_from_environment() -> FastAPI:

@@ -25,6 +25,7 @@ from respublica.serving.gateway.contracts import (
     UsageRecord,
 )
 from respublica.serving.gateway.errors import GatewayError
+from respublica.serving.gateway.ledger import SqlLedger
 from respublica.serving.gateway.quota.keeper import LeaseKeeper
 from respublica.serving.gateway.routes.asgi import header
 from respublica.serving.gateway.routes.plan import Plan
@@ -134,6 +135,12 @@ async def settle_and_observe(ctx: GatewayContext, call: Call, span: trace.Span) 
     latency = time.perf_counter() - call.t0  # the request's own time, not its settlement's
     cancelled = await _settle(ctx, call)
     _observe(ctx, call, span, latency)
+    if isinstance(ctx.ledger, SqlLedger):
+        # The ledger line is on local disk before the answer completes (journal.py: group fsync).
+        try:
+            await asyncio.shield(ctx.ledger.durable())
+        except asyncio.CancelledError as exc:
+            cancelled = cancelled or exc
     if cancelled is not None:
         raise cancelled
 
