@@ -9,6 +9,8 @@ being what a real `pip config list` prints for it.
 from __future__ import annotations
 
 import os
+import pty
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -157,3 +159,79 @@ def test_unknown_mode_is_refused() -> None:
     done = subprocess.run(["bash", str(INSTALL), "deploy"], capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
     assert "usage: bash scripts/install test|up" in done.stderr
+
+
+# What pip 25 printed installing typer, rich and httpx into a fresh venv on this project's machines
+# (`pip install --progress-bar off typer rich httpx`, stdout and stderr together): an index, a wheel
+# folder, the empty-index warnings, downloads and local wheels.
+PIP_RUN = (Path(__file__).parent / "data" / "pip_install.txt").read_text()
+ELAPSED = re.compile(r"\((\d+s|\d+m\d\ds)\)$")
+
+
+def _fake_pip_printing(venv: Path, output: str, rc: int) -> None:
+    (venv / "bin").mkdir(parents=True)
+    (venv / "pip-output.txt").write_text(output)
+    pip = venv / "bin" / "pip"
+    pip.write_text(f'#!/bin/sh\ncat "{venv}/pip-output.txt"\nexit {rc}\n')
+    pip.chmod(0o755)
+
+
+def test_pip_progress_off_a_terminal_is_a_few_plain_lines(tmp_path: Path) -> None:
+    _fake_pip_printing(tmp_path / "venv", PIP_RUN, 0)
+    done = _bash("rp_pip 'x' x; echo reached", {"VENV": str(tmp_path / "venv")})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert all(ELAPSED.search(line) for line in lines[:-1]), lines
+    assert [ELAPSED.sub("", line).strip() for line in lines] == [
+        "pip: 1 requirements, resolving typer",
+        "pip: 18 requirements, installing 18 packages",
+        "pip: done, 18 requirements, 18 installed",
+        "reached",
+    ]
+    assert "\r" not in done.stdout and "\x1b" not in done.stdout
+
+
+def test_pip_progress_on_a_terminal_is_one_line_rewritten(tmp_path: Path) -> None:
+    """Under a real pseudo-terminal: every step overwrites the line; the finished line stays."""
+    _fake_pip_printing(tmp_path / "venv", PIP_RUN + "WARNING: a warning of pip's own\n", 0)
+    leader, follower = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if k not in PIP_VARIABLES} | {"VENV": str(tmp_path / "venv")}
+    process = subprocess.Popen(
+        ["bash", "-c", f"set -euo pipefail; source {INSTALL}; rp_pip 'x' x"],
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        env=env,
+        cwd=ROOT,
+    )
+    os.close(follower)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the terminal closed: the process is done
+            break
+        if not chunk:
+            break
+        output += chunk
+    assert process.wait(timeout=60) == 0
+    os.close(leader)
+    text = output.decode()
+    rewrites = text.split("\r\x1b[K")
+    assert len(rewrites) > 18  # one per requirement (18) and download, each over the last
+    assert any("downloading pydantic_core-2.50.5" in r for r in rewrites)
+    assert "Collecting" not in text and "is ignored" not in text  # pip's own lines are not shown
+    assert "WARNING: a warning of pip's own\r\n" in text  # what is not progress still passes
+    assert ELAPSED.sub("", text.splitlines()[-1]).strip().endswith("pip: done, 18 requirements, 18 installed")
+
+
+def test_a_failure_after_progress_is_still_one_loud_line(tmp_path: Path) -> None:
+    _fake_pip_printing(tmp_path / "venv", PIP_RUN.split("Installing collected")[0] + NO_TORCH, 1)
+    done = _bash(
+        "rp_pip 'respublica[engine-cpu]' -e '.[engine-cpu]'; echo not-reached",
+        {"VENV": str(tmp_path / "venv")},
+    )
+    assert done.returncode == 1 and "not-reached" not in done.stdout
+    assert "ERROR: No matching distribution found for torch==2.13.0+cpu" in done.stdout  # pip's words
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: pip found no torch==2.13.0+cpu") and "TORCH_CPU_INDEX_URL" in last
