@@ -9,10 +9,14 @@ engine; their lines are formed from vLLM's format strings, named where they are 
 
 from __future__ import annotations
 
+import io
+import re
 import shutil
+import time
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from respublica.serving.engine.engine_phase import (
     EngineProgress,
@@ -23,6 +27,7 @@ from respublica.serving.engine.engine_phase import (
     phase_of,
     phase_of_line,
 )
+from respublica.serving.engine.progress import Waiting
 
 DATA = Path(__file__).parent / "data" / "ray_logs"
 WORKER = "worker-2cfa4656da6288d6360b6d8f851f5d016a26d4deddd15cb4928b8b73-01000000-29108"
@@ -188,3 +193,62 @@ def test_describe_and_the_progress_callback() -> None:
         "LLMServer:a updating (1 starting)",  # no log to read: Serve's own words
         "engine started; waiting for Ray Serve to route to it",
     ]
+
+
+SERVE_STARTING = "LLMServer:tiny-llama updating (1 starting); OpenAiIngress updating (1 starting)"
+
+
+def replay(console: Console, logs: Path, pause_s: float = 0.0) -> None:
+    """`up`'s wait, as Up._start_engine drives it, over the captured run's lines written one by one."""
+    worker = logs / f"{WORKER}.out"
+    serve = logs / f"{WORKER}.err"
+    err = SERVE_ERR.read_text().splitlines(keepends=True)
+    out = VLLM_OUT.read_text().splitlines(keepends=True)
+    writes = [(serve, line) for line in err[:6]] + [(worker, line) for line in out]
+    writes += [(serve, line) for line in err[6:]]
+    with Waiting(console, "loading the model(s) into vLLM under Ray Serve") as wait:
+        progress = EngineProgress(LogTail(logs, ["tiny-llama"]), wait.update)
+        progress(SERVE_STARTING)  # before any replica wrote a line: Serve's words
+        for path, line in writes:
+            with path.open("a") as handle:
+                handle.write(line)
+            progress(SERVE_STARTING)
+            time.sleep(pause_s)
+
+
+PLAIN_STEPS = [
+    "… loading the model(s) into vLLM under Ray Serve",
+    SERVE_STARTING,
+    "preparing the model files",
+    "configuring vLLM for LlamaForCausalLM",
+    "starting vLLM's engine process",
+    "loading weights",
+    "weights loaded in 0.0 s; profiling memory",
+    "KV cache allocated (524,288 tokens); warming up",
+    "engine initialised in 10.3 s; starting its server",
+    "engine started; waiting for Ray Serve to route to it",
+    "✓ loading the model(s) into vLLM under Ray Serve",
+]
+
+
+def test_ups_wait_off_a_terminal_is_one_plain_line_per_step(tmp_path: Path) -> None:
+    console = Console(file=io.StringIO(), force_terminal=False, width=200)
+    replay(console, tmp_path)
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    lines = [re.sub(r"^  \d+s |\s*\(\d+s\)$", "", line) for line in text.splitlines()]
+    assert lines == PLAIN_STEPS
+    assert "\x1b[" not in text and "\r" not in text
+
+
+def test_ups_wait_on_a_terminal_is_a_spinner_line_rewritten(tmp_path: Path) -> None:
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=200, color_system=None)
+    replay(console, tmp_path, pause_s=0.02)  # the spinner redraws ~12 times a second
+    text = out.getvalue()
+    assert "\x1b[2K" in text or "\r" in text  # drawn over itself, not line after line
+    assert "loading the model(s) into vLLM under Ray Serve: loading weights" in text
+    last_frame = text.rsplit("✓", 1)
+    assert len(last_frame) == 2 and last_frame[1].startswith(
+        " loading the model(s) into vLLM under Ray Serve ("
+    )
+    assert text.count("\n") <= 3  # the finished line, not a line per step
