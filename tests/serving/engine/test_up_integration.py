@@ -227,27 +227,59 @@ def test_completion(client: object) -> None:
     assert reply.usage is not None and 0 < reply.usage.completion_tokens <= 6
 
 
-def test_the_gateway_accounted_the_requests(up: Running) -> None:
-    """The smoke request, the chat, the stream and the completion above, in the gateway's ledger."""
+def _ledger_totals(up: Running) -> dict[str, int]:
+    """The local tenant's totals for MODEL, as `respublica usage --json` reads them from the ledger."""
     import json
+
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "respublica"), "usage", "--json"],
+        env=up.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [r for r in json.loads(result.stdout) if r["tenant"] == "local" and r["model"] == MODEL]
+    return {key: sum(r[key] for r in rows) for key in ("requests", "input_tokens", "output_tokens")}
+
+
+def test_the_gateway_accounted_the_requests(up: Running, client: object) -> None:
+    """A chat, a stream and a completion sent here are in the gateway's ledger, with their tokens.
+
+    The test sends its own requests and compares with the ledger before them, so it holds alone
+    and in any order (the ledger writes in batches: it is polled until the rows arrive).
+    """
+    from openai import OpenAI
+
+    assert isinstance(client, OpenAI)
+    before = _ledger_totals(up)
+    messages = [{"role": "user", "content": "Hello!"}]
+    chat = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=4, temperature=0)
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=messages,
+        max_tokens=4,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    streamed = [c.usage for c in stream if c.usage is not None][-1]
+    completion = client.completions.create(
+        model=MODEL, prompt="Once upon a time", max_tokens=4, temperature=0
+    )
+    replies = [chat.usage, streamed, completion.usage]
+    assert all(usage is not None for usage in replies)
+    sent_out = sum(u.completion_tokens for u in replies if u is not None)
+    sent_in = sum(u.prompt_tokens for u in replies if u is not None)
 
     deadline = time.monotonic() + 30
     while True:
-        result = subprocess.run(
-            [str(Path(sys.executable).parent / "respublica"), "usage", "--json"],
-            env=up.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert result.returncode == 0, result.stderr
-        rows = [r for r in json.loads(result.stdout) if r["tenant"] == "local" and r["model"] == MODEL]
-        if sum(r["requests"] for r in rows) >= 4 or time.monotonic() > deadline:
+        after = _ledger_totals(up)
+        if after["requests"] - before["requests"] >= 3 or time.monotonic() > deadline:
             break
-        time.sleep(1)  # the ledger writes in batches
-    assert sum(r["requests"] for r in rows) >= 4, rows
-    assert sum(r["output_tokens"] for r in rows) >= 24 + 3, rows  # smoke: 24; each test at least 1
-    assert sum(r["input_tokens"] for r in rows) > 0
+        time.sleep(1)
+    assert after["requests"] - before["requests"] == 3, (before, after)
+    assert after["output_tokens"] - before["output_tokens"] == sent_out, (before, after)
+    assert after["input_tokens"] - before["input_tokens"] == sent_in, (before, after)
 
 
 def test_status_reports_it(up: Running) -> None:
