@@ -31,19 +31,25 @@ def _get(url: str, token: str | None = None) -> tuple[int, object]:
 
 
 def test_routes_point_every_model_at_the_engine() -> None:
-    entries = [RouteEntry("a", ("*",)), RouteEntry("b", ("research",), ("sql",))]
+    entries = [RouteEntry("a", ("*",)), RouteEntry("b", ("research",), ("sql",), task="embed")]
     document = routes_document(entries, "http://127.0.0.1:9000")
     assert document == {
         "models": [
-            {"name": "a", "endpoints": ["http://127.0.0.1:9000"], "tenants": ["*"]},
+            {"name": "a", "endpoints": ["http://127.0.0.1:9000"], "tenants": ["*"], "task": "generate"},
             {
                 "name": "b",
                 "endpoints": ["http://127.0.0.1:9000"],
                 "tenants": ["research"],
+                "task": "embed",
                 "adapters": ["sql"],
             },
         ]
     }
+    # the gateway reads what `up` writes, task included
+    from respublica.serving.gateway.routing.file_source import parse_routes
+
+    table = parse_routes(document)
+    assert table.routes["a"].task == "generate" and table.routes["b"].task == "embed"
     assert first_tenant(entries) == "research"
     assert first_tenant(entries[:1]) == DEFAULT_TENANT
 

@@ -33,6 +33,7 @@ class RouteEntry:
     served_name: str
     tenants: tuple[str, ...]
     adapters: tuple[str, ...] = ()
+    task: str = "generate"  # spec.model.task: the gateway answers the other kind of request itself
 
 
 def routes_document(entries: Sequence[RouteEntry], engine_url: str) -> dict[str, Any]:
@@ -43,6 +44,7 @@ def routes_document(entries: Sequence[RouteEntry], engine_url: str) -> dict[str,
             "name": entry.served_name,
             "endpoints": [engine_url],
             "tenants": list(entry.tenants),
+            "task": entry.task,
         }
         if entry.adapters:
             model["adapters"] = list(entry.adapters)

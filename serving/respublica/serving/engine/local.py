@@ -48,6 +48,10 @@ class LocalModel:
     def served_name(self) -> str:
         return self.deployment.spec.model.served_name
 
+    @property
+    def task(self) -> str:
+        return self.deployment.spec.model.task
+
 
 def detect_gpus() -> int:
     """CUDA devices torch can see (0 with the CPU build of torch)."""

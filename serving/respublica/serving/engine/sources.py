@@ -3,6 +3,8 @@
 - `file:///path` (or `file://~/path`, or a path relative to the spec file): that directory.
 - `hf://org/name` with its pinned `revision`: the Hugging Face cache first (no network), then the
   hub when it is reachable and `HF_HUB_OFFLINE` is not set.
+- `pkg://<package>/<path>`: inside an installed Python package; a `.gguf` file is converted into a
+  Hugging Face directory in the cache on first use (see `packaged.py`).
 - `pvc://` exists only on a cluster.
 
 Then, when the spec names `model.digest`, the directory's content digest is checked before anything
@@ -20,6 +22,7 @@ from urllib.parse import urlsplit
 
 from respublica.api.models import ModelSpec
 from respublica.serving.engine import digest as digests
+from respublica.serving.engine import packaged
 
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -83,14 +86,17 @@ def resolve(
         path = resolve_file(source, base_dir)
     elif source.startswith("hf://"):
         path = resolve_hf(source, model.revision)
+    elif packaged.is_packaged(source):
+        path = resolve_pkg(source)
     elif source.startswith("pvc://"):
         raise SourceError(
             f"spec.model.source {source!r}: pvc:// sources exist only on a cluster; for `respublica up` "
-            "use file:///<directory> or hf://<org>/<name> with a pinned revision"
+            "use file:///<directory>, pkg://<package>/<path> or hf://<org>/<name> with a pinned revision"
         )
     else:
         raise SourceError(
-            f"spec.model.source {source!r}: unsupported scheme; use file:///<directory> or hf://<org>/<name>"
+            f"spec.model.source {source!r}: unsupported scheme; use file:///<directory>, "
+            "pkg://<package>/<path> or hf://<org>/<name>"
         )
     verified = False
     if model.digest is not None and verify_digest:
@@ -100,6 +106,16 @@ def resolve(
             raise SourceError(str(err)) from None
         verified = True
     return ResolvedModel(path=path, source=source, revision=model.revision, digest_verified=verified)
+
+
+def resolve_pkg(source: str) -> Path:
+    """A pkg:// source's directory, a packaged GGUF converted (quietly) into the cache when needed."""
+    from respublica.serving.engine.tiny_model import default_cache_dir
+
+    try:
+        return packaged.ensure(source, default_cache_dir())
+    except packaged.PackagedError as err:
+        raise SourceError(str(err)) from None
 
 
 def resolve_file(source: str, base_dir: Path | None) -> Path:

@@ -1,9 +1,11 @@
 """`respublica up`: the models of a ModelDeployment file on local Ray, the gateway in front.
 
-The steps, in order: read the file (or write the bundled sample), find each model's weights and check
-their digest, size a private Ray instance, deploy through Ray Serve LLM and wait for the engine, start
-the gateway with a fresh admin key and a first tenant key, print how to call it, optionally send a
-first request, then serve until Ctrl-C or SIGTERM, and stop everything it started.
+The steps, in order: read the file (or write the bundled samples: real small models from the
+`samples` extra by default, the tiny random-weight model with --smoke), find each model's weights
+(converting a packaged GGUF into the cache on first use) and check their digest, size a private Ray
+instance, deploy through Ray Serve LLM and wait for the engine, start the gateway with a fresh admin
+key and a first tenant key, print how to call it, send a first request (the samples, or --smoke),
+then serve until Ctrl-C or SIGTERM, and stop everything it started.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from rich.console import Console
 from respublica.api.engine_args import Accelerator
 from respublica.api.models import ModelDeployment
 from respublica.serving.engine import digest as digests
-from respublica.serving.engine import engine_phase, sizing, sources, state, tiny_model
+from respublica.serving.engine import engine_phase, packaged, sizing, sources, state, tiny_model
 from respublica.serving.engine.local import LOOPBACK, EngineError, LocalEngine, LocalModel, detect_gpus
 from respublica.serving.engine.progress import Waiting
 
@@ -37,6 +39,9 @@ if TYPE_CHECKING:
     from respublica.serving.engine.gateway_local import LocalGateway
 
 SMOKE_PROMPT = "Say hello in five words."
+# The first request of the default samples: a question with one right answer anyone can check.
+QUESTION = "What is the capital of France? Answer in one word."
+EMBED_EXAMPLE = ["A cat sits on the mat.", "A kitten is lying on a rug.", "Tax returns are due in April."]
 
 
 class UpError(Exception):
@@ -102,9 +107,9 @@ def load_deployments(options: UpOptions, gpus: int) -> tuple[list[ModelDeploymen
     from respublica.api.load import InputError, SpecError, load_file
 
     if options.file is None:
-        from respublica.serving.engine.sample import write_sample
+        from respublica.serving.engine.sample import write_real_samples, write_sample
 
-        path = write_sample(gpus=1 if gpus > 0 else 0)
+        path = (write_sample if options.smoke else write_real_samples)(gpus=1 if gpus > 0 else 0)
     else:
         path = options.file
     try:
@@ -122,14 +127,15 @@ def load_deployments(options: UpOptions, gpus: int) -> tuple[list[ModelDeploymen
     return deployments, path
 
 
-def snippets(endpoint: Endpoint, model: str) -> str:
-    """A ready-to-paste curl command and OpenAI SDK program for the running endpoint."""
+def snippets(
+    endpoint: Endpoint, model: str, embed_model: str | None = None, prompt: str = SMOKE_PROMPT
+) -> str:
+    """A ready-to-paste curl command and OpenAI SDK program for the running endpoint (and, when an
+    embeddings model is served, the same for /v1/embeddings)."""
     key = endpoint.api_key or "unused"
     auth = f' \\\n  -H "Authorization: Bearer {endpoint.api_key}"' if endpoint.api_key else ""
-    body = json.dumps(
-        {"model": model, "messages": [{"role": "user", "content": SMOKE_PROMPT}], "max_tokens": 32}
-    )
-    return (
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": 32})
+    text = (
         f"curl {endpoint.base_url}/v1/chat/completions{auth} \\\n"
         f"  -H 'Content-Type: application/json' \\\n"
         f"  -d '{body}'\n"
@@ -137,16 +143,35 @@ def snippets(endpoint: Endpoint, model: str) -> str:
         "from openai import OpenAI\n"
         f'client = OpenAI(base_url="{endpoint.base_url}/v1", api_key="{key}")\n'
         "reply = client.chat.completions.create(\n"
-        f'    model="{model}", messages=[{{"role": "user", "content": "{SMOKE_PROMPT}"}}], max_tokens=32\n'
+        f'    model="{model}", messages=[{{"role": "user", "content": "{prompt}"}}], max_tokens=32\n'
         ")\n"
         "print(reply.choices[0].message.content)\n"
     )
+    if embed_model is None:
+        return text
+    embed_body = json.dumps({"model": embed_model, "input": EMBED_EXAMPLE[:2]})
+    return (
+        f"{text}\n"
+        f"curl {endpoint.base_url}/v1/embeddings{auth} \\\n"
+        f"  -H 'Content-Type: application/json' \\\n"
+        f"  -d '{embed_body}'\n"
+        "\n"
+        f'vectors = client.embeddings.create(model="{embed_model}", input={EMBED_EXAMPLE!r}).data\n'
+        "print(len(vectors[0].embedding), 'dimensions')\n"
+    )
 
 
-def chat_once(endpoint: Endpoint, model: str, timeout_s: float = 120.0) -> dict[str, Any]:
-    """One chat completion, as the smoke test of a fresh `up`."""
+def chat_once(
+    endpoint: Endpoint, model: str, timeout_s: float = 120.0, prompt: str = SMOKE_PROMPT
+) -> dict[str, Any]:
+    """One chat completion, greedy, as the first request of a fresh `up`."""
     body = json.dumps(
-        {"model": model, "messages": [{"role": "user", "content": SMOKE_PROMPT}], "max_tokens": 24}
+        {
+            "model": model,
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": 24,
+            "temperature": 0,
+        }
     ).encode()
     headers = {"Content-Type": "application/json"}
     if endpoint.api_key:
@@ -245,9 +270,13 @@ class Up:
         self.state.phase = "ready"
         self.state.gateway_url = endpoint.base_url if self.options.gateway else None
         state.write(self.state)
-        self._announce(endpoint, names, sample=self.options.file is None)
-        if self.options.smoke:
-            self._smoke(endpoint, names[0], sample=self.options.file is None)
+        tiny = self.options.file is None and self.options.smoke
+        chat = next((m.served_name for m in models if m.task != "embed"), None)
+        embed = next((m.served_name for m in models if m.task == "embed"), None)
+        self._announce(endpoint, names, tiny=tiny, chat=chat, embed=embed)
+        # The bundled samples always show a first answer; a file's models only with --smoke.
+        if chat is not None and (self.options.smoke or self.options.file is None):
+            self._smoke(endpoint, chat, tiny=tiny)
         self.err.print("Serving. Ctrl-C stops everything.", highlight=False)
         while True:
             time.sleep(1.0)
@@ -277,7 +306,7 @@ class Up:
             gpus = self._detect_gpus()
         else:
             gpus = self._detect_gpus()
-            if not tiny_model.is_current(tiny_model.default_model_dir()):
+            if self.options.smoke and not tiny_model.is_current(tiny_model.default_model_dir()):
                 with Waiting(self.err, "generating the tiny smoke-test model (first run only)"):
                     tiny_model.ensure_tiny_model()
             deployments, spec_path = load_deployments(self.options, gpus)
@@ -365,6 +394,11 @@ class Up:
 
     def _resolve(self, deployment: ModelDeployment, spec_path: Path) -> LocalModel:
         model = deployment.spec.model
+        if packaged.is_packaged(model.source):
+            path = self._packaged(deployment)
+            if model.digest is not None:
+                self._verify(deployment, path, model.digest)
+            return LocalModel(deployment=deployment, path=path)
         with Waiting(self.err, f"finding the weights of {model.served_name}"):
             try:
                 resolved = sources.resolve(model, base_dir=spec_path.parent, verify_digest=False)
@@ -374,7 +408,26 @@ class Up:
             self._verify(deployment, resolved.path, model.digest)
         return LocalModel(deployment=deployment, path=resolved.path)
 
-    def _verify(self, deployment: ModelDeployment, path: Path, expected: str) -> None:
+    def _packaged(self, deployment: ModelDeployment) -> Path:
+        """A pkg:// model's directory: a packaged GGUF converted on first use, its recorded digest checked."""
+        model = deployment.spec.model
+        try:
+            with Waiting(self.err, f"finding the weights of {model.served_name}"):
+                found = packaged.find(model.source, tiny_model.default_cache_dir())
+            if found.gguf is None:
+                return found.path
+            record = found.record
+            if record is None:
+                what = f"converting {found.gguf.name} into {found.path} (first run only)"
+                with Waiting(self.err, what) as wait:
+                    record = packaged.convert(found.gguf, found.path, model.source, wait.update)
+                    wait.result(f"{digests.total_bytes(found.path) / 1e6:.0f} MB, digest recorded")
+        except packaged.PackagedError as err:
+            raise UpError(f"{deployment.metadata.name}: {err}") from None
+        self._verify(deployment, found.path, record.digest, note=f" (delete {found.path} to convert again)")
+        return found.path
+
+    def _verify(self, deployment: ModelDeployment, path: Path, expected: str, note: str = "") -> None:
         total = max(1, digests.total_bytes(path))
         with Waiting(self.err, f"checking the digest of {path} ({total / 1e9:.2f} GB)") as wait:
             hashed = [0]
@@ -386,7 +439,7 @@ class Up:
             try:
                 digests.verify(path, expected, progress)
             except digests.DigestMismatch as err:
-                raise UpError(f"{deployment.metadata.name}: {err}") from None
+                raise UpError(f"{deployment.metadata.name}: {err}{note}") from None
 
     def _start_gateway(self, models: list[LocalModel]) -> Endpoint:
         from respublica.serving.engine import gateway_local
@@ -399,6 +452,7 @@ class Up:
                 adapters=tuple(a.name for a in m.deployment.spec.lora.adapters)
                 if m.deployment.spec.lora
                 else (),
+                task=m.task,
             )
             for m in models
         ]
@@ -426,7 +480,9 @@ class Up:
         if self.gateway is not None and not self.gateway.alive():
             raise UpError("the gateway stopped unexpectedly; stopping the engine too")
 
-    def _announce(self, endpoint: Endpoint, names: list[str], *, sample: bool) -> None:
+    def _announce(
+        self, endpoint: Endpoint, names: list[str], *, tiny: bool, chat: str | None, embed: str | None
+    ) -> None:
         out = self.out
         out.print()
         out.print(
@@ -452,19 +508,22 @@ class Up:
             )
         elif not self.options.gateway:
             out.print("No gateway (--no-gateway): the engine answers anyone on this machine, without keys.")
-        if sample:
+        if tiny:
             out.print(
-                "[yellow]The bundled sample is a tiny random-weight smoke-test model: its answers are "
-                "noise. `respublica up -f model.yaml` serves a real one (docs/local.md).[/yellow]",
+                "[yellow]The bundled smoke-test sample is a tiny random-weight model: its answers are "
+                "noise. `respublica up` without --smoke serves real ones (docs/local.md).[/yellow]",
                 highlight=False,
             )
         out.print()
-        out.print(snippets(endpoint, names[0]), highlight=False, markup=False, soft_wrap=True)
+        text = snippets(endpoint, chat or names[0], embed, prompt=SMOKE_PROMPT if tiny else QUESTION)
+        out.print(text, highlight=False, markup=False, soft_wrap=True)
 
-    def _smoke(self, endpoint: Endpoint, model: str, *, sample: bool) -> None:
+    def _smoke(self, endpoint: Endpoint, model: str, *, tiny: bool) -> None:
         started = time.monotonic()
+        prompt = SMOKE_PROMPT if tiny else QUESTION
+        self.out.print(f"Asking {model}: {prompt}", highlight=False, markup=False)
         with Waiting(self.err, f"sending a first chat completion to {model}"):
-            reply = chat_once(endpoint, model)
+            reply = chat_once(endpoint, model, prompt=prompt)
         choices = reply.get("choices") or [{}]
         answer = str((choices[0].get("message") or {}).get("content", ""))
         usage = reply.get("usage") or {}
@@ -475,7 +534,7 @@ class Up:
             highlight=False,
         )
         self.out.print(f"  {answer!r}", highlight=False, markup=False)
-        if sample:
+        if tiny:
             self.out.print("  (random weights: noise is the expected answer)", highlight=False)
 
     def _stop(self) -> None:

@@ -68,7 +68,8 @@ def plan_request(
     """The plan for a parsed body (`doc`, parsed from `raw`), or the error to answer with.
 
     The checks run in the order the answers have always come: 404 unknown model, 403 not allowed,
-    503 not ready, then 400 for the fields. An unknown model and a model the caller may not use
+    503 not ready, then 400 for a model that does not serve this endpoint (an embeddings model asked
+    for chat, or the reverse), then 400 for the fields. An unknown model and a model the caller may not use
     differ (404/403) only by the route table; a private model's endpoints are never named."""
     try:
         return _plan(doc, raw, endpoint, principal, resolved, default_max_tokens)
@@ -76,6 +77,16 @@ def plan_request(
         return exc
     except RecursionError:  # the estimator or the re-encoding went as deep as the JSON does
         return GatewayError(400, "invalid_body", "request body is nested too deeply")
+
+
+def _task_mismatch(model: str, endpoint: Endpoint) -> str:
+    """Why this model does not serve this endpoint, and which endpoint it does serve."""
+    if endpoint == "embeddings":
+        return (
+            f"model '{model}' does not serve embeddings: it generates text "
+            "(/v1/chat/completions, /v1/completions)"
+        )
+    return f"model '{model}' is an embeddings model: it serves /v1/embeddings only"
 
 
 def _plan(
@@ -101,6 +112,9 @@ def _plan(
         raise GatewayError(
             503, "model_not_ready", f"model '{model}' is not ready to serve; try again later", param="model"
         )
+
+    if route.task is not None and (endpoint == "embeddings") != (route.task == "embed"):
+        raise GatewayError(400, "model_task_mismatch", _task_mismatch(model, endpoint), param="model")
 
     written: dict[str, Any] = {}  # fields the gateway writes into the body it sends
     strip_usage = False

@@ -7,6 +7,7 @@ models:
     tenants: ["*"]                        # optional, default every tenant
     adapters: [sql-helper]                # optional LoRA adapters: "llama-3-8b:sql-helper"
     capacity: 8                           # optional: requests generating at once (fair sharing)
+    task: generate                        # optional: generate (chat, completions) or embed; unset: both
 ```
 """
 
@@ -18,7 +19,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from respublica.serving.gateway.routing.table import Route, RouteTable, normalize_endpoint
+from respublica.serving.gateway.routing.table import Route, RouteTable, Task, normalize_endpoint
 
 
 class RoutesFileError(ValueError):
@@ -33,6 +34,7 @@ class _Entry(BaseModel):
     tenants: list[str] = Field(default_factory=lambda: ["*"])
     adapters: list[str] = Field(default_factory=list)
     capacity: int | None = Field(default=None, ge=1, le=1_000_000)
+    task: Task | None = None
 
     @field_validator("endpoints")
     @classmethod
@@ -68,6 +70,7 @@ def parse_routes(data: Any, origin: str = "routes file") -> RouteTable:
             adapters=tuple(e.adapters),
             source=origin,
             capacity=e.capacity,
+            task=e.task,
         )
         for e in parsed.models
     )

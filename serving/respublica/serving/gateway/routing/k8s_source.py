@@ -103,6 +103,7 @@ def table_from_deployments(objects: Iterable[Mapping[str, Any]]) -> RouteTable:
                 tenants=tuple((spec.get("access") or {}).get("tenants") or ("*",)),
                 adapters=tuple(a["name"] for a in lora.get("adapters") or () if a.get("name")),
                 source=f"ModelDeployment {_ident(owner)} ({status.get('phase') or 'Pending'})",
+                task="embed" if (spec.get("model") or {}).get("task") == "embed" else "generate",
             )
         )
     return RouteTable.of(routes, conflicts)

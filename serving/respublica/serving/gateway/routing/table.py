@@ -8,8 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 ADAPTER_SEPARATOR = ":"
+
+# What a model serves (ModelDeployment `spec.model.task`): generate answers chat and completions,
+# embed answers embeddings; the request plan refuses the other kind itself. A route without one (a
+# routes file that does not say) sends every kind to the engine, which answers for itself.
+Task = Literal["generate", "embed"]
+TASKS: tuple[Task, ...] = ("generate", "embed")
 
 
 def normalize_endpoint(url: str) -> str:
@@ -30,6 +37,7 @@ class Route:
     created: float = 0.0
     # Requests its endpoints take at once, all together (fair sharing queues above it); None: unknown.
     capacity: int | None = None
+    task: Task | None = None
 
     def allows_tenant(self, tenant: str) -> bool:
         return "*" in self.tenants or tenant in self.tenants
