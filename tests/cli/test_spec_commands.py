@@ -216,3 +216,65 @@ def test_version_flag_and_command_print_the_distribution_version() -> None:
         result = CliRunner().invoke(app, argv)
         assert result.exit_code == 0, result.output
         assert result.stdout == f"{version('respublica')}\n"
+
+
+def _model_dir(root: Path) -> Path:
+    (root / "tok").mkdir(parents=True)
+    (root / "config.json").write_text("{}")
+    (root / "model.safetensors").write_bytes(b"\x00" * 2048)
+    (root / "tok" / "vocab.txt").write_text("a\nb\n")
+    return root
+
+
+def test_digest_expect_accepts_the_printed_digest_and_marks(tmp_path: Path) -> None:
+    model = _model_dir(tmp_path / "m")
+    printed = run("digest", str(model))
+    assert printed.exit_code == 0
+    digest = printed.stdout.strip()
+    marker = model / ".respublica-complete"
+    checked = run("digest", "--expect", digest, "--mark", str(marker), str(model))
+    assert checked.exit_code == 0, checked.output
+    assert digest in checked.stdout
+    assert marker.read_text().strip() == digest
+    # The marker starts with ".": it is outside the digest, so checking again still matches.
+    assert run("digest", "--expect", digest, str(model)).exit_code == 0
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["edit", "add", "remove", "rename"],
+)
+def test_digest_expect_refuses_changed_files_with_both_digests(tmp_path: Path, change: str) -> None:
+    from respublica.api.model_digest import MISMATCH_EXIT_CODE, model_digest, parse_mismatch
+
+    model = _model_dir(tmp_path / "m")
+    expected = run("digest", str(model)).stdout.strip()
+    if change == "edit":
+        (model / "config.json").write_text("[]")
+    elif change == "add":
+        (model / "extra.bin").write_bytes(b"x")
+    elif change == "remove":
+        (model / "tok" / "vocab.txt").unlink()
+    else:
+        (model / "config.json").rename(model / "config2.json")
+    marker = tmp_path / "marker"
+    result = run("digest", "--expect", expected, "--mark", str(marker), str(model))
+    no_traceback(result)
+    assert result.exit_code == MISMATCH_EXIT_CODE
+    assert parse_mismatch(result.stderr) == (expected, model_digest(model))
+    assert "spec.model.digest" in result.stderr
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--expect", "md5:abc"], "--expect must be 'sha256:'"),
+        (["--mark", "/tmp/x"], "--mark needs --expect"),
+    ],
+)
+def test_digest_bad_options_exit_2(tmp_path: Path, args: list[str], expected: str) -> None:
+    model = _model_dir(tmp_path / "m")
+    result = run("digest", *args, str(model))
+    assert result.exit_code == 2
+    assert expected in result.stderr

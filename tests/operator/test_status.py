@@ -320,3 +320,38 @@ def test_status_is_the_api_model_and_reads_back_the_same() -> None:
     assert ModelDeploymentStatus.model_validate(status_dict(status)) == status
     ready = next(c for c in status.conditions if c.type == "Ready")
     assert (ready.status, ready.reason, ready.last_transition_time) == ("True", "Serving", NOW)
+
+
+def test_digest_mismatch_names_both_digests_from_the_verify_steps_own_words(tmp_path: Any) -> None:
+    """The termination message is what `respublica digest --expect` really prints on a mismatch."""
+    from typer.testing import CliRunner
+
+    from respublica.cli import app
+
+    (tmp_path / "config.json").write_text("{}")
+    expected = "sha256:" + "ab" * 32
+    printed = CliRunner().invoke(app, ["digest", "--expect", expected, str(tmp_path)])
+    assert printed.exit_code == 3
+    verify_pod = pod(
+        "llama-download-1-xyz",
+        job_name="llama-download-1",
+        terminated={"exitCode": 3, "reason": "Error", "message": printed.stderr},
+    )
+    status = run(obs(cache_wanted=True, job=job("failed"), pods=[verify_pod]))
+    assert status["phase"] == "Failed"
+    found = printed.stderr.split("found ")[1][:71]
+    for type_ in ("Ready", "Degraded"):
+        reason, message = cond(status, type_)[1:]
+        assert reason == "DigestMismatch"
+        assert expected in message and found in message and found != expected
+    assert cond(status, "Progressing")[:2] == ("False", "DigestMismatch")
+
+
+def test_a_download_failure_that_merely_mentions_a_digest_is_not_a_mismatch() -> None:
+    failed_pod = pod(
+        "llama-download-1-xyz",
+        job_name="llama-download-1",
+        terminated={"exitCode": 1, "reason": "Error", "message": "expected sha256:" + "ab" * 32},
+    )
+    status = run(obs(cache_wanted=True, job=job("failed"), pods=[failed_pod]))
+    assert cond(status, "Ready")[1] == "ModelDownloadFailed"

@@ -161,10 +161,41 @@ def status_command(
 
 def digest_command(
     directory: Annotated[Path, typer.Argument(help="A model directory (config.json, weights, tokenizer).")],
+    expect: Annotated[
+        str | None,
+        typer.Option(
+            "--expect",
+            help="The digest the files must have (sha256:<64 hex>): on a mismatch print both and exit 3.",
+        ),
+    ] = None,
+    mark: Annotated[
+        Path | None,
+        typer.Option(
+            "--mark",
+            help="With --expect: after a match, write the digest into this file (the download Job's "
+            "completion marker, which the replicas wait for).",
+        ),
+    ] = None,
 ) -> None:
-    """Print the content digest of a model directory, for spec.model.digest (docs/model-digest.md)."""
-    from respublica.serving.engine.digest import model_digest
+    """Print the content digest of a model directory, for spec.model.digest (docs/model-digest.md).
+
+    With --expect it checks instead: exit 0 on a match, 3 on a mismatch (the message names both
+    digests), so the download Job on a cluster refuses files the spec does not name.
+    """
+    import re
+
+    from respublica.api.model_digest import MISMATCH_EXIT_CODE, mismatch_message, model_digest
+    from respublica.api.models import DIGEST_PATTERN
 
     if not directory.is_dir():
         _fail(f"{directory} is not a directory", EXIT_INPUT)
-    typer.echo(model_digest(directory))
+    if expect is not None and not re.match(DIGEST_PATTERN, expect):
+        _fail(f"--expect must be 'sha256:' followed by 64 lowercase hex digits, got {expect!r}", EXIT_INPUT)
+    if mark is not None and expect is None:
+        _fail("--mark needs --expect: only verified files are marked complete", EXIT_INPUT)
+    found = model_digest(directory)
+    if expect is not None and found != expect:
+        _fail(mismatch_message(directory, expect, found), MISMATCH_EXIT_CODE)
+    if mark is not None:
+        mark.write_text(found + "\n")
+    typer.echo(found if expect is None else f"ok: {directory} has the expected digest {found}")

@@ -50,6 +50,13 @@ def render_command(
     downloader_image: Annotated[
         Text, _setting("Image of the cache download Job (needs huggingface_hub); default: the Ray image.")
     ] = None,
+    verifier_image: Annotated[
+        Text,
+        _setting(
+            "The respublica image, whose `respublica digest --expect` checks spec.model.digest in the "
+            "download Job (default: ghcr.io/respublica-dev/respublica at this version)."
+        ),
+    ] = None,
     image_registry: Annotated[
         Text, _setting("Registry that replaces the default images' registry, e.g. a local mirror.")
     ] = None,
@@ -97,6 +104,7 @@ def render_command(
     flags = {
         "ray-image": ray_image,
         "downloader-image": downloader_image,
+        "verifier-image": verifier_image,
         "image-registry": image_registry,
         "image-pull-policy": image_pull_policy,
         "image-pull-secrets": image_pull_secrets,

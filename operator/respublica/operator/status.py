@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from respublica.api import models
+from respublica.api.model_digest import parse_mismatch
 from respublica.api.models import Phase
 from respublica.operator.dig import dig
 
@@ -143,6 +144,16 @@ def _job_verdict(job: Obj, pods: Sequence[Obj]) -> Problem | Literal["complete",
             cond = _condition(conditions, "Failed") or {}
             detail = cond.get("message") or cond.get("reason") or "the download Job failed"
         name = dig(job, "metadata", "name")
+        mismatch = parse_mismatch(detail)
+        if mismatch is not None:
+            expected, found = mismatch
+            return Problem(
+                "DigestMismatch",
+                f"the downloaded model files do not match spec.model.digest: expected {expected}, found "
+                f"{found} (Job {name}); nothing serves them. Fix spec.model.revision (or the source) "
+                "to the intended files, or set spec.model.digest to the found value if these are them.",
+                permanent=True,
+            )
         return Problem(
             "ModelDownloadFailed",
             f"model download failed: {detail} (Job {name}; fix spec.model.source/revision or the "

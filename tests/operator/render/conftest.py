@@ -106,6 +106,18 @@ MATRIX: dict[str, dict[str, Any]] = {
             "cache": {"size": "1Ti"},
         },
     ),
+    "digest-verified": _md(
+        "qwen-pinned",
+        {
+            "model": {
+                "source": "hf://Qwen/Qwen2.5-7B-Instruct",
+                "revision": REVISION,
+                "servedName": "qwen",
+                "digest": "sha256:" + "ab" * 32,
+            },
+            "cache": {"size": "40Gi"},
+        },
+    ),
     "pvc-root-gcs-lora": _md(
         "gemma",
         {

@@ -32,6 +32,7 @@ spec:
 VALUES = {
     "ray-image": "mirror.example/ray-llm:1",
     "downloader-image": "mirror.example/fetch:2",
+    "verifier-image": "mirror.example/respublica:3",
     "image-registry": "registry.agency.example/mirror",
     "image-pull-policy": "Always",
     "image-pull-secrets": "pull-a,pull-b",

@@ -3,12 +3,21 @@
 Replicas then read the weights from the volume with the hub switched off, instead of each one
 downloading them at start. The Job's name carries a digest of what it downloads: a Job's pod
 template cannot change, so a new revision gets a new Job (into its own directory of the cache).
+
+With `spec.model.digest` the download runs as an init container and a second step, `verify`, runs
+`respublica digest --expect <digest> --mark <marker> <dir>` in the respublica image: the files are
+hashed by the code that defines the digest (respublica.api.model_digest), and only a match writes the
+completion marker the replicas wait for. A mismatch exits with MISMATCH_EXIT_CODE, which the Job's
+podFailurePolicy turns into a failed Job at once (a retry would hash the same files); the message,
+naming both digests, is the container's termination message (FallbackToLogsOnError), read back by
+the operator's status (reason DigestMismatch).
 """
 
 from __future__ import annotations
 
 import hashlib
 
+from respublica.api.model_digest import MISMATCH_EXIT_CODE
 from respublica.api.models import ModelDeployment
 from respublica.operator.render.common import (
     Obj,
@@ -20,7 +29,7 @@ from respublica.operator.render.common import (
     usage_stats_env,
 )
 from respublica.operator.render.kinds import CACHE_CLAIM, DOWNLOAD_JOB
-from respublica.operator.render.options import RenderOptions
+from respublica.operator.render.options import DEFAULT_RESPUBLICA_IMAGE, RenderOptions
 from respublica.operator.render.storage import (
     CACHE_VOLUME,
     COMPLETE_MARKER,
@@ -30,6 +39,11 @@ from respublica.operator.render.storage import (
 )
 
 COMPONENT = "model-cache"
+DOWNLOAD_CONTAINER = "download"
+VERIFY_CONTAINER = "verify"
+# With a digest, the download's own marker: the files are in place but not yet verified. It starts
+# with "." so the digest does not cover it.
+DOWNLOADED_MARKER = ".respublica-downloaded"
 
 # Downloads one repository at one revision, then writes the marker the replicas wait for. Arguments
 # come from argv, never spliced into the code.
@@ -47,6 +61,9 @@ print(f"{repo}@{revision} is in {dest}")
 
 def download_job_name(md: ModelDeployment) -> str:
     what = f"{md.spec.model.source}@{md.spec.model.revision}"
+    if md.spec.model.digest is not None:
+        # A new digest is a new check: a Job's pod template cannot change, so it is a new Job.
+        what += f"#{md.spec.model.digest}"
     return f"{md.metadata.name}-download-{hashlib.sha256(what.encode()).hexdigest()[:8]}"
 
 
@@ -84,16 +101,22 @@ def _download_job(md: ModelDeployment, options: RenderOptions) -> Obj:
                 },
             }
         )
+    digest = md.spec.model.digest
+    model_dir = cache_model_path(md, options)
+    mounts: list[Obj] = [
+        {"name": CACHE_VOLUME, "mountPath": options.cache_mount_path},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
     container: Obj = {
-        "name": "download",
+        "name": DOWNLOAD_CONTAINER,
         "image": image_ref(options.downloader_image, options),
         "imagePullPolicy": options.image_pull_policy,
         "command": ["python", "-c", DOWNLOAD_SCRIPT],
         "args": [
             hf_repository(md),
             str(md.spec.model.revision),
-            cache_model_path(md, options),
-            COMPLETE_MARKER,
+            model_dir,
+            COMPLETE_MARKER if digest is None else DOWNLOADED_MARKER,
         ],
         "env": env,
         "resources": {
@@ -101,10 +124,10 @@ def _download_job(md: ModelDeployment, options: RenderOptions) -> Obj:
             "limits": {"cpu": "2", "memory": "4Gi"},
         },
         "securityContext": container_security_context(),
-        "volumeMounts": [
-            {"name": CACHE_VOLUME, "mountPath": options.cache_mount_path},
-            {"name": "tmp", "mountPath": "/tmp"},
-        ],
+        # A failed download's last log lines (a 401, a missing revision) become the termination
+        # message the operator's status quotes.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": mounts,
     }
     pod_spec: Obj = {
         "restartPolicy": "Never",
@@ -116,15 +139,51 @@ def _download_job(md: ModelDeployment, options: RenderOptions) -> Obj:
             {"name": "tmp", "emptyDir": {}},
         ],
     }
+    job_spec: Obj = {"backoffLimit": options.download_backoff_limit}
+    if digest is not None:
+        # Download first (an init container), then verify; only `verify` writes the marker.
+        pod_spec["initContainers"] = [container]
+        pod_spec["containers"] = [_verify_container(model_dir, digest, mounts, options)]
+        job_spec["podFailurePolicy"] = {
+            "rules": [
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {
+                        "containerName": VERIFY_CONTAINER,
+                        "operator": "In",
+                        "values": [MISMATCH_EXIT_CODE],
+                    },
+                }
+            ]
+        }
     secrets = pull_secrets(options)
     if secrets:
         pod_spec["imagePullSecrets"] = secrets
     meta = metadata(md, download_job_name(md), COMPONENT)
+    job_spec["template"] = {"metadata": {"labels": dict(meta["labels"])}, "spec": pod_spec}
+    return {**DOWNLOAD_JOB.type_meta(), "metadata": meta, "spec": job_spec}
+
+
+def _verify_container(model_dir: str, digest: str, mounts: list[Obj], options: RenderOptions) -> Obj:
+    """`respublica digest --expect`: exactly the computation `respublica digest` prints."""
     return {
-        **DOWNLOAD_JOB.type_meta(),
-        "metadata": meta,
-        "spec": {
-            "backoffLimit": options.download_backoff_limit,
-            "template": {"metadata": {"labels": dict(meta["labels"])}, "spec": pod_spec},
+        "name": VERIFY_CONTAINER,
+        # A configured image (the chart passes its own, already on its registry) is used as given;
+        # only the built-in default moves to the override registry.
+        "image": (
+            image_ref(options.verifier_image, options)
+            if options.verifier_image == DEFAULT_RESPUBLICA_IMAGE
+            else options.verifier_image
+        ),
+        "imagePullPolicy": options.image_pull_policy,
+        "command": ["respublica"],
+        "args": ["digest", "--expect", digest, "--mark", f"{model_dir}/{COMPLETE_MARKER}", model_dir],
+        "env": [*usage_stats_env(), {"name": "HOME", "value": "/tmp"}],
+        "resources": {
+            "requests": {"cpu": "500m", "memory": "256Mi"},
+            "limits": {"cpu": "1", "memory": "512Mi"},
         },
+        "securityContext": {**container_security_context(), "readOnlyRootFilesystem": True},
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [dict(mount) for mount in mounts],
     }

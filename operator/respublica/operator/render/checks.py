@@ -24,3 +24,11 @@ def check_renderable(md: ModelDeployment, options: RenderOptions) -> None:
             "needs a GPU: set spec.image to a Ray Serve LLM image with vLLM's CPU build (or run the "
             "operator with RESPUBLICA_RAY_IMAGE / render with --ray-image set to one)"
         )
+    # On a cluster the digest is checked once, by the model cache's download Job, before the marker the
+    # replicas wait for is written. Without a cache nothing would check it: refuse rather than promise.
+    if md.spec.model.digest is not None and md.spec.cache is None:
+        raise RenderError(
+            "spec.model.digest is verified on a cluster by the model cache's download Job, and this "
+            "spec has no spec.cache: add spec.cache (for hf:// sources) so the files are hashed before "
+            "any replica reads them, or remove the digest (`respublica up` verifies it on one machine)"
+        )

@@ -102,6 +102,7 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     Setting("ray-image", "ray_image", _text),
     Setting("downloader-image", "downloader_image", _text),
+    Setting("verifier-image", "verifier_image", _text),
     Setting("image-registry", "image_registry", _text),
     Setting("image-pull-policy", "image_pull_policy", _pull_policy),
     Setting("image-pull-secrets", "image_pull_secrets", _secret_names),

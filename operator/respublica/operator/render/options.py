@@ -4,10 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from types import MappingProxyType
 
 RAY_VERSION = "2.60.0"
 DEFAULT_RAY_IMAGE = f"docker.io/rayproject/ray-llm:{RAY_VERSION}-py311-cu128"
+
+
+def _own_version() -> str:
+    try:
+        return version("respublica")
+    except PackageNotFoundError:  # a source tree without an installed distribution
+        return "0.1.0"
+
+
+# The respublica image (images/respublica/Containerfile) at this version, as the chart publishes it.
+DEFAULT_RESPUBLICA_IMAGE = f"ghcr.io/respublica-dev/respublica:{_own_version()}"
 
 
 def _labels(**labels: str) -> Mapping[str, str]:
@@ -23,6 +35,9 @@ class RenderOptions:
     ray_version: str = RAY_VERSION
     # Runs the cache download Job; needs Python with huggingface_hub (the Ray LLM image has it).
     downloader_image: str = DEFAULT_RAY_IMAGE
+    # The respublica image: the download Job's `verify` step runs `respublica digest --expect` in it, so
+    # the files are hashed by the very code that defines the digest. The chart sets its own image.
+    verifier_image: str = DEFAULT_RESPUBLICA_IMAGE
     # A registry (e.g. `registry.agency.example/mirror`) that replaces the registry of the default
     # images, for clusters that pull only from their own mirror. A spec's own `image` is left alone.
     image_registry: str | None = None
