@@ -212,3 +212,57 @@ def test_a_bad_field_is_400_naming_it(doc: dict[str, Any], endpoint: Endpoint, p
     error = refused(doc, endpoint)
     assert (error.status, error.code, error.param) == (400, "invalid_value", param)
     assert error.type == "invalid_request_error"
+
+
+# -- the model's task ----------------------------------------------------------------------------
+
+TASKED = RouteTable.of(
+    [
+        Route("smol", ("http://10.0.0.4:8000",), task="generate"),
+        Route("minilm", ("http://10.0.0.5:8000",), task="embed"),
+        Route("private-minilm", ("http://10.0.0.6:8000",), tenants=("other",), task="embed"),
+    ]
+)
+EMBED = {"model": "minilm", "input": ["a cat on a mat"]}
+
+
+def tasked(
+    doc: dict[str, Any], endpoint: Endpoint, principal: Principal | None = None
+) -> Plan | GatewayError:
+    raw = jsoncodec.dumps(doc)
+    return plan_request(doc, raw, endpoint, principal or caller(), TASKED.resolve(doc["model"]), GATEWAY_CAP)
+
+
+@pytest.mark.parametrize("endpoint", ["chat", "completions"])
+def test_text_generation_from_an_embeddings_model_is_400_from_the_gateway(endpoint: Endpoint) -> None:
+    doc = {**CHAT, "model": "minilm"} if endpoint == "chat" else {"model": "minilm", "prompt": "hi"}
+    error = tasked(doc, endpoint)
+    assert isinstance(error, GatewayError)
+    assert (error.status, error.code, error.param) == (400, "model_task_mismatch", "model")
+    assert str(error) == "model 'minilm' is an embeddings model: it serves /v1/embeddings only"
+
+
+def test_embeddings_from_a_chat_model_is_400_from_the_gateway() -> None:
+    error = tasked({**EMBED, "model": "smol"}, "embeddings")
+    assert isinstance(error, GatewayError)
+    assert (error.status, error.code, error.param) == (400, "model_task_mismatch", "model")
+    assert "model 'smol' does not serve embeddings" in str(error) and "/v1/chat/completions" in str(error)
+
+
+def test_each_model_gets_the_requests_of_its_task() -> None:
+    assert isinstance(tasked(EMBED, "embeddings"), Plan)
+    assert isinstance(tasked({**CHAT, "model": "smol"}, "chat"), Plan)
+    assert isinstance(tasked({"model": "smol", "prompt": "hi"}, "completions"), Plan)
+
+
+def test_a_route_without_a_task_leaves_the_answer_to_the_engine() -> None:
+    """A routes file that names no task (the format before tasks) sends every kind on, as before."""
+    assert Route("x", ("http://e",)).task is None
+    assert isinstance(plan({"model": "bge", "input": ["a"]}, "embeddings"), Plan)
+    assert isinstance(plan({**CHAT, "model": "bge"}, "chat"), Plan)
+
+
+def test_access_is_decided_before_the_task() -> None:
+    """A private model's kind is not told to a caller who may not use it: 403, not 400."""
+    error = tasked({**CHAT, "model": "private-minilm"}, "chat")
+    assert isinstance(error, GatewayError) and error.status == 403
