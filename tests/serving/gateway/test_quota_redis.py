@@ -159,6 +159,7 @@ async def test_an_admission_whose_connection_breaks_after_sending_is_released(re
     prefix = f"reset-{time.monotonic_ns()}"
     store = RedisQuotaStore.from_url(redis_url, prefix=prefix)
     store.retry_delays_s = (0.05,) * 5
+    await store._client.set(store._epoch_key("acme"), "e1")  # a tenant the store has counted before
     sent = store._admit
 
     async def ran_then_broke(**kwargs: Any) -> Any:

@@ -63,7 +63,7 @@ def build_from_settings(settings: GatewaySettings) -> FastAPI:
     from respublica.serving.gateway.db.repo import Repository
     from respublica.serving.gateway.journal import UsageJournal
     from respublica.serving.gateway.ledger import SqlLedger
-    from respublica.serving.gateway.quota import open_store, seed_from_ledger
+    from respublica.serving.gateway.quota import open_store, rebuild_from_ledger, seed_from_ledger
     from respublica.serving.gateway.routing.file_source import load_routes_file
     from respublica.serving.gateway.tenants_file import load_tenants_file
 
@@ -91,6 +91,7 @@ def build_from_settings(settings: GatewaySettings) -> FastAPI:
         fail_policy=settings.quota.fail_policy,
     )
     ledger = SqlLedger(repo, journal=UsageJournal(journal_dir(settings)))
+    rebuild_from_ledger(quota, repo, ledger.flush)  # a Redis that lost its data is rebuilt, not trusted
 
     from respublica.serving.gateway.fairness.gate import FairnessGate
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable, Sequence
 
-from respublica.serving.gateway.db.repo import Repository
+from respublica.serving.gateway.db.repo import Repository, SpendTotal
 from respublica.serving.gateway.quota.arithmetic import day_start, month_start
 from respublica.serving.gateway.quota.base import FailPolicy, QuotaReservation
 from respublica.serving.gateway.quota.memory import MemoryQuotaStore
@@ -16,6 +17,7 @@ __all__ = [
     "QuotaReservation",
     "RedisQuotaStore",
     "open_store",
+    "rebuild_from_ledger",
     "seed_from_ledger",
 ]
 
@@ -41,3 +43,20 @@ async def seed_from_ledger(
     day = await repo.spend_since(day_start(now))
     month = await repo.spend_since(month_start(now))
     await store.seed(day, month)
+
+
+def rebuild_from_ledger(
+    store: MemoryQuotaStore | RedisQuotaStore, repo: Repository, flush: Callable[[], Awaitable[None]]
+) -> None:
+    """Let a shared store rebuild a tenant whose state it lost (Redis restarted without
+    persistence, flushed, failed over) from the ledger, after `flush` wrote this process's lines."""
+    if not isinstance(store, RedisQuotaStore):
+        return  # the memory store's state is lost only with its process, and seeded at start
+
+    async def spend_of(tenant: str, now: float) -> tuple[Sequence[SpendTotal], Sequence[SpendTotal]]:
+        day = [r for r in await repo.spend_since(day_start(now)) if r.tenant == tenant]
+        month = [r for r in await repo.spend_since(month_start(now)) if r.tenant == tenant]
+        return day, month
+
+    store.rebuild_from = spend_of
+    store.before_rebuild = flush

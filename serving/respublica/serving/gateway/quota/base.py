@@ -32,6 +32,9 @@ class QuotaReservation(Reservation):
 
     started_at: float = 0.0
     unaccounted: bool = False  # admitted by the fail-open policy while the store was unreachable
+    # The store's state generation it was admitted in (Redis: the tenant's epoch key). A settlement
+    # that finds the store's state lost since (another epoch) charges what was used in full.
+    epoch: str = ""
 
 
 def new_reservation_id() -> str:
@@ -45,7 +48,12 @@ def started_at(reservation: Reservation, lease_s: float) -> float:
 
 
 def answer(
-    principal: Principal, plan: Plan, values: list[tuple[int, int]], reservation_id: str, lease_s: float
+    principal: Principal,
+    plan: Plan,
+    values: list[tuple[int, int]],
+    reservation_id: str,
+    lease_s: float,
+    epoch: str = "",
 ) -> Admission | Rejection:
     failed = first_failure(plan, values)
     if failed is not None:
@@ -57,6 +65,7 @@ def answer(
         tokens=plan.tokens,
         expires_at=plan.now + lease_s,
         started_at=plan.now,
+        epoch=epoch,
     )
     return Admission(reservation, headers_for(plan, values, admitted=True))
 

@@ -28,7 +28,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -42,6 +42,7 @@ from respublica.serving.gateway.db.repo import SpendTotal
 from respublica.serving.gateway.quota.arithmetic import (
     MAX_RESERVATION,
     PERIOD_GRACE_S,
+    WINDOW_TTL_S,
     next_month,
     plan_admission,
     settle_keys,
@@ -78,13 +79,17 @@ end
 # the script touching another caller's keys; its token hold stays charged (the safe side: usage
 # nobody reported is not refunded) until a late settlement says what it used.
 
-# KEYS: the four structures, then (current, previous) per check, then the id's release tombstone.
-# ARGV: now, id, expires_at, lease json, late-settle window, structure ttl, n, then per check
-#       (cost, limit or '', previous weight, ttl, kind: 'c' counter or 'z' live leases in a zset).
-# Returns {-1} when the id was released before this script ran (see `_SETTLE`), else
-# {failed check or 0, then (current, previous) per check}.
+# KEYS: the four structures, then (current, previous) per check, then the id's release tombstone,
+# then the tenant's epoch. ARGV: now, id, expires_at, lease json, late-settle window, structure
+# ttl, n, then per check (cost, limit or '', previous weight, ttl, kind: 'c' counter or 'z' live
+# leases in a zset). Returns {-1} when the id was released before this script ran (see
+# `_SETTLE`), {-2} when the tenant has no epoch (Redis lost its data, or never had the tenant: the
+# gateway rebuilds it from the ledger first), else {failed check or 0, then (current, previous)
+# per check, then the epoch}.
 _ADMIT = """
-if redis.call('EXISTS', KEYS[#KEYS]) == 1 then return {-1} end
+if redis.call('EXISTS', KEYS[#KEYS - 1]) == 1 then return {-1} end
+local epoch = redis.call('GET', KEYS[#KEYS])
+if not epoch then return {-2} end
 local now = tonumber(ARGV[1])
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do
   if redis.call('HEXISTS', KEYS[2], id) == 1 then redis.call('ZADD', KEYS[3], now, id) end
@@ -129,12 +134,15 @@ if failed == 0 then
   redis.call('HSET', KEYS[2], ARGV[2], ARGV[4])
   for k = 1, 4 do redis.call('EXPIRE', KEYS[k], ARGV[6]) end
 end
+out[2 * n + 2] = epoch
 return out
 """
 
-# KEYS: the four structures, the id's release tombstone, then the reservation's token counters
-# (minute, day, month). ARGV: id, used tokens, tombstone ttl ('' for an ordinary settlement).
-# Returns 1 settled in time, 2 settled late (expired before), 0 nothing to do.
+# KEYS: the four structures, the id's release tombstone, the tenant's epoch, then the
+# reservation's token counters (minute, day, month). ARGV: id, used tokens, tombstone ttl ('' for
+# an ordinary settlement), the reservation's epoch, then each token counter's ttl.
+# Returns 1 settled in time, 2 settled late (expired before), 3 charged in full (the store lost
+# its state since the admission, and the hold with it), 0 nothing to do.
 # The release of an admission whose answer was lost can overtake the admission itself (the
 # admission's connection stalled, the release went on another): finding nothing, it leaves a
 # tombstone, and the admission, when it finally runs, takes nothing.
@@ -145,6 +153,13 @@ local id = ARGV[1]
 local data = redis.call('HGET', KEYS[2], id)
 if not data then
   if ARGV[3] ~= '' then redis.call('SET', KEYS[5], '1', 'EX', ARGV[3]) end
+  if ARGV[4] ~= '' and redis.call('GET', KEYS[6]) ~= ARGV[4] then
+    for i = 7, #KEYS do
+      redis.call('INCRBY', KEYS[i], ARGV[2])
+      redis.call('EXPIRE', KEYS[i], ARGV[i - 2])
+    end
+    return 3
+  end
   return 0
 end
 local live = redis.call('ZREM', KEYS[1], id)
@@ -152,11 +167,25 @@ redis.call('ZREM', KEYS[4], id)
 redis.call('ZREM', KEYS[3], id)
 redis.call('HDEL', KEYS[2], id)
 local lease = cjson.decode(data)
-for i = 6, #KEYS do adjust(KEYS[i], tonumber(ARGV[2]) - lease.t) end
+for i = 7, #KEYS do adjust(KEYS[i], tonumber(ARGV[2]) - lease.t) end
 if live == 1 then return 1 end
 return 2
 """
 )
+
+# KEYS: the tenant's epoch, the rebuild lock, then the day and month counters to rebuild. ARGV:
+# the new epoch, the counters' ttl, then each counter's tokens from the ledger. Adds to what is
+# there (only settlements of requests admitted before the loss, charged in full: the safe side).
+_RESEED = """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('DEL', KEYS[2]) return 0 end
+for i = 3, #KEYS do
+  redis.call('INCRBY', KEYS[i], ARGV[i])
+  redis.call('EXPIRE', KEYS[i], ARGV[2])
+end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('DEL', KEYS[2])
+return 1
+"""
 
 # KEYS: the four structures. ARGV: now, id, new expiry, structure ttl. 1: renewed, 0: not live.
 _EXTEND = """
@@ -169,6 +198,17 @@ if score and tonumber(score) > tonumber(ARGV[1]) then
 end
 return 0
 """
+
+# (tenant, now) -> that tenant's (day, month) spend per subject, from the ledger.
+SpendSource = Callable[[str, float], Awaitable[tuple[Sequence[SpendTotal], Sequence[SpendTotal]]]]
+
+
+def counter_ttl(name: str, started: float) -> int:
+    """A token counter's lifetime when a settlement has to create it (after a loss)."""
+    if ":tk:" in name:
+        return WINDOW_TTL_S
+    return int(next_month(started) - started + PERIOD_GRACE_S)
+
 
 # A failed settlement is retried after these delays; then given up, leaving the reservation charged.
 SETTLE_RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
@@ -199,6 +239,7 @@ class RedisQuotaStore:
         self._op_timeout_s = op_timeout_s
         self._clock = clock
         self._admit = client.register_script(_ADMIT)
+        self._reseed = client.register_script(_RESEED)
         self._settle = client.register_script(_SETTLE)
         self._extend = client.register_script(_EXTEND)
         self._last_warning = 0.0
@@ -209,6 +250,14 @@ class RedisQuotaStore:
         self._local = MemoryQuotaStore(lease_s=lease_s, clock=clock)
         self.errors = 0  # failed store operations (a metric: the quota store's health)
         self.up = True  # the last operation reached the store
+        # Rebuilding a tenant whose state was lost: where its spend comes from (the ledger, by
+        # tenant: its day and month totals) and what runs first (this process's ledger flushed).
+        self.rebuild_from: SpendSource | None = None
+        self.before_rebuild: Callable[[], Awaitable[None]] | None = None
+        self.rebuild_delay_s = 2.0
+        self.rebuilds = 0  # tenants found lost and rebuilt (a metric)
+        self._seen: set[str] = set()  # tenants with an epoch this process admitted in
+        self._rebuilding: dict[str, asyncio.Future[bool]] = {}
 
     @classmethod
     def from_url(cls, url: str, *, timeout_s: float = 1.0, **kwargs: Any) -> RedisQuotaStore:
@@ -257,7 +306,9 @@ class RedisQuotaStore:
                 self.fail_policy,
             )
 
-    async def admit(self, principal: Principal, tokens: int) -> Admission | Rejection:
+    async def admit(
+        self, principal: Principal, tokens: int, *, rebuild: bool = True
+    ) -> Admission | Rejection:
         now = self._clock()
         tenant = principal.tenant
         plan = plan_admission(principal, tokens, now)
@@ -283,9 +334,14 @@ class RedisQuotaStore:
                 keys += [k(tenant, c.key), k(tenant, c.prev_key or c.key)]
                 kind = "c"
             args += [c.cost, "" if c.limit is None else c.limit, repr(c.prev_weight), c.ttl_s, kind]
-        keys.append(self._tombstone(tenant, rid))
+        keys += [self._tombstone(tenant, rid), self._epoch_key(tenant)]
         try:
             raw = await asyncio.wait_for(self._admit(keys=keys, args=args), self._op_timeout_s)
+            if int(raw[0]) == -2 and rebuild:
+                # The tenant's state is gone: rebuild it from the ledger, then admit once more.
+                if await self._rebuild(tenant):
+                    return await self.admit(principal, tokens, rebuild=False)
+                return await self._unavailable(principal, tokens, now)
         except ResponseError as exc:
             # Redis ran the script and refused it: not an outage, and never admitted unaccounted.
             self.errors += 1
@@ -307,10 +363,14 @@ class RedisQuotaStore:
             self._settle_later(lost, 0, self.retry_delays_s, release=True)
             return await self._unavailable(principal, tokens, now)
         self.up = True
-        if int(raw[0]) < 0:  # released before it ran: only a lost answer's release does that
+        if int(raw[0]) < 0:  # released before it ran (a lost answer's release), or no epoch yet
             return await self._unavailable(principal, tokens, now)
-        values = [(int(raw[1 + 2 * i]), int(raw[2 + 2 * i])) for i in range(len(plan.checks))]
-        return answer(principal, plan, values, rid, self.lease_s)
+        n = len(plan.checks)
+        values = [(int(raw[1 + 2 * i]), int(raw[2 + 2 * i])) for i in range(n)]
+        epoch = raw[1 + 2 * n]
+        epoch = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
+        self._seen.add(tenant)
+        return answer(principal, plan, values, rid, self.lease_s, epoch)
 
     async def _unavailable(self, principal: Principal, tokens: int, now: float) -> Admission | Rejection:
         """The fail policy's answer; fail-open only through this process's own counters."""
@@ -322,6 +382,47 @@ class RedisQuotaStore:
         held = local.reservation
         assert isinstance(held, QuotaReservation)
         return Admission(dataclasses.replace(held, unaccounted=True), local.headers)
+
+    def _epoch_key(self, tenant: str) -> str:
+        return self.key(tenant, "epoch")
+
+    async def _rebuild(self, tenant: str) -> bool:
+        """Rebuild a tenant's day and month spend from the ledger and give it an epoch; True once it
+        has one. One rebuild per tenant at a time in this process, one across replicas (a lock)."""
+        running = self._rebuilding.get(tenant)
+        if running is None:
+            running = asyncio.ensure_future(self._rebuild_once(tenant))
+            self._rebuilding[tenant] = running
+            running.add_done_callback(lambda _: self._rebuilding.pop(tenant, None))
+        try:
+            return await asyncio.shield(running)
+        except Exception as exc:
+            self._warn("rebuilding spend", exc)
+            return False
+
+    async def _rebuild_once(self, tenant: str) -> bool:
+        lost = tenant in self._seen  # this process saw the tenant's state before: Redis lost it
+        self._seen.discard(tenant)
+        if lost:
+            self.rebuilds += 1
+            log.error("quota store lost tenant %s's state (restart, flush, eviction): rebuilding", tenant)
+        if self.before_rebuild is not None:
+            await self.before_rebuild()  # this process's ledger lines into the database first
+        lock = self.key(tenant, "rebuild")
+        if not await self._client.set(lock, "1", nx=True, ex=30):
+            return False  # another replica rebuilds; its epoch lets everyone in
+        if lost:
+            # Every replica's ledger writes what it holds within its interval (and flushes when
+            # it meets the lost state): wait for them, so the rebuilt spend misses none of it.
+            await asyncio.sleep(self.rebuild_delay_s)
+        now = self._clock()
+        day, month = await self.rebuild_from(tenant, now) if self.rebuild_from is not None else ([], [])
+        values = {name: v for (t, name), v in seed_values(day, month, now).items() if t == tenant}
+        ttl = int(next_month(now) - now + PERIOD_GRACE_S)
+        keys = [self._epoch_key(tenant), lock, *(self.key(tenant, name) for name in values)]
+        args: list[Any] = [new_reservation_id(), ttl, *values.values()]
+        await asyncio.wait_for(self._reseed(keys=keys, args=args), self._op_timeout_s)
+        return True
 
     async def settle(self, reservation: Reservation, used_tokens: int) -> None:
         if isinstance(reservation, QuotaReservation) and reservation.unaccounted:
@@ -342,10 +443,13 @@ class RedisQuotaStore:
         """Settle; `release`: the reservation's admission answer was lost, and the admission may
         not have run yet, so a settlement finding nothing leaves a tombstone that stops it."""
         tenant = reservation.tenant
-        tokens = settle_keys(reservation.subject, started_at(reservation, self.lease_s)).tokens
+        start = started_at(reservation, self.lease_s)
+        tokens = settle_keys(reservation.subject, start).tokens
         keys = [*self._structures(tenant, reservation.subject), self._tombstone(tenant, reservation.id)]
-        keys += [self.key(tenant, n) for n in tokens]
-        args: list[Any] = [reservation.id, used, self._structure_ttl() if release else ""]
+        keys += [self._epoch_key(tenant), *(self.key(tenant, n) for n in tokens)]
+        epoch = reservation.epoch if isinstance(reservation, QuotaReservation) else ""
+        args: list[Any] = [reservation.id, used, self._structure_ttl() if release else "", epoch]
+        args += [counter_ttl(name, start) for name in tokens]
         await asyncio.wait_for(self._settle(keys=keys, args=args), self._op_timeout_s)
 
     def _settle_later(
@@ -411,8 +515,12 @@ class RedisQuotaStore:
         now = self._clock()
         ttl = int(next_month(now) - now + PERIOD_GRACE_S)
         try:
-            for (tenant, name), tokens in seed_values(day, month, now).items():
+            values = seed_values(day, month, now)
+            for (tenant, name), tokens in values.items():
                 await self._client.set(self.key(tenant, name), tokens, nx=True, ex=ttl)
+            for tenant in {t for t, _ in values}:
+                # Counted now; a tenant without spend gets its epoch at its first admission.
+                await self._client.set(self._epoch_key(tenant), new_reservation_id(), nx=True)
         except _STORE_ERRORS as exc:
             self._warn("seeding", exc)
 
