@@ -180,6 +180,13 @@ def test_cpu_run(spec_named: SpecNamed) -> None:
     assert args["ingress_deployment_config"]["ray_actor_options"]["num_cpus"] < 1
 
 
+def test_an_embeddings_model_runs_vllms_pooling_runner(spec_named: SpecNamed) -> None:
+    cpu = spec_named("cpu")
+    embed = cpu.model_copy(update={"model": cpu.model.model_copy(update={"task": "embed"})})
+    assert _llm(build_serving_args(embed))["engine_kwargs"]["runner"] == "pooling"
+    assert "runner" not in _llm(build_serving_args(cpu))["engine_kwargs"]  # generate: vLLM's default
+
+
 def test_gpu_spec_run_on_cpu_locally(spec_named: SpecNamed) -> None:
     spec = spec_named("tensor-parallel")
     config = _llm(build_serving_args(spec, accelerator="cpu", model_path="/cache/qwen"))
