@@ -101,7 +101,11 @@ def test_a_path_that_is_neither_a_model_directory_nor_a_gguf_is_refused(package:
         ("step 2/3 dequantizing the weights", "2/3 dequantizing the weights"),
         (
             "Converting and de-quantizing GGUF tensors...:  50%|##   | 136/272 [00:01<00:01]",
-            "2/3 dequantizing the weights: 136/272 tensors (50%)",
+            "2/3 dequantizing the weights: 50% of 272 tensors",
+        ),
+        (
+            "Converting and de-quantizing GGUF tensors...:  50%|##   | 163/272 [00:01<00:01]",
+            "2/3 dequantizing the weights: 50% of 272 tensors",
         ),
         ("Loading weights: 100%|##| 272/272 [00:00<00:00]", None),
         ("[transformers] some warning", None),
@@ -121,8 +125,8 @@ def test_a_gguf_is_converted_once_with_progress_and_reused(package: Path, tmp_pa
     assert shown == [
         "1/3 reading the tokenizer",
         "2/3 dequantizing the weights",
-        "2/3 dequantizing the weights: 136/272 tensors (50%)",
-        "2/3 dequantizing the weights: 272/272 tensors (100%)",
+        "2/3 dequantizing the weights: 50% of 272 tensors",
+        "2/3 dequantizing the weights: 100% of 272 tensors",
         "3/3 writing safetensors",
         "recording the content digest",
     ]

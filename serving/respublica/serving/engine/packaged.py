@@ -160,7 +160,8 @@ def describe_progress(line: str) -> str | None:
         return line.removeprefix("step ").strip()
     if "GGUF tensors" in line and (found := _TQDM_COUNT.search(line)):
         done, total = int(found.group(1)), int(found.group(2))
-        return f"2/3 dequantizing the weights: {done}/{total} tensors ({100 * done // max(1, total)}%)"
+        # In tens of percent: a log (where every change is a line) gets at most eleven of them.
+        return f"2/3 dequantizing the weights: {10 * (10 * done // max(1, total))}% of {total} tensors"
     return None
 
 
