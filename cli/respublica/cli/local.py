@@ -44,8 +44,9 @@ def up_command(
         typer.Option(
             "--file",
             "-f",
-            help="ModelDeployment YAML file (several documents allowed). Unset: the bundled sample, a "
-            "tiny random-weight smoke-test model generated on first use.",
+            help="ModelDeployment YAML file (several documents allowed). Unset: the bundled samples, "
+            "SmolLM2-135M-Instruct (chat) and all-MiniLM-L6-v2 (embeddings) from the `samples` extra, "
+            "prepared on first use; with --smoke, a tiny random-weight smoke-test model.",
         ),
     ] = None,
     port: Annotated[int, typer.Option("--port", help="The gateway's port on 127.0.0.1.")] = 8080,
@@ -60,7 +61,12 @@ def up_command(
         ),
     ] = "auto",
     smoke: Annotated[
-        bool, typer.Option("--smoke", help="Send a first chat completion once ready and show the answer.")
+        bool,
+        typer.Option(
+            "--smoke",
+            help="Serve the tiny random-weight smoke-test model (without -f) and send a first chat "
+            "completion once ready (the bundled samples always get one).",
+        ),
     ] = False,
     timeout: Annotated[
         float, typer.Option("--timeout", help="Seconds to wait for the engine to load the model(s).")
