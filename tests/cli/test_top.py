@@ -8,6 +8,7 @@ official openai client, and `top --once` must then show it in that tenant's and 
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import re
 from collections.abc import Iterator
@@ -217,3 +218,31 @@ def test_status_and_top_find_ups_gateway_and_show_the_same_rows(
     monkeypatch.delenv("RESPUBLICA_ADMIN_KEY")
     result = CliRunner().invoke(app, ["status"])
     assert "--admin-key or RESPUBLICA_ADMIN_KEY adds" in result.stdout and "alpha" not in result.stdout
+
+
+def test_the_live_view_redraws_in_place_and_says_when_a_refresh_fails(
+    gateway: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rich.console import Console
+
+    from respublica.cli import top as top_module
+
+    first = build_view(top_module.fetch_snapshot(gateway.url, ADMIN_KEY))
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        if len(sleeps) == 3:
+            raise KeyboardInterrupt  # Ctrl-C: the view ends quietly
+
+    monkeypatch.setattr(top_module.time, "sleep", sleep)
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=150, color_system=None)
+    # The refreshes use a revoked-looking key: each fails, and the last good frame stays up.
+    top_module._live(console, gateway.url, "not-the-admin-key-at-all", [], 0.5, first)
+    text = out.getvalue()
+    assert sleeps == [0.5, 0.5, 0.5]
+    assert text.count("Tenants") >= 3  # the first frame and two redraws (and the last, on stop)
+    assert "\x1b[" in text  # cursor moves: drawn over itself
+    assert "every 0.5s; Ctrl-C quits" in text
+    assert f"last refresh failed: {gateway.url}/admin refused the admin key (HTTP 401)" in text
