@@ -1,8 +1,12 @@
 """The kopf handlers: thin, every decision is in render, drift and status.
 
-- create / update (spec) / resume of a ModelDeployment: put it on the work queue (work_queue.py),
-  which reconciles it at once and retries any failure with its one retry policy.
-- every event of a ModelDeployment: remember its latest body (an in-memory index by uid).
+- every event of a ModelDeployment: remember its latest body (an in-memory index by uid), and put
+  it on the work queue (work_queue.py) when this process sees it first (a create, or the
+  operator's start) or its spec changed; the queue reconciles it at once and retries any failure
+  with its one retry policy. kopf's create/update/resume handlers are not used: their progress
+  and diff-base bookkeeping would cost an annotation patch per change and one more event of the
+  operator's own making to process, for the decision "did the spec change", which one comparison
+  with the last body answers.
 - every event of a child (each kind in `render.CHILD_KINDS`, labelled as managed by respublica):
   reconcile its owner soon, so KubeRay's status reports reach `.status` and a hand edit or a
   deletion is put back at once; except the echo of the operator's own write (the resourceVersion
@@ -68,19 +72,9 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig | None = No
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
     async def index(event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        _queue(memo).remember(body, deleted=event.get("type") == "DELETED")
-
-    async def reconcile(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         # Enqueued, not run here: one worker per ModelDeployment and one retry policy for every
         # reconcile, whoever asked for it.
-        _queue(memo).submit(body)
-
-    for decorator in (
-        kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry, id="reconcile-resume"),
-        kopf.on.create(GROUP, VERSION, PLURAL, registry=registry, id="reconcile-create"),
-        kopf.on.update(GROUP, VERSION, PLURAL, registry=registry, id="reconcile-update", field="spec"),
-    ):
-        decorator(reconcile)
+        _queue(memo).observe(body, deleted=event.get("type") == "DELETED")
 
     def child_handler(kind: str) -> Callable[..., Awaitable[None]]:
         async def child_changed(event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:

@@ -115,6 +115,7 @@ class WorkQueue:
         self._shuffle = shuffle
         self.known: dict[str, dict[str, Any]] = {}
         self.runs = 0  # reconciles started, for logs and the benchmark
+        self._specs: dict[str, Any] = {}  # uid -> the spec its last requested reconcile was for
         self._dirty: set[str] = set()
         self._failures: dict[str, int] = {}  # uid -> failures in a row
         self._workers: dict[str, asyncio.Task[None]] = {}
@@ -138,6 +139,7 @@ class WorkQueue:
         uid = str((body.get("metadata") or {}).get("uid"))
         if deleted:
             self.known.pop(uid, None)
+            self._specs.pop(uid, None)
             self._dirty.discard(uid)
             self._failures.pop(uid, None)
             self._workers.pop(uid, None)
@@ -145,6 +147,23 @@ class WorkQueue:
             self.metrics.queue_depth.set(len(self._dirty))
         else:
             self.known[uid] = thaw(body)
+
+    def observe(self, body: Mapping[str, Any], deleted: bool) -> None:
+        """Every event of a ModelDeployment: remember its newest body, and reconcile it when this
+        process sees it for the first time (a create, or the operator's start) or its spec changed.
+
+        An event whose only change is its status or metadata (the operator's own status write, a
+        label) is not a reason to reconcile: nothing it renders from changed.
+        """
+        if deleted:
+            self.remember(body, deleted=True)
+            return
+        uid = str((body.get("metadata") or {}).get("uid"))
+        self.remember(body, deleted=False)
+        spec = self.known[uid].get("spec")
+        if uid not in self._specs or self._specs[uid] != spec:
+            self._specs[uid] = spec
+            self.kick(uid)
 
     def submit(self, body: Mapping[str, Any]) -> None:
         """A handler's request: remember this (newest) body and reconcile it soon."""
