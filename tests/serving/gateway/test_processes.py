@@ -205,7 +205,7 @@ def test_three_gateways_on_one_redis_never_overspend(launch: Callable[..., Gatew
     served = [r for r in rows if r["status"] == 200]
     assert len(served) == ok + 1
     assert sum(int(r["input_tokens"]) + int(r["output_tokens"]) for r in served) == spent + 3
-    assert sum(1 for r in rows if r["status"] == 429) == 100 - ok + 1
+    assert sum(1 for r in rows if r["status"] == 429) == 0  # refusals are metrics, not ledger rows
     for log in gw.logs:
         text = log.read_text()
         assert gw.key not in text and gw.key.split("_", 2)[2] not in text and SECRET not in text

@@ -176,6 +176,11 @@ class UsageRecord:
     status: int
     error_type: str | None = None
     stream: bool = False
+    # Why the tokens are what they are: `usage` the model reported them; `bound` a stream that
+    # never reported usage, charged the prompt's bound and a bound of what was streamed;
+    # `reservation` the model may have run and said nothing (timeout, broken answer, client gone
+    # before a unary answer): everything reserved was charged.
+    charge: str = "usage"
 
 
 class Ledger(Protocol):

@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 
 from respublica.serving.gateway.db.base import DatabaseError, Dialect, Row, describe_url
-from respublica.serving.gateway.db.schema import statements
+from respublica.serving.gateway.db.schema import ADDED_COLUMNS, statements
 
 _PLACEHOLDER = re.compile(r"\?")
 
@@ -41,6 +41,8 @@ class PostgresDatabase:
                 await conn.execute("SELECT pg_advisory_xact_lock(7262817)")
                 for statement in statements("postgresql"):
                     await conn.execute(statement)
+                for table, column, kind in ADDED_COLUMNS:
+                    await conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
         except (OSError, asyncpg.PostgresError) as exc:
             raise DatabaseError(f"can not open PostgreSQL database {describe_url(url)}: {exc}") from exc
         return cls(pool)

@@ -98,8 +98,8 @@ def _key(row: Row) -> KeyRow:
 
 _USAGE_INSERT = (
     "INSERT INTO usage (request_id, started_at, day, tenant, subject, model, endpoint, input_tokens, "
-    "output_tokens, latency_ms, ttft_ms, status, error_type, stream) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id) DO NOTHING"
+    "output_tokens, latency_ms, ttft_ms, status, error_type, stream, charge) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id) DO NOTHING"
 )
 
 
@@ -203,6 +203,7 @@ class Repository:
                     r.status,
                     r.error_type,
                     r.stream,
+                    r.charge,
                 )
                 for r in records
             ],

@@ -47,7 +47,8 @@ _STATEMENTS = (
         ttft_ms DOUBLE PRECISION,
         status INTEGER NOT NULL,
         error_type TEXT,
-        stream BOOLEAN NOT NULL
+        stream BOOLEAN NOT NULL,
+        charge TEXT
     )""",
     "CREATE INDEX IF NOT EXISTS usage_tenant_started ON usage (tenant, started_at)",
     "CREATE INDEX IF NOT EXISTS usage_started ON usage (started_at)",
@@ -60,6 +61,10 @@ _STATEMENTS = (
         detail TEXT NOT NULL
     )""",
 )
+
+
+# Columns added after a table was first released: (table, column, type), added where missing.
+ADDED_COLUMNS = (("usage", "charge", "TEXT"),)
 
 
 def statements(dialect: Dialect) -> list[str]:

@@ -12,7 +12,7 @@ from typing import Any
 import aiosqlite
 
 from respublica.serving.gateway.db.base import DatabaseError, Dialect, Row
-from respublica.serving.gateway.db.schema import statements
+from respublica.serving.gateway.db.schema import ADDED_COLUMNS, statements
 
 
 def _prepare(path: str) -> str:
@@ -44,6 +44,11 @@ class SqliteDatabase:
             await conn.execute("PRAGMA busy_timeout=10000")
             for statement in statements("sqlite"):
                 await conn.execute(statement)
+            for table, column, kind in ADDED_COLUMNS:
+                async with conn.execute(f"PRAGMA table_info({table})") as cursor:
+                    present = {row[1] for row in await cursor.fetchall()}
+                if column not in present:
+                    await conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
             await conn.commit()
         except sqlite3.Error as exc:
             raise DatabaseError(f"can not open SQLite database {path}: {exc}") from exc

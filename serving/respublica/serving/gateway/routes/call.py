@@ -70,6 +70,7 @@ class Call:
     over, by `settle_and_observe`. What was decided up front is the immutable `plan`."""
 
     __slots__ = (
+        "charge",
         "endpoint",
         "error_type",
         "finish_reasons",
@@ -106,6 +107,7 @@ class Call:
         self.ttft: float | None = None
         self.endpoint = ""  # the model server the body was sent to; "" while none may have it
         self.response_started = False  # a stream's headers went out: an error can only end it
+        self.charge = "usage"  # why the tokens charged are what they are (UsageRecord.charge)
         self.slot: Slot | None = None  # its model's slot under fair sharing, released as it settles
 
     @property
@@ -217,7 +219,14 @@ def _observe(ctx: GatewayContext, call: Call, span: trace.Span, latency: float) 
             if output_tokens:
                 series.output_tokens.inc(output_tokens)
 
-    if principal is not None and call.model != UNKNOWN_MODEL:
+    # Only what was admitted is a ledger line: a refusal (429, 400, ...) is counted in the metrics.
+    if principal is not None and call.model != UNKNOWN_MODEL and call.reservation is not None:
+        if call.input_tokens is None and call.sent:
+            # The model may have run and said nothing: the whole reservation was charged (see
+            # `settled_tokens`), and the ledger says so, the prompt's bound as input.
+            prompt = min(call.plan.prompt_bound if call.plan is not None else 0, call.reservation.tokens)
+            input_tokens, output_tokens = prompt, call.reservation.tokens - prompt
+            call.charge = "reservation"
         try:
             ctx.ledger.record(
                 UsageRecord(
@@ -234,6 +243,7 @@ def _observe(ctx: GatewayContext, call: Call, span: trace.Span, latency: float) 
                     status=call.status,
                     error_type=call.error_type,
                     stream=stream,
+                    charge=call.charge,
                 )
             )
         except Exception as exc:

@@ -319,9 +319,9 @@ class OpenAIEndpoint:
                 502, "upstream_invalid", "the model's server sent a response that is not JSON"
             ) from None
         usage = doc.get("usage") if isinstance(doc, dict) else None
-        if isinstance(usage, dict):
-            call.input_tokens = int_or_none(usage.get("prompt_tokens"))
-            call.output_tokens = int_or_none(usage.get("completion_tokens"))
+        counts = usage_counts(usage)
+        if counts is not None:  # else: no believable count, the reservation is charged
+            call.input_tokens, call.output_tokens = counts
         if isinstance(doc, dict):
             choices = doc.get("choices")
             if isinstance(choices, list):
@@ -373,12 +373,13 @@ class OpenAIEndpoint:
         if tap.first_chunk_at is not None:
             call.ttft = tap.first_chunk_at - call.t0
         call.finish_reasons = tap.finish_reasons
-        if tap.usage is not None:
-            call.input_tokens = int_or_none(tap.usage.get("prompt_tokens"))
-            call.output_tokens = int_or_none(tap.usage.get("completion_tokens"))
+        counts = usage_counts(tap.usage)
+        if counts is not None:
+            call.input_tokens, call.output_tokens = counts
             return
         # No usage (the client left, or the model broke off): charge the prompt's upper bound and
         # an upper bound of what was streamed, never more than was reserved for the output.
+        call.charge = "bound"
         prompt_bound = call.plan.prompt_bound if call.plan is not None else 0
         output = tap.output_bound()
         if call.reservation is not None:
@@ -394,6 +395,18 @@ def upstream_retry_after(value: str | None) -> tuple[bytes, bytes]:
     if value is not None and value.strip().isdigit():
         return (b"retry-after", value.strip().encode())
     return retry_after(UPSTREAM_RETRY_AFTER_S)
+
+
+def usage_counts(usage: Any) -> tuple[int, int] | None:
+    """(prompt, completion) tokens of a usage object, or None unless both are believable counts
+    (embeddings report no completion tokens: none is 0)."""
+    if not isinstance(usage, dict):
+        return None
+    prompt, completion = (
+        int_or_none(usage.get("prompt_tokens")),
+        int_or_none(usage.get("completion_tokens", 0)),
+    )
+    return None if prompt is None or completion is None else (prompt, completion)
 
 
 def int_or_none(value: Any) -> int | None:
