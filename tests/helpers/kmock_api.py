@@ -152,6 +152,7 @@ NEEDED = {
     # The running RayClusters' worker-group bounds and tolerations (raycluster_bounds).
     ("ray.io", "rayclusters", "get"),
     ("ray.io", "rayclusters", "patch"),
+    ("ray.io", "rayclusters", "delete"),  # spec.upgrade.strategy InPlace (in_place_upgrade)
     ("", "pods", "list"),
     ("", "events", "create"),
     ("events.k8s.io", "events", "create"),

@@ -155,7 +155,7 @@ def test_phase_and_ready_reason(observation: Observation, phase: str, reason: st
     assert (status["phase"], cond(status, "Ready")[1]) == (phase, reason)
     assert status["observedGeneration"] == 3
     assert all(c["observedGeneration"] == 3 for c in status["conditions"])
-    assert [c["type"] for c in status["conditions"]] == ["Ready", "Progressing", "Degraded"]
+    assert [c["type"] for c in status["conditions"]] == ["Ready", "Progressing", "Degraded", "UpgradePending"]
 
 
 def test_ready_publishes_endpoint_and_replicas() -> None:
@@ -355,3 +355,34 @@ def test_a_download_failure_that_merely_mentions_a_digest_is_not_a_mismatch() ->
     )
     status = run(obs(cache_wanted=True, job=job("failed"), pods=[failed_pod]))
     assert cond(status, "Ready")[1] == "ModelDownloadFailed"
+
+
+def _upgrading(pending: str | None, active: str | None = "llama-x1") -> dict[str, Any]:
+    service = rayservice(upgrading=pending is not None)
+    if active is None:
+        service["status"]["activeServiceStatus"] = {}
+    if pending:
+        service["status"]["pendingServiceStatus"] = {"rayClusterName": pending}
+    return service
+
+
+def test_a_new_cluster_upgrade_says_the_gpus_are_held_twice() -> None:
+    status = run(obs(gpus=2, rayservice=_upgrading("llama-x2")))
+    state, reason, message = cond(status, "UpgradePending")
+    assert (state, reason) == ("True", "NewCluster")
+    assert "llama-x2" in message and "llama-x1" in message
+    assert "GPUs are held twice (2 GPUs per replica" in message
+    assert status["phase"] == "Ready"  # the old cluster keeps serving
+
+
+def test_an_in_place_upgrade_says_it_means_downtime() -> None:
+    status = run(obs(upgrade_strategy="InPlace", rayservice=_upgrading("llama-x2", active=None)))
+    state, reason, message = cond(status, "UpgradePending")
+    assert (state, reason) == ("True", "InPlace")
+    assert "downtime" in message and "no extra GPUs" in message
+
+
+def test_no_pending_cluster_is_no_upgrade_and_the_first_cluster_is_none_either() -> None:
+    assert cond(run(obs(rayservice=_upgrading(None))), "UpgradePending")[:2] == ("False", "NoUpgrade")
+    first = run(obs(rayservice=_upgrading("llama-x1", active=None)))
+    assert cond(first, "UpgradePending")[:2] == ("False", "NoUpgrade")

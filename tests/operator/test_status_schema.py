@@ -73,4 +73,4 @@ OBSERVATIONS = {
 def test_status_fits_the_crd(name: str) -> None:
     status = status_dict(compute_status(OBSERVATIONS[name], None, "2026-01-01T00:00:00Z"))
     jsonschema.validate(status, status_schema())
-    assert {c["type"] for c in status["conditions"]} == {"Ready", "Progressing", "Degraded"}
+    assert {c["type"] for c in status["conditions"]} == {"Ready", "Progressing", "Degraded", "UpgradePending"}

@@ -371,6 +371,22 @@ class CacheSpec(_Model):
     )
 
 
+UpgradeStrategy = Literal["NewCluster", "InPlace"]
+
+
+class UpgradeSpec(_Model):
+    """How a change that needs new Ray pods (image, resources, GPU product, revision) is rolled out."""
+
+    strategy: UpgradeStrategy = Field(
+        default="NewCluster",
+        description="NewCluster: KubeRay starts a second Ray cluster beside the running one and moves "
+        "traffic when it serves (no downtime, but the GPUs are held twice meanwhile; a cluster without "
+        "spare GPUs never finishes). InPlace: the operator deletes the running Ray cluster and KubeRay "
+        "recreates it from the new spec (downtime until it serves, no extra GPUs). Changes to the "
+        "engine or Serve settings alone are applied to the running cluster either way.",
+    )
+
+
 class ModelDeploymentSpec(_Model):
     """What to serve, on what, how far it scales, and who may call it."""
 
@@ -408,6 +424,11 @@ class ModelDeploymentSpec(_Model):
         default=None,
         max_length=512,
         description="Serving image (Ray + vLLM) for this model; unset: the operator's default.",
+    )
+    upgrade: UpgradeSpec = Field(
+        default_factory=UpgradeSpec,
+        description="How changes that need new Ray pods are rolled out: NewCluster (no downtime, GPUs "
+        "twice) or InPlace (downtime, no extra GPUs).",
     )
 
     @model_validator(mode="after")
@@ -449,7 +470,7 @@ Phase = Literal["Pending", "Deploying", "Ready", "ScaledToZero", "Degraded", "Fa
 class Condition(_Model):
     """A Kubernetes-style condition."""
 
-    type: str = Field(max_length=64, description="Ready, Progressing or Degraded.")
+    type: str = Field(max_length=64, description="Ready, Progressing, Degraded or UpgradePending.")
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     reason: str = Field(default="", max_length=128, description="CamelCase reason.")
     message: str = Field(default="", max_length=4096, description="What happened and what to do.")
@@ -473,7 +494,7 @@ class ModelDeploymentStatus(_Model):
         default=None, description="Pending, Deploying, Ready, ScaledToZero, Degraded or Failed."
     )
     conditions: list[Condition] = Field(
-        default_factory=list, max_length=16, description="Ready, Progressing, Degraded."
+        default_factory=list, max_length=16, description="Ready, Progressing, Degraded, UpgradePending."
     )
     observed_generation: int | None = Field(default=None, description="The spec generation last acted on.")
     replicas: ReplicaStatus | None = Field(default=None, description="Desired and ready replicas.")

@@ -18,6 +18,7 @@ Two rules decide everything respublica depends on:
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from typing import Any, Literal
 
@@ -27,6 +28,13 @@ Action = Literal["none", "update", "new-cluster", "blocked"]
 # KubeRay's RayServiceUpgradeType values (`ray-operator/apis/ray/v1/rayservice_types.go`).
 NEW_CLUSTER = "NewCluster"
 UPGRADE_NONE = "None"
+
+# spec.upgrade.strategy -> the RayService's spec.upgradeStrategy.type. InPlace is `None`: KubeRay then
+# never applies a pod-template change (`isZeroDowntimeUpgradeEnabled` is false, so
+# `shouldPrepareNewCluster` answers no), and the operator deletes the active RayCluster instead; with
+# neither an active nor a pending cluster `shouldPrepareNewCluster` answers yes before it looks at the
+# strategy, so KubeRay builds the new one (rayservice_controller.go, v1.5-1.7).
+UPGRADE_TYPES = {"NewCluster": NEW_CLUSTER, "InPlace": UPGRADE_NONE}
 
 
 def _muted(cluster_spec: Obj) -> Obj:
@@ -53,6 +61,11 @@ def hash_without_replicas(cluster_spec: Obj) -> str:
     """Equal for two RayCluster specs exactly when KubeRay's hash is (not the same digits: Go's JSON
     of its typed structs orders and defaults differently; only equality matters here)."""
     return json.dumps(_muted(cluster_spec), sort_keys=True, separators=(",", ":"))
+
+
+def cluster_hash(cluster_spec: Obj) -> str:
+    """A short digest of `hash_without_replicas`: equal exactly when KubeRay's hashes are equal."""
+    return hashlib.sha256(hash_without_replicas(cluster_spec).encode()).hexdigest()[:16]
 
 
 def cluster_action(old_cluster_spec: Obj, new_cluster_spec: Obj, upgrade_type: str | None) -> Action:

@@ -24,6 +24,7 @@ from respublica.api.kube_client import ApiError
 from respublica.api.load import describe_in_one_line
 from respublica.api.models import ModelDeployment
 from respublica.operator import drift, events
+from respublica.operator.in_place_upgrade import upgrade_in_place
 from respublica.operator.kube import Kube
 from respublica.operator.raycluster_bounds import carry_bounds
 from respublica.operator.render import CHILD_KINDS, DOWNLOAD_JOB, MODEL_LABEL, RAYSERVICE, RenderError
@@ -222,6 +223,8 @@ class Reconciler:
                 rayservice = result.live
                 # KubeRay ignores bound and toleration changes (raycluster_bounds): carry them over.
                 await carry_bounds(self.kube, want, rayservice, logger)
+                # spec.upgrade.strategy InPlace: KubeRay rebuilds a deleted cluster (in_place_upgrade).
+                await upgrade_in_place(self.kube, want, rayservice, logger)
             elif want["kind"] == DOWNLOAD_JOB.kind:
                 job = result.live
 
@@ -232,6 +235,7 @@ class Reconciler:
             endpoint=self.endpoint(md),
             min_replicas=md.spec.scaling.min_replicas,
             wake_timeout_seconds=md.spec.scaling.wake_timeout_seconds,
+            upgrade_strategy=md.spec.upgrade.strategy,
             gpus=md.spec.resources.gpus,
             gpu_product=md.spec.resources.gpu_product,
             kuberay_missing=not kuberay,

@@ -22,7 +22,7 @@ from respublica.api.model_digest import parse_mismatch
 from respublica.api.models import Phase
 from respublica.operator.dig import dig
 
-CONDITION_TYPES = ("Ready", "Progressing", "Degraded")
+CONDITION_TYPES = ("Ready", "Progressing", "Degraded", "UpgradePending")
 
 Obj = Mapping[str, Any]
 
@@ -56,6 +56,7 @@ class Observation:
     pods: Sequence[Obj] = ()
     refused: Sequence[str] = ()  # children the API refused (admission, quota), as messages
     wake_timeout_seconds: int = 900  # spec.scaling.wakeTimeoutSeconds, published with the endpoint
+    upgrade_strategy: str = "NewCluster"  # spec.upgrade.strategy
 
 
 @dataclass(frozen=True)
@@ -530,6 +531,41 @@ def verdict(obs: Observation) -> Verdict:
     return _from_rayservice(obs, obs.rayservice)
 
 
+# --- a pending Ray cluster -------------------------------------------------------------------------
+
+
+def upgrade_pending(obs: Observation) -> Condition:
+    """UpgradePending: KubeRay is building a new RayCluster for this model, and what that costs.
+
+    KubeRay names the cluster it is building in `status.pendingServiceStatus.rayClusterName` both for a
+    NewCluster upgrade (the active cluster keeps serving beside it) and after an InPlace upgrade deleted
+    the active one (`shouldPrepareNewCluster` with neither cluster present). The very first cluster of
+    a new model is pending too, but there is nothing to upgrade from (no active cluster name).
+    """
+    status = (obs.rayservice or {}).get("status") or {}
+    pending = (status.get("pendingServiceStatus") or {}).get("rayClusterName")
+    active = (status.get("activeServiceStatus") or {}).get("rayClusterName")
+    if not pending:
+        return Condition(False, "NoUpgrade", "No new Ray cluster is being built.")
+    if obs.upgrade_strategy == "InPlace":
+        return Condition(
+            True,
+            "InPlace",
+            f"The Ray cluster is being recreated as {pending} from the new spec (spec.upgrade.strategy "
+            "InPlace): downtime: the model does not answer until it serves; no extra GPUs.",
+        )
+    if not active:
+        return Condition(False, "NoUpgrade", f"The first Ray cluster {pending} is being built.")
+    per_replica = f"{obs.gpus} GPU{'s' if obs.gpus != 1 else ''} per replica"
+    return Condition(
+        True,
+        "NewCluster",
+        f"A second Ray cluster {pending} is starting beside {active} (spec.upgrade.strategy NewCluster): "
+        f"the GPUs are held twice ({per_replica} in each cluster) until it serves and traffic moves; "
+        "without spare GPUs it never finishes (spec.upgrade.strategy InPlace trades that for downtime).",
+    )
+
+
 # --- the status written ---------------------------------------------------------------------------
 
 
@@ -554,7 +590,12 @@ def compute_status(obs: Observation, previous: Obj | None, now: str) -> models.M
     """The status for an observation; `previous` is the current `.status` (for transition times)."""
     found = verdict(obs)
     old_conditions = (previous or {}).get("conditions") or []
-    values = {"Ready": found.ready, "Progressing": found.progressing, "Degraded": found.degraded}
+    values = {
+        "Ready": found.ready,
+        "Progressing": found.progressing,
+        "Degraded": found.degraded,
+        "UpgradePending": upgrade_pending(obs),
+    }
     return models.ModelDeploymentStatus(
         phase=found.phase,
         conditions=[

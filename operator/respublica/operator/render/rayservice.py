@@ -17,6 +17,7 @@ import yaml
 
 from respublica.api.engine_args import build_serving_args
 from respublica.api.models import ModelDeployment
+from respublica.operator.kuberay_model import UPGRADE_TYPES, cluster_hash
 from respublica.operator.render.common import (
     SERVE_APP_NAME,
     Obj,
@@ -39,6 +40,10 @@ from respublica.operator.render.storage import (
 )
 
 COMPONENT = "ray"
+
+# On the RayService and, copied by KubeRay, on each RayCluster: `kuberay_model.cluster_hash` of the
+# rayClusterConfig it was rendered with.
+CLUSTER_HASH_ANNOTATION = "respublica.dev/cluster-hash"
 HEAD_COMPONENT = "ray-head"
 WORKER_COMPONENT = "ray-worker"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
@@ -91,23 +96,31 @@ def serve_config(md: ModelDeployment, options: RenderOptions) -> dict[str, Any]:
 def rayservice(md: ModelDeployment, options: RenderOptions) -> Obj:
     storage = model_storage(md, options)
     image = md.spec.image or image_ref(options.ray_image, options)
+    cluster: Obj = {
+        "rayVersion": options.ray_version,
+        "enableInTreeAutoscaling": True,
+        "autoscalerOptions": _autoscaler(options),
+        "headGroupSpec": _head(md, options, image),
+        "workerGroupSpecs": [_worker_group(md, options, image, storage)],
+    }
+    meta = metadata(md, rayservice_name(md), COMPONENT)
+    # KubeRay copies the RayService's annotations onto each RayCluster it creates
+    # (constructRayClusterForRayService), so the running cluster says which spec it was built from:
+    # an InPlace upgrade compares it with this one (operator/in_place_upgrade.py).
+    meta["annotations"][CLUSTER_HASH_ANNOTATION] = cluster_hash(cluster)
     return {
         **RAYSERVICE.type_meta(),
-        "metadata": metadata(md, rayservice_name(md), COMPONENT),
+        "metadata": meta,
         "spec": {
+            # Always written, so a re-render keeps it (KubeRay's default would be NewCluster).
+            "upgradeStrategy": {"type": UPGRADE_TYPES[md.spec.upgrade.strategy]},
             # libyaml's dumper when PyYAML has it (same text, ~5x faster: this was most of a render).
             "serveConfigV2": yaml.dump(
                 serve_config(md, options),
                 Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper),
                 sort_keys=True,
             ),
-            "rayClusterConfig": {
-                "rayVersion": options.ray_version,
-                "enableInTreeAutoscaling": True,
-                "autoscalerOptions": _autoscaler(options),
-                "headGroupSpec": _head(md, options, image),
-                "workerGroupSpecs": [_worker_group(md, options, image, storage)],
-            },
+            "rayClusterConfig": cluster,
         },
     }
 
