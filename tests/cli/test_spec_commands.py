@@ -278,3 +278,48 @@ def test_digest_bad_options_exit_2(tmp_path: Path, args: list[str], expected: st
     result = run("digest", *args, str(model))
     assert result.exit_code == 2
     assert expected in result.stderr
+
+
+DIFF_BASE = """\
+apiVersion: respublica.dev/v1alpha1
+kind: ModelDeployment
+metadata: {name: llama, namespace: ai}
+spec:
+  model: {source: "hf://org/llama", revision: "0123456789abcdef0123456789abcdef01234567", servedName: llama}
+  scaling: {maxReplicas: 2}
+"""
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ("", "llama: none: changes nothing that runs"),
+        ("  engine: {maxModelLen: 4096}\n", "llama: serve: changes only Serve"),
+        ("  scaling: {maxReplicas: 4}\n", "llama: scaling: changes only replica bounds"),
+        ("  image: registry.example/ray-llm:2\n", "llama: new-cluster: builds a new Ray cluster"),
+        (
+            "  image: registry.example/ray-llm:2\n  upgrade: {strategy: InPlace}\n",
+            "llama: in-place: recreates the Ray cluster in place",
+        ),
+    ],
+)
+def test_render_diff_says_what_a_change_does(tmp_path: Path, change: str, expected: str) -> None:
+    old = write(tmp_path, DIFF_BASE, "old.yaml")
+    new_text = DIFF_BASE
+    if change:
+        # Replace a top-level spec section or add one.
+        key = change.strip().split(":")[0]
+        lines = [line for line in DIFF_BASE.splitlines(keepends=True) if not line.startswith(f"  {key}:")]
+        new_text = "".join(lines) + change
+    new = write(tmp_path, new_text, "new.yaml")
+    result = run("render", "--diff", old, new)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(expected), result.stdout
+
+
+def test_render_diff_needs_two_files(tmp_path: Path) -> None:
+    old = write(tmp_path, DIFF_BASE, "old.yaml")
+    result = run("render", "--diff", old)
+    assert result.exit_code == 2
+    assert "--diff takes two files" in result.stderr
+    assert run("render").exit_code == 2

@@ -132,3 +132,15 @@ async def test_in_place_upgrade_deletes_the_active_cluster(k8s: kmock.Kubernetes
     used = kapi.used_grants(k8s)
     assert used <= kapi.NEEDED, used - kapi.NEEDED
     assert ("ray.io", "rayclusters", "delete") in used
+
+
+def test_the_plan_names_the_cost_of_each_change() -> None:
+    from respublica.operator.upgrade_plan import plan
+
+    base = _rs(_md())
+    assert plan(base, _rs(_md())).kind == "none"
+    assert plan(base, _rs(_md(max_replicas=4))).kind == "scaling"
+    new_cluster = plan(base, _rs(_md(image="registry.example/ray:2")))
+    assert new_cluster.kind == "new-cluster" and "GPUs are held twice" in new_cluster.message
+    in_place = plan(_rs(_md("InPlace")), _rs(_md("InPlace", image="registry.example/ray:2")))
+    assert in_place.kind == "in-place" and "downtime" in in_place.message

@@ -39,7 +39,21 @@ Text = str | None
 
 
 def render_command(
-    file: FileOption,
+    file: Annotated[
+        str | None,
+        typer.Option(
+            "--file", "-f", help="The ModelDeployment YAML file (several documents allowed); - reads stdin."
+        ),
+    ] = None,
+    diff: Annotated[
+        bool,
+        typer.Option(
+            "--diff",
+            help="Take two files, OLD and NEW, and tell for each model what applying NEW over OLD does: "
+            "builds a new Ray cluster, recreates it in place, changes only Serve, or only scaling.",
+        ),
+    ] = False,
+    paths: Annotated[list[str] | None, typer.Argument(help="With --diff: OLD.yaml NEW.yaml.")] = None,
     namespace: Annotated[
         str | None,
         typer.Option("--namespace", "-n", help="Namespace for a file that names none (default: default)."),
@@ -101,6 +115,10 @@ def render_command(
     from respublica.operator.render import RenderError, render
     from respublica.operator.render.configure import OptionError, render_options
 
+    if diff and (file is not None or len(paths or []) != 2):
+        _fail("--diff takes two files: respublica render --diff OLD.yaml NEW.yaml", EXIT_INPUT)
+    if not diff and (file is None or paths):
+        _fail("pass the file with -f FILE (or compare two with --diff OLD.yaml NEW.yaml)", EXIT_INPUT)
     flags = {
         "ray-image": ray_image,
         "downloader-image": downloader_image,
@@ -119,6 +137,11 @@ def render_command(
         options = render_options(os.environ, flags)
     except OptionError as error:
         _fail(str(error), EXIT_INPUT)
+    if diff:
+        assert paths is not None
+        _print_diff(paths[0], paths[1], namespace, options)
+        return
+    assert file is not None
     try:
         models = load_file(file)
     except InputError as error:
@@ -137,6 +160,45 @@ def render_command(
         except RenderError as error:
             _fail(f"{file}: {model.metadata.name}: {error}", EXIT_INVALID)
     typer.echo(yaml.safe_dump_all(objects, sort_keys=False, explicit_start=True), nl=False)
+
+
+def _rendered_rayservices(file: str, namespace: str | None, options: Any) -> dict[str, dict[str, Any]]:
+    """Each model's rendered RayService in a file, by name; bad input or a spec that cannot render exits."""
+    from respublica.api.load import InputError, SpecError, load_file
+    from respublica.operator.render import RenderError, render
+
+    try:
+        models = load_file(file)
+    except InputError as error:
+        _fail(str(error), EXIT_INPUT)
+    except SpecError as error:
+        for line in str(error).splitlines():
+            typer.echo(line, err=True)
+        _fail(f"{file}: not compared; fix the problems above", EXIT_INVALID)
+    found: dict[str, dict[str, Any]] = {}
+    for model in models:
+        try:
+            objects = render(_in_namespace(model, namespace, file), options)
+        except RenderError as error:
+            _fail(f"{file}: {model.metadata.name}: {error}", EXIT_INVALID)
+        found[model.metadata.name] = next(o for o in objects if o["kind"] == "RayService")
+    return found
+
+
+def _print_diff(old_file: str, new_file: str, namespace: str | None, options: Any) -> None:
+    """One line per model: what applying NEW over OLD does (operator/upgrade_plan.py)."""
+    from respublica.operator.upgrade_plan import plan
+
+    old = _rendered_rayservices(old_file, namespace, options)
+    new = _rendered_rayservices(new_file, namespace, options)
+    for name in sorted({*old, *new}):
+        if name not in old:
+            typer.echo(f"{name}: new: creates its Ray cluster")
+        elif name not in new:
+            typer.echo(f"{name}: removed from {new_file}: not deleted by applying it (kubectl delete does)")
+        else:
+            found = plan(old[name], new[name])
+            typer.echo(f"{name}: {found.kind}: {found.message}")
 
 
 def crd_command() -> None:

@@ -59,6 +59,8 @@ def test_every_setting_is_a_render_flag_and_an_operator_variable() -> None:
     params = {name.replace("_", "-") for name in render_command.__annotations__} - {
         "file",
         "namespace",
+        "diff",
+        "paths",
         "return",
     }
     assert params == {s.name for s in SETTINGS}

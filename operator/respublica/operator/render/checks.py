@@ -26,9 +26,16 @@ def check_renderable(md: ModelDeployment, options: RenderOptions) -> None:
         )
     # On a cluster the digest is checked once, by the model cache's download Job, before the marker the
     # replicas wait for is written. Without a cache nothing would check it: refuse rather than promise.
-    if md.spec.model.digest is not None and md.spec.cache is None:
+    # file:// and pkg:// name files inside an image or a package, which the image's build pins.
+    source = md.spec.model.source
+    if md.spec.model.digest is not None and md.spec.cache is None and source.startswith(("hf://", "pvc://")):
+        fix = (
+            "add spec.cache so the files are hashed before any replica reads them"
+            if source.startswith("hf://")
+            else "pvc:// weights are not hashed on a cluster: remove the digest, or serve them as hf:// "
+            "with spec.cache"
+        )
         raise RenderError(
             "spec.model.digest is verified on a cluster by the model cache's download Job, and this "
-            "spec has no spec.cache: add spec.cache (for hf:// sources) so the files are hashed before "
-            "any replica reads them, or remove the digest (`respublica up` verifies it on one machine)"
+            f"spec has no spec.cache: {fix} (`respublica up` verifies a digest on one machine)"
         )
