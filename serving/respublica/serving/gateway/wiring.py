@@ -148,8 +148,22 @@ def build_from_settings(settings: GatewaySettings) -> FastAPI:
                     session_ttl_s=settings.console.session_hours * 3600,
                 )
             )
+    metrics = None
+    if settings.telemetry.metrics:
+        from respublica.serving.gateway.telemetry.health import HealthSampler
+        from respublica.serving.gateway.telemetry.metrics import GatewayMetrics
+
+        metrics = GatewayMetrics()
+        sampler = HealthSampler(metrics, ledger, quota)
+
+        async def start_sampler() -> None:
+            sampler.start()
+
+        startup.append(start_sampler)
+        shutdown.append(sampler.stop)
     app = create_app(
         settings,
+        metrics=metrics,
         authenticator=authenticator,
         quota_store=quota,
         ledger=ledger,

@@ -115,6 +115,46 @@ class GatewayMetrics:
             ["tenant", "model"],
             registry=reg,
         )
+        # The policy side's health, sampled every few seconds (telemetry/health.py): unlabelled, so
+        # every scrape shows them from the first one on.
+        self.ledger_pending = Gauge(
+            f"{PREFIX}_ledger_pending_records",
+            "Usage records waiting to be written to the ledger database.",
+            registry=reg,
+            multiprocess_mode="livesum",
+        )
+        self.ledger_dropped = Counter(
+            f"{PREFIX}_ledger_dropped_records",
+            "Usage records dropped from memory because the ledger queue was full (kept in the journal).",
+            registry=reg,
+        )
+        self.ledger_quarantined = Counter(
+            f"{PREFIX}_ledger_quarantined_records",
+            "Usage records the ledger database refused, set aside in the journal's quarantine file.",
+            registry=reg,
+        )
+        self.journal_failures = Counter(
+            f"{PREFIX}_journal_failures",
+            "Writes or fsyncs of the usage journal the disk refused.",
+            registry=reg,
+        )
+        self.quota_store_up = Gauge(
+            f"{PREFIX}_quota_store_up",
+            "1 when the last operation reached the quota store, 0 when it failed (Redis unreachable).",
+            registry=reg,
+            multiprocess_mode="min",
+        )
+        self.quota_store_errors = Counter(
+            f"{PREFIX}_quota_store_errors",
+            "Quota store operations that failed (unreachable, timed out, a script refused).",
+            registry=reg,
+        )
+        self.quota_store_rebuilds = Counter(
+            f"{PREFIX}_quota_store_rebuilds",
+            "Tenants whose state the quota store lost (restart, flush, eviction), rebuilt from the ledger.",
+            registry=reg,
+        )
+        self.quota_store_up.set(1)
         self._series: dict[tuple[str, str], _Series] = {}
 
     def series(self, tenant: str, model: str) -> _Series:
