@@ -188,3 +188,41 @@ async def test_a_restarted_redis_costs_no_request_an_error(spawn_redis: Callable
             again.stop()
     finally:
         await store.close()
+
+
+# -- the cap fits the model -----------------------------------------------------------------------
+
+
+def test_the_default_cap_fits_the_models_context() -> None:
+    small = RouteTable.of([Route("tiny", ("http://10.0.0.1:8000",), max_model_len=512)])
+    doc = {"model": "tiny", "messages": [{"role": "user", "content": "hello there"}]}
+    result = plan_request(doc, jsoncodec.dumps(doc), "chat", WHO, small.resolve("tiny"), 1024)
+    assert isinstance(result, Plan)
+    prompt = result.prompt_bound
+    assert result.cap == 512 - prompt  # not the gateway's 1024, which the engine would refuse
+    assert jsoncodec.loads(result.body)["max_tokens"] == result.cap
+    assert result.reserve <= 512
+    # A client's own cap is the client's: the engine answers for it.
+    own = plan_request({**doc, "max_tokens": 2000}, b"", "chat", WHO, small.resolve("tiny"), 1024)
+    assert isinstance(own, Plan) and own.cap == 2000
+    # A large context leaves the default as it is.
+    big = RouteTable.of([Route("big", ("http://10.0.0.1:8000",), max_model_len=32768)])
+    doc = {**doc, "model": "big"}
+    result = plan_request(doc, jsoncodec.dumps(doc), "chat", WHO, big.resolve("big"), 1024)
+    assert isinstance(result, Plan) and result.cap == 1024
+
+
+def test_the_route_sources_know_the_context() -> None:
+    from respublica.serving.gateway.routing.file_source import parse_routes
+    from respublica.serving.gateway.routing.k8s_source import table_from_deployments
+
+    routes = parse_routes({"models": [{"name": "x", "endpoints": ["http://a:1"], "max_model_len": 512}]})
+    found = routes.resolve("x")
+    assert found is not None and found.route.max_model_len == 512
+    deployment = {
+        "metadata": {"namespace": "ai", "name": "x", "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {"model": {"servedName": "x"}, "engine": {"maxModelLen": 512}},
+        "status": {"phase": "Ready", "endpoint": "http://x.ai:8000"},
+    }
+    resolved = table_from_deployments([deployment]).resolve("x")
+    assert resolved is not None and resolved.route.max_model_len == 512

@@ -135,8 +135,11 @@ def _plan(
         requested = max(given) if given else None
         if requested is None:
             # A request without a cap could hold a whole context of output: write the key's,
-            # the tenant's or the gateway's default, and reserve for that.
+            # the tenant's or the gateway's default, and reserve for that; never more than the
+            # model's context leaves after the prompt's bound (the engine refuses a larger cap).
             cap = principal.default_max_tokens or default_max_tokens
+            if route.max_model_len is not None:
+                cap = min(cap, max(1, route.max_model_len - _prompt_bound(doc, endpoint)))
             written["max_tokens"] = cap
         else:
             cap = requested
@@ -172,3 +175,12 @@ def _plan(
         reserve=reserve,
         prompt_bound=max(0, reserve - cap * n),
     )
+
+
+def _prompt_bound(doc: Mapping[str, Any], endpoint: Endpoint) -> int:
+    """The prompt's bound alone (the reservation with no output); 0 where the body is bad (the
+    reservation below answers that)."""
+    try:
+        return reservation_tokens({**doc, "max_tokens": None, "max_completion_tokens": None}, endpoint, 0)
+    except EstimateError:
+        return 0

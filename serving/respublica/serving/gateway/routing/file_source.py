@@ -35,6 +35,7 @@ class _Entry(BaseModel):
     adapters: list[str] = Field(default_factory=list)
     capacity: int | None = Field(default=None, ge=1, le=1_000_000)
     task: Task | None = None
+    max_model_len: int | None = Field(default=None, ge=1, le=100_000_000)
 
     @field_validator("endpoints")
     @classmethod
@@ -71,6 +72,7 @@ def parse_routes(data: Any, origin: str = "routes file") -> RouteTable:
             source=origin,
             capacity=e.capacity,
             task=e.task,
+            max_model_len=e.max_model_len,
         )
         for e in parsed.models
     )

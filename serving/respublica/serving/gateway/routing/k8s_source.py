@@ -104,9 +104,14 @@ def table_from_deployments(objects: Iterable[Mapping[str, Any]]) -> RouteTable:
                 adapters=tuple(a["name"] for a in lora.get("adapters") or () if a.get("name")),
                 source=f"ModelDeployment {_ident(owner)} ({status.get('phase') or 'Pending'})",
                 task="embed" if (spec.get("model") or {}).get("task") == "embed" else "generate",
+                max_model_len=_context((spec.get("engine") or {}).get("maxModelLen")),
             )
         )
     return RouteTable.of(routes, conflicts)
+
+
+def _context(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 class KubernetesRouteSource:

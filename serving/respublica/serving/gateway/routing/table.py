@@ -38,6 +38,9 @@ class Route:
     # Requests its endpoints take at once, all together (fair sharing queues above it); None: unknown.
     capacity: int | None = None
     task: Task | None = None
+    # The model's context in tokens (engine.maxModelLen): the default output cap never exceeds what
+    # is left of it after the prompt. None: unknown.
+    max_model_len: int | None = None
 
     def allows_tenant(self, tenant: str) -> bool:
         return "*" in self.tenants or tenant in self.tenants
