@@ -202,7 +202,7 @@ class OpenAIEndpoint:
         try:
             active = True
             response = await self._connect(call, span, plan)
-            if response.status >= 400:
+            if response.status >= 300:  # a redirect is not followed (upstream.py): an error too
                 await self._upstream_error(call, response)
             if plan.stream:
                 last = await self._stream(call, span, response, send, plan.strip_usage)
@@ -294,6 +294,11 @@ class OpenAIEndpoint:
         except ValueError:
             pass
         status = response.status
+        if status < 400:
+            # A model server never redirects: nothing ran, and the client is not sent elsewhere.
+            log.warning("request %s: %s answered a redirect (%d)", call.request_id, call.endpoint, status)
+            call.input_tokens = call.output_tokens = 0
+            raise GatewayError(502, "upstream_error", f"the model's server answered a redirect ({status})")
         if status >= 500:
             # The model's message is the client's to read, not the log's: it may quote the request.
             log.warning("request %s: %s answered %d", call.request_id, call.endpoint, status)
