@@ -43,7 +43,11 @@ def test_quick_run_converges_and_reports_calls(tmp_path: Path) -> None:
     assert result["converged"] == 10
     assert result["calls_per_md"] > 0
     assert result["calls_per_md"] == pytest.approx(result["reads_per_md"] + result["writes_per_md"], abs=0.02)
-    assert result["operator_calls_per_md"] > 0 and result["kopf_calls_per_md"] > 0
+    # The operator's own client makes them; kopf adds none per deployment (no change handlers).
+    assert result["operator_calls_per_md"] > 0
+    assert result["operator_calls_per_md"] + result["kopf_calls_per_md"] == pytest.approx(
+        result["calls_per_md"], abs=0.02
+    )
     assert result["reconciles_per_md"] >= 1
     assert result["peak_rss_mb"] > 0
     assert "| 10 | none | 10 |" in done.stdout
