@@ -428,3 +428,51 @@ def test_the_environment_is_changed_only_for_the_block(monkeypatch: pytest.Monke
     with pytest.raises(RuntimeError), _environment({"HOME": "/private"}):
         raise RuntimeError("ray.init failed")
     assert os.environ["HOME"] == "/home/u"
+
+
+def test_the_routes_up_writes_carry_each_models_context_length(
+    private_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway's default cap is min(default, context left after the prompt) only when the route
+    knows the context: `up` must write `max_model_len` for every model (issue 11: 1024 > 512 → 400)."""
+    import io
+    import types
+
+    from rich.console import Console
+
+    from respublica.serving.engine import gateway_local
+    from respublica.serving.engine.local import LocalModel
+    from respublica.serving.engine.up import Up
+    from respublica.serving.gateway.routing.file_source import load_routes_file
+
+    class NotStarted(gateway_local.LocalGateway):
+        def start(self, timeout_s: float = 60.0) -> None:
+            raise gateway_local.GatewayError("not started in this test")
+
+    monkeypatch.setattr(gateway_local, "LocalGateway", NotStarted)
+    sample = sample_deployment(Path("/m"))  # engine.maxModelLen: 512
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    unset = sample_deployment(Path("/m")).to_dict()
+    unset["metadata"]["name"] = "unset"
+    unset["spec"]["model"]["servedName"] = "unset"
+    unset["spec"]["engine"] = {}
+    own = tmp_path / "own-model"
+    own.mkdir()
+    (own / "config.json").write_text('{"max_position_embeddings": 2048}')
+    models = [
+        LocalModel(sample, Path("/m")),
+        LocalModel(type(sample).model_validate(unset), own),
+    ]
+    models.append(LocalModel(models[1].deployment.model_copy(deep=True), broken))
+    models[2].deployment.metadata.name = models[2].deployment.spec.model.served_name = "unknown"
+    up = Up(UpOptions(), Console(file=io.StringIO()), Console(file=io.StringIO()))
+    up.engine = types.SimpleNamespace(base_url="http://127.0.0.1:9")  # type: ignore[assignment]
+    state.state_file().parent.mkdir(parents=True)  # made by `up` before the engine starts
+    with pytest.raises(UpError, match="not started"):
+        up._start_gateway(models)
+    table = load_routes_file(state.state_file().parent / "routes.yaml")
+    lengths = {name: route.max_model_len for name, route in table.model_names()}
+    # The spec's value; else the model's own (vLLM's default); unknown: the gateway's default applies.
+    assert lengths == {"tiny-llama": 512, "unset": 2048, "unknown": None}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import secrets
 import threading
 import time
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from respublica.api.models import EngineSpec
 from respublica.serving.engine.local import LOOPBACK
 
 DEFAULT_TENANT = "local"
@@ -34,6 +36,28 @@ class RouteEntry:
     tenants: tuple[str, ...]
     adapters: tuple[str, ...] = ()
     task: str = "generate"  # spec.model.task: the gateway answers the other kind of request itself
+    # The engine's context length: the gateway's default cap on generated tokens never exceeds what
+    # is left of it after the prompt (routes/plan.py). None: unknown, the configured default applies.
+    max_model_len: int | None = None
+
+
+def context_length(engine: EngineSpec, model_path: Path | None = None) -> int | None:
+    """The context length the engine runs with, as vLLM decides it.
+
+    vLLM (`vllm/config/model.py`, `ModelConfig` via `_get_and_verify_max_len`) takes
+    `--max-model-len` when given (the spec's `engine.maxModelLen`; `extraArgs` may not set it),
+    else the model's own `max_position_embeddings` from its `config.json`. Unreadable: None, unknown.
+    """
+    if engine.max_model_len is not None:
+        return engine.max_model_len
+    if model_path is None:
+        return None
+    try:
+        config = json.loads((model_path / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    found = config.get("max_position_embeddings") if isinstance(config, dict) else None
+    return found if isinstance(found, int) and not isinstance(found, bool) and found >= 1 else None
 
 
 def routes_document(entries: Sequence[RouteEntry], engine_url: str) -> dict[str, Any]:
@@ -48,6 +72,8 @@ def routes_document(entries: Sequence[RouteEntry], engine_url: str) -> dict[str,
         }
         if entry.adapters:
             model["adapters"] = list(entry.adapters)
+        if entry.max_model_len is not None:
+            model["max_model_len"] = entry.max_model_len
         models.append(model)
     return {"models": models}
 

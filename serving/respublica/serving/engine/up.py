@@ -453,6 +453,7 @@ class Up:
                 if m.deployment.spec.lora
                 else (),
                 task=m.task,
+                max_model_len=gateway_local.context_length(m.deployment.spec.engine, m.path),
             )
             for m in models
         ]
