@@ -37,6 +37,7 @@ from respublica.serving.gateway.routes.asgi import (
 from respublica.serving.gateway.routes.body import parse_body
 from respublica.serving.gateway.routes.call import Call, GatewayContext, authenticate, settle_and_observe
 from respublica.serving.gateway.routes.plan import Plan, may_use, plan_request
+from respublica.serving.gateway.routes.upstream_message import client_message
 from respublica.serving.gateway.streaming import SSETap
 from respublica.serving.gateway.telemetry import tracing as t
 from respublica.serving.gateway.upstream import read_bounded
@@ -290,7 +291,8 @@ class OpenAIEndpoint:
             doc = jsoncodec.loads(raw)
             detail = doc.get("error", doc) if isinstance(doc, dict) else None
             if isinstance(detail, dict) and isinstance(detail.get("message"), str):
-                message = detail["message"]
+                # The server's words only: its exception paths and tracebacks name its code.
+                message = client_message(detail["message"], response.status)
         except ValueError:
             pass
         status = response.status
