@@ -125,7 +125,7 @@ async def test_cluster_mode_asks_only_for_what_the_role_grants(kmock: kmock.Kube
     assert used <= grants(one("ClusterRole"))
 
 
-def test_pod_is_hardened_with_a_writable_tmp_only() -> None:
+def test_pod_is_hardened_with_writable_tmp_and_journal_only() -> None:
     pod = one("Deployment")["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] != 0
@@ -137,7 +137,13 @@ def test_pod_is_hardened_with_a_writable_tmp_only() -> None:
     assert security["seccompProfile"] == {"type": "RuntimeDefault"}
     volumes = {v["name"]: v for v in pod["volumes"]}
     writable = [m for m in container()["volumeMounts"] if not m.get("readOnly")]
-    assert [(m["mountPath"], "emptyDir" in volumes[m["name"]]) for m in writable] == [("/tmp", True)]
+    assert [(m["mountPath"], "emptyDir" in volumes[m["name"]]) for m in writable] == [
+        ("/tmp", True),
+        ("/var/lib/respublica-journal", True),
+    ]
+    # The usage journal lives on its own volume, which a crashed container's restart keeps.
+    env = {e["name"]: e.get("value") for e in container()["env"]}
+    assert env["RESPUBLICA_JOURNAL_DIR"] == "/var/lib/respublica-journal"
     assert "limits" in container()["resources"] and "requests" in container()["resources"]
 
 
