@@ -99,7 +99,7 @@ async def test_spec_change_updates_children_and_nothing_changed_writes_nothing(
         await kapi.quiet(k8s)
         first = kapi.child_writes(k8s)
         assert sorted(first) == sorted(
-            ["POST rayservices/", "POST networkpolicies/", "POST networkpolicies/"]
+            ["POST rayservices/", "POST networkpolicies/", "POST networkpolicies/", "POST configmaps/"]
         ), first
 
         # Nothing changed: events, resyncs and handler runs read, but write nothing to a child.

@@ -57,7 +57,8 @@ async def test_sigkill_mid_reconcile_then_restart_converges(
     assert len(kapi.objects_of(k8s, "batch/v1/jobs")) == 1
     assert len(kapi.objects_of(k8s, "v1/persistentvolumeclaims")) == 1
     assert len(kapi.objects_of(k8s, "networking.k8s.io/v1/networkpolicies")) == 2
+    assert len(kapi.objects_of(k8s, "v1/configmaps")) == 1
     creates = [w for w in kapi.child_writes(k8s) if w.startswith("POST")]
-    assert len(creates) == 5, creates
+    assert len(creates) == 6, creates
     operator_process.stop()
     assert operator_process.process.returncode is not None

@@ -370,7 +370,14 @@ def test_cache_claim_and_download_job(matrix: dict[str, Obj]) -> None:
     md = ModelDeployment.model_validate(matrix["tensor-parallel-cached"])
     objects = render(md)
     kinds = [obj["kind"] for obj in objects]
-    assert kinds == ["PersistentVolumeClaim", "Job", "NetworkPolicy", "NetworkPolicy", "RayService"]
+    assert kinds == [
+        "PersistentVolumeClaim",
+        "Job",
+        "NetworkPolicy",
+        "NetworkPolicy",
+        "ConfigMap",
+        "RayService",
+    ]
     claim = _one(objects, "PersistentVolumeClaim")
     assert claim["metadata"]["name"] == "llama-70b-model-cache"
     assert claim["spec"] == {
@@ -405,7 +412,7 @@ def test_cache_claim_and_download_job(matrix: dict[str, Obj]) -> None:
 
 def test_no_cache_no_cache_objects(matrix: dict[str, Obj]) -> None:
     objects = render(ModelDeployment.model_validate(matrix["one-gpu"]))
-    assert [obj["kind"] for obj in objects] == ["NetworkPolicy", "NetworkPolicy", "RayService"]
+    assert [obj["kind"] for obj in objects] == ["NetworkPolicy", "NetworkPolicy", "ConfigMap", "RayService"]
     (worker,) = _worker_pod(objects)["containers"]
     # Without a cache each replica fetches the pinned revision from the hub.
     assert "HF_HUB_OFFLINE" not in {e["name"] for e in worker["env"]}
@@ -426,7 +433,7 @@ def test_pvc_sources_are_mounted_read_only(matrix: dict[str, Obj]) -> None:
     (worker,) = pod["containers"]
     mounts = {m["mountPath"]: m for m in worker["volumeMounts"]}
     assert mounts["/mnt/pvc/weights.store"]["readOnly"] is True
-    assert set(mounts) == {"/mnt/pvc/weights.store", "/dev/shm"}
+    assert set(mounts) == {"/mnt/pvc/weights.store", "/dev/shm", "/home/ray/ray_bootstrap_config.yaml"}
     llm = _serve_config(objects)["applications"][0]["args"]["llm_configs"][0]
     assert llm["model_loading_config"]["model_source"] == "/mnt/pvc/weights.store/mistral/7b"
 

@@ -42,6 +42,8 @@ DOWNLOAD_JOB = ResourceKind("batch/v1", "Job", "jobs")
 CACHE_CLAIM = ResourceKind("v1", "PersistentVolumeClaim", "persistentvolumeclaims")
 NETWORK_POLICY = ResourceKind("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies")
 RAYSERVICE = ResourceKind("ray.io/v1", "RayService", "rayservices")
+# Ray's bootstrap config (render/bootstrap.py), mounted into the Ray pods.
+CONFIG_MAP = ResourceKind("v1", "ConfigMap", "configmaps")
 
 # Every kind render produces; the order is the order stale children are pruned in.
-CHILD_KINDS: tuple[ResourceKind, ...] = (DOWNLOAD_JOB, CACHE_CLAIM, NETWORK_POLICY, RAYSERVICE)
+CHILD_KINDS: tuple[ResourceKind, ...] = (DOWNLOAD_JOB, CACHE_CLAIM, NETWORK_POLICY, RAYSERVICE, CONFIG_MAP)

@@ -18,6 +18,7 @@ import yaml
 from respublica.api.engine_args import build_serving_args
 from respublica.api.models import ModelDeployment
 from respublica.operator.kuberay_model import UPGRADE_TYPES, cluster_hash
+from respublica.operator.render.bootstrap import ray_bootstrap_mount, ray_bootstrap_volume
 from respublica.operator.render.common import (
     SERVE_APP_NAME,
     Obj,
@@ -191,6 +192,7 @@ def _head(md: ModelDeployment, options: RenderOptions, image: str) -> Obj:
         **_env_from(adapters),
         "resources": {"requests": dict(resources), "limits": dict(resources)},
         "securityContext": container_security_context(),
+        "volumeMounts": [ray_bootstrap_mount()],
     }
     return {
         "rayStartParams": {
@@ -202,7 +204,7 @@ def _head(md: ModelDeployment, options: RenderOptions, image: str) -> Obj:
         },
         "template": {
             "metadata": {"labels": labels(md, HEAD_COMPONENT)},
-            "spec": _pod_spec(options, [container], [], api_token=True),
+            "spec": _pod_spec(options, [container], [ray_bootstrap_volume(md)], api_token=True),
         },
     }
 
@@ -213,9 +215,13 @@ def _worker_group(md: ModelDeployment, options: RenderOptions, image: str, stora
     resources: dict[str, str] = {"cpu": spec.resources.cpu, "memory": spec.resources.memory}
     if gpus > 0:
         resources[GPU_RESOURCE] = str(gpus)
-    mounts = [*storage.mounts, {"name": "dshm", "mountPath": "/dev/shm"}]
+    mounts = [*storage.mounts, {"name": "dshm", "mountPath": "/dev/shm"}, ray_bootstrap_mount()]
     # vLLM's workers exchange tensors through shared memory; the container default is 64 MiB.
-    volumes = [*storage.volumes, {"name": "dshm", "emptyDir": {"medium": "Memory"}}]
+    volumes = [
+        *storage.volumes,
+        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+        ray_bootstrap_volume(md),
+    ]
     adapters = adapter_storage_access(md)
     container: Obj = {
         "name": "ray-worker",

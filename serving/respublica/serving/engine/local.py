@@ -24,7 +24,7 @@ from typing import Any
 
 from respublica.api.engine_args import Accelerator, build_serving_args
 from respublica.api.models import ModelDeployment
-from respublica.api.telemetry_env import TELEMETRY_OFF_ENV
+from respublica.api.telemetry_env import RAY_BOOTSTRAP_CONFIG, RAY_BOOTSTRAP_TEXT, TELEMETRY_OFF_ENV
 from respublica.serving.engine import processes
 from respublica.serving.engine.tiny_model import default_cache_dir
 
@@ -106,21 +106,9 @@ def engine_env(run_id: str) -> dict[str, str]:
     return {**TELEMETRY_OFF_ENV, **OFFLINE_ENV, **SINGLE_NODE_ENV, processes.RUN_ID_ENV: run_id}
 
 
-# Ray's dashboard process asks the cloud metadata servers (169.254.169.254, metadata.google.internal)
-# at start, usage statistics off or not: ray/dashboard/modules/usage_stats/usage_stats_head.py
-# `UsageStatsHead.run` calls `get_cluster_config_to_report("~/ray_bootstrap_config.yaml")` before it
-# reads the opt-out, and ray/_common/usage/usage_lib.py probes only when that file is missing. So
-# Ray's processes get a HOME of their own holding that file; the user's home is not written to.
-RAY_BOOTSTRAP_CONFIG = "ray_bootstrap_config.yaml"
-RAY_BOOTSTRAP_TEXT = """\
-# Written by `respublica up`. Ray's dashboard reads this file (as ~/ray_bootstrap_config.yaml) to
-# report the cluster's configuration; when it is missing, Ray asks the cloud metadata servers
-# (169.254.169.254, metadata.google.internal) which cloud it runs on. An empty mapping: nothing to
-# report, nothing to ask. This directory is the HOME of respublica's Ray processes only.
-{}
-"""
-
-
+# Ray's dashboard probes the cloud metadata servers unless ~/ray_bootstrap_config.yaml exists
+# (respublica.api.telemetry_env explains): Ray's processes get a HOME of their own holding that file;
+# the user's home is not written to.
 def ray_home(cache_dir: Path) -> Path:
     """The private HOME of Ray's processes, `<cache_dir>/ray-home`, holding the bootstrap config."""
     home = cache_dir / "ray-home"
