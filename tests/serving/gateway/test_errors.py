@@ -73,12 +73,15 @@ def test_401_without_or_with_a_wrong_key(stack: Stack) -> None:
     assert not stack.upstream.seen
 
 
-def test_403_when_model_access_or_tenant_allow_list_refuses(stack: Stack) -> None:
-    with pytest.raises(openai.PermissionDeniedError) as caught:  # m-private admits only tenant beta
-        api(stack).chat.completions.create(model="m-private", messages=HELLO)
-    assert caught.value.code == "model_not_allowed"
-    with pytest.raises(openai.PermissionDeniedError):  # beta's own allow list has only m-private
+def test_404_when_model_access_or_tenant_allow_list_refuses(stack: Stack) -> None:
+    """The same answer as for a model that does not exist: a tenant learns no private model's name."""
+    private = raw(stack, {"model": "m-private", "messages": HELLO})  # m-private admits only tenant beta
+    absent = raw(stack, {"model": "m-absent", "messages": HELLO})
+    assert private.status_code == absent.status_code == 404
+    assert private.content == absent.content.replace(b"m-absent", b"m-private")
+    with pytest.raises(openai.NotFoundError) as caught:  # beta's own allow list has only m-private
         api(stack, BETA_KEY).chat.completions.create(model="m", messages=HELLO)
+    assert caught.value.code == "model_not_found"
     assert api(stack, BETA_KEY).chat.completions.create(model="m-private", messages=HELLO).choices
     assert len(stack.upstream.seen) == 1
 

@@ -87,17 +87,23 @@ def test_an_unknown_model_is_404_before_any_field_is_read() -> None:
         ("llama:sql", caller(models=("bge",))),  # an adapter of a model the tenant may not use
     ],
 )
-def test_a_model_the_caller_may_not_use_is_403(model: str, principal: Principal) -> None:
+def test_a_model_the_caller_may_not_use_is_the_same_404_as_one_that_does_not_exist(
+    model: str, principal: Principal
+) -> None:
+    """A tenant can not learn which private models exist: the answer is byte for byte the 404."""
     error = refused({**CHAT, "model": model}, principal=principal)
-    assert (error.status, error.code, error.param) == (403, "model_not_allowed", "model")
-    assert error.message == f"tenant '{principal.tenant}' may not use model '{model}'"
+    unknown = plan_request({**CHAT, "model": model}, b"", "chat", principal, None, 1)
+    assert isinstance(unknown, GatewayError)
+    assert (error.status, error.code, error.param) == (404, "model_not_found", "model")
+    assert error.body() == unknown.body() and error.headers == unknown.headers == []
+    assert getattr(error, "reason", None) == "model_not_allowed"  # the operator still sees why
 
 
-def test_403_comes_before_503_so_a_private_models_readiness_stays_private() -> None:
+def test_access_comes_before_503_so_a_private_models_readiness_stays_private() -> None:
     private_cold = RouteTable.of([Route("cold", (), tenants=("acme",))])
     doc = {**CHAT, "model": "cold"}
     error = plan_request(doc, b"", "chat", caller(tenant="other"), private_cold.resolve("cold"), 1)
-    assert isinstance(error, GatewayError) and error.status == 403
+    assert isinstance(error, GatewayError) and error.status == 404
     error = refused(doc)
     assert (error.status, error.code) == (503, "model_not_ready")
 
@@ -263,6 +269,6 @@ def test_a_route_without_a_task_leaves_the_answer_to_the_engine() -> None:
 
 
 def test_access_is_decided_before_the_task() -> None:
-    """A private model's kind is not told to a caller who may not use it: 403, not 400."""
+    """A private model's kind is not told to a caller who may not use it: 404, not 400."""
     error = tasked({**CHAT, "model": "private-minilm"}, "chat")
-    assert isinstance(error, GatewayError) and error.status == 403
+    assert isinstance(error, GatewayError) and error.status == 404

@@ -7,7 +7,7 @@ that does not exist, that the caller may not use or that can not serve now, or w
 body, is answered without reserving tokens, taking a concurrency slot, counting against the
 requests per minute or a round trip to the quota store, and the reservation's size depends on the
 plan (the cap and the body). What a refusal reveals is the same either way: 404 for a name no route
-serves, 403 for one the caller may not use, before readiness (503) is looked at.
+serves and the same 404 for one the caller may not use, before readiness (503) is looked at.
 
 The HTTP side (app, routes, proxy, routing, telemetry) talks to the policy side (auth, quota stores,
 database, ledger) only through these types, so either side can change without the other.

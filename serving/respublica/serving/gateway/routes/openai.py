@@ -83,7 +83,8 @@ class OpenAIEndpoint:
                 await self._admit(call, plan)
                 last = await self._proxy(call, span, plan, receive, send)
             except GatewayError as exc:
-                call.status, call.error_type = exc.status, exc.code
+                # The operator's reason (a hidden model is "model_not_allowed"), not the client's code.
+                call.status, call.error_type = exc.status, getattr(exc, "reason", exc.code)
                 last = self._error(call, exc.body(), exc.headers)
             except ClientGone:
                 call.status, call.error_type = 499, "client_disconnected"

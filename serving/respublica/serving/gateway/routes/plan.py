@@ -57,6 +57,21 @@ class Plan:
     prompt_bound: int  # the prompt's share of `reserve`, charged when a stream never reports usage
 
 
+def model_not_found(model: str) -> GatewayError:
+    return GatewayError(404, "model_not_found", f"model '{model}' does not exist", param="model")
+
+
+class ModelHidden(GatewayError):
+    """A model the caller may not use: answered exactly as one that does not exist, so a tenant
+    cannot learn which private models there are. `reason` tells the operator (spans, metrics)."""
+
+    reason = "model_not_allowed"
+
+    def __init__(self, model: str) -> None:
+        same = model_not_found(model)
+        super().__init__(same.status, same.code, same.message, param=same.param)
+
+
 def plan_request(
     doc: Mapping[str, Any],
     raw: bytes,
@@ -67,10 +82,10 @@ def plan_request(
 ) -> Plan | GatewayError:
     """The plan for a parsed body (`doc`, parsed from `raw`), or the error to answer with.
 
-    The checks run in the order the answers have always come: 404 unknown model, 403 not allowed,
-    503 not ready, then 400 for a model that does not serve this endpoint (an embeddings model asked
-    for chat, or the reverse), then 400 for the fields. An unknown model and a model the caller may not use
-    differ (404/403) only by the route table; a private model's endpoints are never named."""
+    The checks run in this order: 404 unknown model or one the caller may not use (the same answer,
+    so a private model's existence is not told), 503 not ready, then 400 for a model that does not
+    serve this endpoint (an embeddings model asked for chat, or the reverse), then 400 for the
+    fields. Access comes first so a private model's readiness and kind stay private too."""
     try:
         return _plan(doc, raw, endpoint, principal, resolved, default_max_tokens)
     except GatewayError as exc:
@@ -99,15 +114,10 @@ def _plan(
 ) -> Plan:
     model: str = doc["model"]
     if resolved is None:
-        raise GatewayError(404, "model_not_found", f"model '{model}' does not exist", param="model")
+        raise model_not_found(model)
     route = resolved.route
     if not may_use(principal, model, route):
-        raise GatewayError(
-            403,
-            "model_not_allowed",
-            f"tenant '{principal.tenant}' may not use model '{model}'",
-            param="model",
-        )
+        raise ModelHidden(model)
     if not route.endpoints:
         raise GatewayError(
             503, "model_not_ready", f"model '{model}' is not ready to serve; try again later", param="model"
