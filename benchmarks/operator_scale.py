@@ -43,35 +43,47 @@ from typing import IO, Any
 
 import yaml
 from aiohttp import web
-
 from fake_kube import FakeKube, Kind
 
-from respublica.operator.render import MODEL_LABEL
+from respublica.operator.reconciler import parse
+from respublica.operator.render import CHILD_KINDS, MODEL_LABEL, RAYSERVICE, render
+from respublica.operator.render.options import RenderOptions
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "manifests" / "samples" / "llama-3-8b.yaml"
 NAMESPACES = ("team-a", "team-b", "team-c", "team-d")
 
 MD = Kind("respublica.dev/v1alpha1", "ModelDeployment", "modeldeployments", status_subresource=True)
-RAYSERVICE = Kind("ray.io/v1", "RayService", "rayservices", status_subresource=True)
-NETWORK_POLICY = Kind("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies")
+# Every kind render can produce (render.CHILD_KINDS), the pods and Events the operator touches,
+# and kopf's backbone: it waits for these two to be discovered (never read with scanning off).
+CHILDREN = {
+    k.kind: Kind(k.api_version, k.kind, k.plural, status_subresource=k == RAYSERVICE) for k in CHILD_KINDS
+}
 KINDS = [
     MD,
-    RAYSERVICE,
-    NETWORK_POLICY,
-    Kind("batch/v1", "Job", "jobs"),
-    Kind("v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
+    *CHILDREN.values(),
     Kind("v1", "Pod", "pods"),
     Kind("v1", "Event", "events"),
     Kind("events.k8s.io/v1", "Event", "events"),
-    # kopf's backbone: it waits for these to be discovered (never read with scanning off).
     Kind("v1", "Namespace", "namespaces", namespaced=False),
     Kind(
         "apiextensions.k8s.io/v1", "CustomResourceDefinition", "customresourcedefinitions", namespaced=False
     ),
 ]
-# What render makes of the sample: one RayService and two NetworkPolicies.
-EXPECTED_CHILDREN = {RAYSERVICE: 1, NETWORK_POLICY: 2}
+
+
+def expected_children() -> dict[Kind, int]:
+    """What render makes of the sample (with the operator's default options), by kind."""
+    body = yaml.safe_load(SAMPLE.read_text())
+    body["metadata"].update(namespace=NAMESPACES[0], uid="sample")
+    counts: dict[Kind, int] = {}
+    for child in render(parse(body), RenderOptions()):
+        kind = CHILDREN[str(child["kind"])]
+        counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+EXPECTED_CHILDREN = expected_children()
 PAGE = os.sysconf("SC_PAGE_SIZE")
 TICK = os.sysconf("SC_CLK_TCK")
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from helpers import kmock_api as kapi
-from respublica.operator.render import SPEC_HASH_ANNOTATION
+from respublica.operator.render import MODEL_LABEL, SPEC_HASH_ANNOTATION
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -234,10 +234,13 @@ async def test_api_errors_back_off_then_converge(k8s: kmock.KubernetesEmulator) 
     targets = {kmock.resource(r) for r in kapi.CHILD_RESOURCES} | {kmock.resource(kapi.MD)}
 
     def hit(request: kmock.Request) -> bool:
-        # Reads and writes of single children and writes of the status fail; kopf's lists and
-        # watches go on (a watcher that cannot list gives up, which is kopf's business, not ours).
-        if not failing["on"] or request.action in (kmock.action.LIST, kmock.action.WATCH):
+        # Reads and writes of children (the operator's LISTs by the model label included) and
+        # writes of the status fail; kopf's lists and watches go on (a watcher that cannot list
+        # gives up, which is kopf's business, not ours).
+        if not failing["on"] or request.action == kmock.action.WATCH:
             return False
+        if request.action == kmock.action.LIST:
+            return MODEL_LABEL in str(request.params.get("labelSelector", ""))
         if request.resource == kmock.resource(kapi.MD):
             return request.subresource == "status" and request.method == kmock.method.PATCH
         return request.resource in targets

@@ -112,11 +112,16 @@ class Reconciler:
         self._kuberay_seen = None
         return False
 
-    async def apply_child(self, want: Mapping[str, Any], logger: Logger) -> ChildResult:
+    async def apply_child(
+        self, want: Mapping[str, Any], logger: Logger, listed: Mapping[str, Obj] | None = None
+    ) -> ChildResult:
+        """Create, patch or recreate one child. `listed`: its kind's children by name, as a LIST
+        by the model label just returned them (no GET then; one missing there is created, and a
+        409 falls back to a GET, e.g. for a child whose label was edited away)."""
         kind = str(want["kind"])
         meta = want["metadata"]
         ns, name = meta.get("namespace"), meta["name"]
-        live = await self.kube.get(kind, ns, name)
+        live = listed.get(name) if listed is not None else await self.kube.get(kind, ns, name)
         if live is None:
             try:
                 created = await self.kube.create(want)
@@ -151,22 +156,39 @@ class Reconciler:
             return ChildResult(live, "refused", f"the API refused {kind} {name}: {exc.message}")
         return ChildResult(patched if patched is not None else live, "patched")
 
-    async def _prune(
-        self, body: Mapping[str, Any], children: list[dict[str, Any]], kuberay: bool, logger: Logger
-    ) -> None:
+    async def _listed(
+        self, body: Mapping[str, Any], children: list[dict[str, Any]], kuberay: bool
+    ) -> dict[str, dict[str, Obj]]:
+        """This deployment's live children by kind, then name: one LIST per kind that the spec
+        renders now or that the watches have shown a child of, by the model label.
+
+        One LIST per kind, not a GET per child and a LIST per kind that render could produce:
+        the same answer serves the comparison and the prune. After a restart a child of another
+        kind is still pruned: the watch's first listing shows it (saw_child) and its event kicks
+        another reconcile."""
         meta = body.get("metadata") or {}
         ns, name, uid = str(meta.get("namespace")), str(meta.get("name")), str(meta.get("uid"))
-        # The kinds the spec renders now, and any other kind the watches have shown a child of:
-        # a LIST for every kind render could produce would cost reads on every reconcile for kinds
-        # this deployment never had. After a restart a child of another kind is still pruned: the
-        # watch's first listing shows it (saw_child) and its event kicks another reconcile.
         kinds = {str(c["kind"]) for c in children} | self._child_kinds.get(uid, set())
+        listed: dict[str, dict[str, Obj]] = {}
         for child in CHILD_KINDS:
             if child.kind not in kinds or (child == RAYSERVICE and not kuberay):
                 continue
+            items = await self.kube.list(child.kind, ns, f"{MODEL_LABEL}={name}")
+            listed[child.kind] = {str(o["metadata"]["name"]): {**o, "kind": child.kind} for o in items}
+        return listed
+
+    async def _prune(
+        self,
+        body: Mapping[str, Any],
+        children: list[dict[str, Any]],
+        listed: Mapping[str, Mapping[str, Obj]],
+        logger: Logger,
+    ) -> None:
+        meta = body.get("metadata") or {}
+        ns, uid = str(meta.get("namespace")), str(meta.get("uid"))
+        for child in CHILD_KINDS:  # in CHILD_KINDS' order
             kind = child.kind
-            live = await self.kube.list(kind, ns, f"{MODEL_LABEL}={name}")
-            for obj in drift.stale([{**o, "kind": kind} for o in live], children, uid):
+            for obj in drift.stale(list((listed.get(kind) or {}).values()), children, uid):
                 logger.info(f"Deleting {kind} {ns}/{obj['metadata']['name']}: the spec no longer needs it.")
                 await self.kube.delete(kind, ns, obj["metadata"]["name"])
 
@@ -210,13 +232,14 @@ class Reconciler:
             return await self._write_status(body, obs, logger)
 
         kuberay = await self.kuberay_installed()
+        listed = await self._listed(body, children, kuberay)
         rayservice: Obj | None = None
         job: Obj | None = None
         refused: list[str] = []
         for want in children:
             if want["kind"] == RAYSERVICE.kind and not kuberay:
                 continue
-            result = await self.apply_child(want, logger)
+            result = await self.apply_child(want, logger, listed.get(str(want["kind"]), {}))
             if result.error:
                 refused.append(result.error)
             if want["kind"] == RAYSERVICE.kind:
@@ -228,7 +251,7 @@ class Reconciler:
             elif want["kind"] == DOWNLOAD_JOB.kind:
                 job = result.live
 
-        await self._prune(body, children, kuberay, logger)
+        await self._prune(body, children, listed, logger)
         pods = await self._pods(ns, rayservice, job)
         obs = Observation(
             generation=generation,
