@@ -386,3 +386,30 @@ def test_no_pending_cluster_is_no_upgrade_and_the_first_cluster_is_none_either()
     assert cond(run(obs(rayservice=_upgrading(None))), "UpgradePending")[:2] == ("False", "NoUpgrade")
     first = run(obs(rayservice=_upgrading("llama-x1", active=None)))
     assert cond(first, "UpgradePending")[:2] == ("False", "NoUpgrade")
+
+
+def test_a_refused_download_names_the_credential_fix() -> None:
+    """huggingface_hub's GatedRepoError (a 401 on a gated repository) as the pod's last log line."""
+    failed_pod = pod(
+        "llama-download-1-xyz",
+        job_name="llama-download-1",
+        terminated={
+            "exitCode": 1,
+            "reason": "Error",
+            "message": "huggingface_hub.errors.GatedRepoError: 401 Client Error. Cannot access gated repo",
+        },
+    )
+    status = run(obs(cache_wanted=True, job=job("failed"), pods=[failed_pod]))
+    reason, message = cond(status, "Ready")[1:3]
+    assert reason == "ModelDownloadFailed"
+    assert "set spec.model.secretRef to a Secret with HF_TOKEN" in message
+
+
+def test_a_missing_revision_does_not_blame_the_credential() -> None:
+    failed_pod = pod(
+        "llama-download-1-xyz",
+        job_name="llama-download-1",
+        terminated={"exitCode": 1, "reason": "Error", "message": "RevisionNotFoundError: 404 Client Error"},
+    )
+    message = cond(run(obs(cache_wanted=True, job=job("failed"), pods=[failed_pod])), "Ready")[2]
+    assert "HF_TOKEN" not in message and "spec.model.source/revision" in message

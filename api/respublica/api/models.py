@@ -112,6 +112,24 @@ class ModelSpec(_Model):
         "files in a stated order (see docs/model-digest.md). Verified before serving; a "
         "mismatch refuses to serve.",
     )
+    secret_ref: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        pattern=SECRET_NAME_PATTERN,
+        description="A Secret in the model's namespace holding the credential of the source: key "
+        "HF_TOKEN for hf:// (gated or private repositories). Passed to the containers that download "
+        "(the cache's download Job, or the Ray workers without a cache); a missing Secret or key keeps "
+        "the pod from starting with a clear event. Unset: the operator's hub token, if any.",
+    )
+    endpoint: str | None = Field(
+        default=None,
+        max_length=512,
+        pattern=ENDPOINT_URL_PATTERN,
+        description="The hub mirror to download an hf:// source from (set as HF_ENDPOINT), e.g. "
+        "https://hf-mirror.agency.example. Unset: the operator's mirror (RESPUBLICA_HF_ENDPOINT), "
+        "else huggingface.co.",
+    )
     task: ModelTask = Field(
         default="generate",
         description="What the model serves: generate (chat and text completions) or embed "

@@ -67,6 +67,11 @@ def _revision_only_hf(model: Spec) -> bool:
     return _get(model, "revision") is None or str(_get(model, "source", "")).startswith("hf://")
 
 
+def _supply_only_hf(model: Spec) -> bool:
+    downloads = str(_get(model, "source", "")).startswith("hf://")
+    return downloads or (_get(model, "secretRef") is None and _get(model, "endpoint") is None)
+
+
 def _min_le_max(scaling: Spec) -> bool:
     return int(_get(scaling, "minReplicas", 1)) <= int(_get(scaling, "maxReplicas", 1))
 
@@ -137,6 +142,14 @@ RULES: tuple[Rule, ...] = (
         message="spec.model.revision applies to hf:// sources only; remove it for any other source",
         field="spec.model.revision",
         check=_revision_only_hf,
+    ),
+    Rule(
+        where=("model",),
+        cel="self.source.startsWith('hf://') || (!has(self.secretRef) && !has(self.endpoint))",
+        message="spec.model.secretRef and spec.model.endpoint apply to hf:// sources only (the sources "
+        "respublica downloads); pvc://, file:// and pkg:// models are read where they are",
+        field="spec.model.secretRef",
+        check=_supply_only_hf,
     ),
     Rule(
         where=("scaling",),

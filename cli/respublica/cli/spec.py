@@ -101,6 +101,9 @@ def render_command(
     hf_token_secret: Annotated[
         Text, _setting("Secret (key `token`) with a Hugging Face token for gated repositories.")
     ] = None,
+    hf_endpoint: Annotated[
+        Text, _setting("Hugging Face hub mirror (HF_ENDPOINT) for hf:// downloads; spec.model.endpoint wins.")
+    ] = None,
 ) -> None:
     """Print, as multi-document YAML, the Kubernetes objects the operator creates for a ModelDeployment.
 
@@ -132,6 +135,7 @@ def render_command(
         "kuberay-labels": kuberay_labels,
         "monitoring-namespace": monitoring_namespace,
         "hf-token-secret": hf_token_secret,
+        "hf-endpoint": hf_endpoint,
     }
     try:
         options = render_options(os.environ, flags)

@@ -137,6 +137,21 @@ def _termination_message(pod: Obj) -> str | None:
     return None
 
 
+# What huggingface_hub says when the hub refuses the credential or the lack of one
+# (huggingface_hub/utils/_http.py hf_raise_for_status: GatedRepoError, RepositoryNotFoundError for
+# a private repository, both carrying the HTTP status).
+_UNAUTHORIZED = ("401", "403", "GatedRepoError", "RepositoryNotFoundError", "Unauthorized")
+
+
+def _download_fix(detail: str) -> str:
+    if any(word in detail for word in _UNAUTHORIZED):
+        return (
+            "the hub refused the download: set spec.model.secretRef to a Secret with HF_TOKEN (a token "
+            "that may read this repository, with its license accepted)"
+        )
+    return "fix spec.model.source/revision or spec.model.secretRef/endpoint"
+
+
 def _job_verdict(job: Obj, pods: Sequence[Obj]) -> Problem | Literal["complete", "running"]:
     conditions = dig(job, "status", "conditions")
     if _is_true(conditions, "Failed"):
@@ -157,8 +172,8 @@ def _job_verdict(job: Obj, pods: Sequence[Obj]) -> Problem | Literal["complete",
             )
         return Problem(
             "ModelDownloadFailed",
-            f"model download failed: {detail} (Job {name}; fix spec.model.source/revision or the "
-            "hub credentials, then change the spec to retry)",
+            f"model download failed: {detail} (Job {name}; {_download_fix(detail)}, then change the "
+            "spec to retry)",
             permanent=True,
         )
     if _is_true(conditions, "Complete") or (dig(job, "status", "succeeded") or 0) > 0:

@@ -42,6 +42,7 @@ VALUES = {
     "kuberay-labels": "app.kubernetes.io/name=kuberay",
     "monitoring-namespace": "prometheus",
     "hf-token-secret": "hf-token",
+    "hf-endpoint": "https://hub.example",
 }
 
 

@@ -18,8 +18,8 @@ def render(md: ModelDeployment, options: RenderOptions = RenderOptions()) -> lis
     """The children of a ModelDeployment, in the order they are best applied.
 
     The cache (claim, download Job) comes first so the download starts while Ray comes up; the
-    network policies come before the RayService so its pods are never reachable unguarded, and so
-does the ConfigMap its pods mount.
+    network policies and the ConfigMap its pods mount come before the RayService, so its pods are
+    never reachable unguarded nor wait for a missing volume.
     Raises RenderError for a spec that cannot run with these options (render/checks.py).
     """
     check_renderable(md, options)

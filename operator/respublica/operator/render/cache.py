@@ -35,6 +35,7 @@ from respublica.operator.render.storage import (
     COMPLETE_MARKER,
     cache_claim_name,
     cache_model_path,
+    download_env,
     hf_repository,
 )
 
@@ -92,15 +93,7 @@ def _download_job(md: ModelDeployment, options: RenderOptions) -> Obj:
         # Non-root with no writable home: keep the hub's bookkeeping on the scratch volume.
         {"name": "HF_HOME", "value": "/tmp/hf-home"},
     ]
-    if options.hf_token_secret:
-        env.append(
-            {
-                "name": "HF_TOKEN",
-                "valueFrom": {
-                    "secretKeyRef": {"name": options.hf_token_secret, "key": "token", "optional": True}
-                },
-            }
-        )
+    env += download_env(md, options)
     digest = md.spec.model.digest
     model_dir = cache_model_path(md, options)
     mounts: list[Obj] = [

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+from respublica.api.models import ENDPOINT_URL_PATTERN
 from respublica.operator.render.options import RenderOptions
 
 ENV_PREFIX = "RESPUBLICA_"
@@ -28,6 +29,7 @@ class OptionError(ValueError):
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 _LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_ENDPOINT_URL = re.compile(ENDPOINT_URL_PATTERN)
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 
 
@@ -51,6 +53,14 @@ def _secret_name(where: str, raw: str) -> str:
 
 def _secret_names(where: str, raw: str) -> tuple[str, ...]:
     return tuple(_secret_name(where, name) for name in raw.replace(",", " ").split())
+
+
+def _endpoint_url(where: str, raw: str) -> str:
+    if not _ENDPOINT_URL.match(raw):
+        raise OptionError(
+            f"{where} must be an http:// or https:// URL such as https://hf-mirror.example, got {raw!r}"
+        )
+    return raw.rstrip("/")
 
 
 def _pull_policy(where: str, raw: str) -> str:
@@ -112,6 +122,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("kuberay-labels", "kuberay_pod_labels", _labels),
     Setting("monitoring-namespace", "monitoring_namespace", _namespace),
     Setting("hf-token-secret", "hf_token_secret", _secret_name),
+    Setting("hf-endpoint", "hf_endpoint", _endpoint_url),
 )
 BY_NAME = {setting.name: setting for setting in SETTINGS}
 

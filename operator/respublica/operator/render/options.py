@@ -85,6 +85,8 @@ class RenderOptions:
     pvc_mount_root: str = "/mnt/pvc"
     # Secret (key `token`) holding a Hugging Face token for gated repositories; optional.
     hf_token_secret: str | None = None
+    # A Hugging Face hub mirror (HF_ENDPOINT) for every hf:// download; a spec's model.endpoint wins.
+    hf_endpoint: str | None = None
     # How long a replica waits for the cache download before its pod fails and restarts.
     download_wait_seconds: int = 6 * 3600
     download_backoff_limit: int = 4

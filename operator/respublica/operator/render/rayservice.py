@@ -37,6 +37,7 @@ from respublica.operator.render.storage import (
     AdapterStorageAccess,
     ModelStorage,
     adapter_storage_access,
+    download_env,
     model_storage,
 )
 
@@ -228,7 +229,7 @@ def _worker_group(md: ModelDeployment, options: RenderOptions, image: str, stora
         "image": image,
         "imagePullPolicy": options.image_pull_policy,
         "ports": _ports(options, head=False),
-        "env": _env(storage, adapters) + _hf_token(options, storage),
+        "env": _env(storage, adapters) + (download_env(md, options) if storage.downloads else []),
         **_env_from(adapters),
         "resources": _worker_resources(resources, options, storage),
         "securityContext": container_security_context(),
@@ -299,19 +300,6 @@ def _cpu_count(quantity: str) -> int:
     """A CPU quantity (`8`, `0.5`, `500m`) rounded up to whole CPUs, as KubeRay does."""
     cores = int(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
     return max(1, math.ceil(cores))
-
-
-def _hf_token(options: RenderOptions, storage: ModelStorage) -> list[Obj]:
-    if storage.offline or not options.hf_token_secret:
-        return []
-    return [
-        {
-            "name": "HF_TOKEN",
-            "valueFrom": {
-                "secretKeyRef": {"name": options.hf_token_secret, "key": "token", "optional": True}
-            },
-        }
-    ]
 
 
 # Waits, bounded, for the download Job's marker, so vLLM never starts on a half-filled cache.

@@ -89,6 +89,33 @@ def model_storage(md: ModelDeployment, options: RenderOptions) -> ModelStorage:
     )
 
 
+# The key of spec.model.secretRef that huggingface_hub reads (huggingface_hub/constants.py HF_TOKEN).
+HF_TOKEN_KEY = "HF_TOKEN"
+
+
+def download_env(md: ModelDeployment, options: RenderOptions) -> list[Obj]:
+    """What a container that downloads an hf:// source needs: the hub mirror and the credential.
+
+    huggingface_hub reads HF_ENDPOINT and HF_TOKEN from the environment (huggingface_hub/constants.py),
+    and so does vLLM through it. The model's own Secret is not optional: a missing Secret or key stops
+    the pod with an event naming it, instead of an anonymous download that answers 401. The operator's
+    token Secret (key `token`) stays optional, as it was, for models that need none.
+    """
+    model = md.spec.model
+    env: list[Obj] = []
+    endpoint = model.endpoint or options.hf_endpoint
+    if endpoint:
+        env.append({"name": "HF_ENDPOINT", "value": endpoint})
+    if model.secret_ref is not None:
+        ref: Obj = {"name": model.secret_ref, "key": HF_TOKEN_KEY, "optional": False}
+    elif options.hf_token_secret:
+        ref = {"name": options.hf_token_secret, "key": "token", "optional": True}
+    else:
+        return env
+    env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": ref}})
+    return env
+
+
 # Read by boto3 (which Ray Serve LLM's s3:// loader uses) and by Ray's pyarrow S3 filesystem; the
 # S3-specific name leaves any other AWS service the pods might call on its default endpoint.
 S3_ENDPOINT_ENV = "AWS_ENDPOINT_URL_S3"

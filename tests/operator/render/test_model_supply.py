@@ -1,0 +1,82 @@
+"""Model supply for closed networks: a per-model hub credential and a hub mirror reach exactly the
+containers that download (the cache's download Job, or the Ray workers without a cache)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from respublica.api.models import ModelDeployment
+from respublica.operator.render import RenderOptions, render
+from respublica.operator.render.configure import OptionError, render_options
+
+Obj = dict[str, Any]
+
+
+def _with_model(raw: Obj, **model: Any) -> ModelDeployment:
+    raw = copy.deepcopy(raw)
+    raw["spec"]["model"].update(model)
+    return ModelDeployment.model_validate(raw)
+
+
+def _env(container: Obj) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+def _downloaders(objects: list[Obj]) -> list[Obj]:
+    out: list[Obj] = []
+    for obj in objects:
+        if obj["kind"] == "Job":
+            pod = obj["spec"]["template"]["spec"]
+            out += [c for c in pod.get("initContainers", []) + pod["containers"] if c["name"] == "download"]
+    return out
+
+
+def _ray_containers(objects: list[Obj]) -> dict[str, Obj]:
+    (rs,) = [o for o in objects if o["kind"] == "RayService"]
+    cluster = rs["spec"]["rayClusterConfig"]
+    pods = [cluster["headGroupSpec"]["template"]["spec"]] + [
+        g["template"]["spec"] for g in cluster["workerGroupSpecs"]
+    ]
+    return {c["name"]: c for pod in pods for c in pod["containers"]}
+
+
+def test_the_models_secret_and_mirror_reach_the_download_job(matrix: dict[str, Obj]) -> None:
+    md = _with_model(matrix["tensor-parallel-cached"], secretRef="llama-hub", endpoint="https://hub.example")
+    objects = render(md, RenderOptions(hf_token_secret="operator-token", hf_endpoint="https://other.example"))
+    (download,) = _downloaders(objects)
+    env = _env(download)
+    # The model's own Secret wins over the operator's, and it is not optional.
+    assert env["HF_TOKEN"] == {"secretKeyRef": {"name": "llama-hub", "key": "HF_TOKEN", "optional": False}}
+    assert env["HF_ENDPOINT"] == "https://hub.example"
+    # With a cache the replicas read the volume offline: no credential, no mirror there.
+    for container in _ray_containers(objects).values():
+        assert "HF_TOKEN" not in _env(container) and "HF_ENDPOINT" not in _env(container)
+
+
+def test_without_a_cache_the_workers_download_with_them(matrix: dict[str, Obj]) -> None:
+    md = _with_model(matrix["one-gpu"], secretRef="llama-hub")
+    containers = _ray_containers(render(md, RenderOptions(hf_endpoint="https://mirror.example")))
+    worker = _env(containers["ray-worker"])
+    assert worker["HF_TOKEN"]["secretKeyRef"] == {"name": "llama-hub", "key": "HF_TOKEN", "optional": False}
+    assert worker["HF_ENDPOINT"] == "https://mirror.example"
+    # The head loads no weights.
+    assert "HF_TOKEN" not in _env(containers["ray-head"])
+
+
+def test_the_operators_token_stays_optional_when_the_model_has_none(matrix: dict[str, Obj]) -> None:
+    md = ModelDeployment.model_validate(matrix["one-gpu"])
+    worker = _env(_ray_containers(render(md, RenderOptions(hf_token_secret="hub")))["ray-worker"])
+    assert worker["HF_TOKEN"]["secretKeyRef"] == {"name": "hub", "key": "token", "optional": True}
+    assert "HF_ENDPOINT" not in worker
+
+
+def test_the_mirror_setting_is_read_and_checked() -> None:
+    assert (
+        render_options({"RESPUBLICA_HF_ENDPOINT": "https://hub.example/"}).hf_endpoint
+        == "https://hub.example"
+    )
+    with pytest.raises(OptionError, match="RESPUBLICA_HF_ENDPOINT must be an http"):
+        render_options({"RESPUBLICA_HF_ENDPOINT": "hub.example"})
