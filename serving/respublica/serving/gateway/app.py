@@ -89,6 +89,7 @@ def create_app(
         metrics=metrics,
         leases=leases,
         max_body_bytes=settings.max_body_bytes,
+        body_timeout_s=settings.body_timeout_s,
         record_content=settings.telemetry.record_content,
         default_max_tokens=settings.default_max_tokens,
         fairness=fairness,

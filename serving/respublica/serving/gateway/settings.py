@@ -174,6 +174,13 @@ class GatewaySettings(_Section):
     upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
     fairness: FairnessSettings = Field(default_factory=FairnessSettings)
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, description="Larger bodies get 413.")
+    body_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Time to receive a whole request body, from its first read; slower clients get "
+        "408 (a client trickling a body would otherwise hold a connection and its memory forever).",
+    )
     journal_dir: Path | None = Field(
         default=None,
         description="The usage journal (every ledger record on disk before its answer completes); "

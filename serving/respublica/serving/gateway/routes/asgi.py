@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 from opentelemetry import propagate
@@ -41,7 +42,22 @@ async def send_json(send: Send, status: int, body: bytes, headers: Sequence[tupl
     await send({"type": "http.response.body", "body": body})
 
 
-async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+async def read_body(scope: Scope, receive: Receive, limit: int, timeout_s: float = 30.0) -> bytes:
+    """The whole request body, at most `limit` bytes (413) received within `timeout_s` (408).
+
+    The deadline covers the whole body, not each read: uvicorn's own `timeout_keep_alive` does not
+    apply once a request has started, so a client sending one byte a second would otherwise keep
+    its connection, its buffer and a task forever."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _read_body(scope, receive, limit)
+    except TimeoutError:
+        raise GatewayError(
+            408, "body_timeout", f"the request body did not arrive within {timeout_s:g} seconds"
+        ) from None
+
+
+async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     declared = header(scope, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise GatewayError(413, "body_too_large", f"request body is larger than {limit} bytes")

@@ -57,6 +57,7 @@ class GatewayContext:
     leases: LeaseKeeper | None = None  # renews the leases of requests in flight
     balancer: LeastOutstanding = field(default_factory=LeastOutstanding)
     max_body_bytes: int = 8 * 1024 * 1024
+    body_timeout_s: float = 30.0  # the whole body, not each chunk: a trickle can not reset it
     record_content: bool = False
     # The cap written upstream where neither the client nor its key or tenant set one.
     default_max_tokens: int = 1024

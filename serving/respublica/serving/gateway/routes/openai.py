@@ -135,7 +135,7 @@ class OpenAIEndpoint:
         then the pure plan (routes/plan.py); its refusal is raised as the answer."""
         ctx = self.ctx
         principal = call.principal = await authenticate(ctx, scope)
-        raw = await read_body(scope, receive, ctx.max_body_bytes)
+        raw = await read_body(scope, receive, ctx.max_body_bytes, ctx.body_timeout_s)
         doc = parse_body(raw)
         model: str = doc["model"]
         resolved = ctx.routes.table.resolve(model)
