@@ -37,6 +37,7 @@ GPU_PRODUCT_PATTERN = r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
 ENGINE_FLAG_PATTERN = r"^--[A-Za-z0-9]"
 ENDPOINT_URL_PATTERN = r"^https?://[^/?#\s]+(/\S*)?$"
 SECRET_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+CONFIG_MAP_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
 LABEL_VALUE_MAX = 63
 
 # Every pattern above in words, for messages that say what is allowed rather than quote a regex.
@@ -52,6 +53,7 @@ PATTERN_HELP: dict[str, str] = {
     ENGINE_FLAG_PATTERN: "a vLLM flag starting with '--', e.g. --enable-chunked-prefill",
     ENDPOINT_URL_PATTERN: "an http:// or https:// URL such as http://minio.storage.svc:9000",
     SECRET_NAME_PATTERN: "a Secret name: lowercase letters, digits, '-' and '.'",
+    CONFIG_MAP_KEY_PATTERN: "a ConfigMap key: letters, digits, '-', '_' and '.'",
 }
 
 EngineFlag = Annotated[str, StringConstraints(min_length=3, max_length=256, pattern=ENGINE_FLAG_PATTERN)]
@@ -75,6 +77,24 @@ class _Model(BaseModel):
 
 
 ModelTask = Literal["generate", "embed"]
+
+
+class CaBundleRef(_Model):
+    """A PEM bundle of certificate authorities in a ConfigMap of the model's namespace."""
+
+    config_map_name: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=SECRET_NAME_PATTERN,
+        description="The ConfigMap holding the bundle, in the model's namespace.",
+    )
+    key: str = Field(
+        default="ca.crt",
+        min_length=1,
+        max_length=253,
+        pattern=CONFIG_MAP_KEY_PATTERN,
+        description="The key of the PEM bundle in the ConfigMap.",
+    )
 
 
 class ModelSpec(_Model):
@@ -129,6 +149,14 @@ class ModelSpec(_Model):
         description="The hub mirror to download an hf:// source from (set as HF_ENDPOINT), e.g. "
         "https://hf-mirror.agency.example. Unset: the operator's mirror (RESPUBLICA_HF_ENDPOINT), "
         "else huggingface.co.",
+    )
+    ca_bundle: CaBundleRef | None = Field(
+        default=None,
+        description="Certificate authorities to trust when downloading (an internal mirror's own CA): "
+        "mounted read-only in the containers that download and in the Ray pods, and named by "
+        "REQUESTS_CA_BUNDLE, SSL_CERT_FILE, CURL_CA_BUNDLE and AWS_CA_BUNDLE. It replaces the image's "
+        "trust store for those clients, so include every CA they must trust. Unset: the operator's "
+        "bundle (RESPUBLICA_CA_BUNDLE), else the image's own.",
     )
     task: ModelTask = Field(
         default="generate",

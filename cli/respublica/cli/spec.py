@@ -104,6 +104,9 @@ def render_command(
     hf_endpoint: Annotated[
         Text, _setting("Hugging Face hub mirror (HF_ENDPOINT) for hf:// downloads; spec.model.endpoint wins.")
     ] = None,
+    ca_bundle: Annotated[
+        Text, _setting("ConfigMap[/key] (default key ca.crt) with CAs to trust when downloading.")
+    ] = None,
 ) -> None:
     """Print, as multi-document YAML, the Kubernetes objects the operator creates for a ModelDeployment.
 
@@ -136,6 +139,7 @@ def render_command(
         "monitoring-namespace": monitoring_namespace,
         "hf-token-secret": hf_token_secret,
         "hf-endpoint": hf_endpoint,
+        "ca-bundle": ca_bundle,
     }
     try:
         options = render_options(os.environ, flags)

@@ -80,3 +80,48 @@ def test_the_mirror_setting_is_read_and_checked() -> None:
     )
     with pytest.raises(OptionError, match="RESPUBLICA_HF_ENDPOINT must be an http"):
         render_options({"RESPUBLICA_HF_ENDPOINT": "hub.example"})
+
+
+CA_VARS = {"REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE", "AWS_CA_BUNDLE"}
+
+
+def _volumes(objects: list[Obj]) -> list[Obj]:
+    out: list[Obj] = []
+    for obj in objects:
+        if obj["kind"] == "Job":
+            out += obj["spec"]["template"]["spec"]["volumes"]
+        if obj["kind"] == "RayService":
+            cluster = obj["spec"]["rayClusterConfig"]
+            for pod in [cluster["headGroupSpec"]] + cluster["workerGroupSpecs"]:
+                out += pod["template"]["spec"].get("volumes", [])
+    return out
+
+
+def test_the_ca_bundle_is_mounted_and_named_where_downloads_happen(matrix: dict[str, Obj]) -> None:
+    md = _with_model(matrix["tensor-parallel-cached"], caBundle={"configMapName": "corp-ca", "key": "b.pem"})
+    # The model's bundle wins over the operator's.
+    objects = render(md, RenderOptions(ca_bundle=("other-ca", "ca.crt")))
+    containers = [*_downloaders(objects), *_ray_containers(objects).values()]
+    assert {c["name"] for c in containers} == {"download", "ray-head", "ray-worker"}
+    for container in containers:
+        env = _env(container)
+        assert {var: env[var] for var in CA_VARS} == dict.fromkeys(CA_VARS, "/etc/respublica/ca/ca.crt")
+        (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/etc/respublica/ca"]
+        assert mount["readOnly"] is True
+    ca_volumes = [v for v in _volumes(objects) if v["name"] == "ca-bundle"]
+    assert len(ca_volumes) == 3
+    for volume in ca_volumes:
+        assert volume["configMap"] == {"name": "corp-ca", "items": [{"key": "b.pem", "path": "ca.crt"}]}
+
+
+def test_the_operators_ca_bundle_applies_when_the_model_has_none(matrix: dict[str, Obj]) -> None:
+    md = ModelDeployment.model_validate(matrix["one-gpu"])
+    options = render_options({"RESPUBLICA_CA_BUNDLE": "corp-ca"})
+    assert options.ca_bundle == ("corp-ca", "ca.crt")
+    worker = _ray_containers(render(md, options))["ray-worker"]
+    assert _env(worker)["SSL_CERT_FILE"] == "/etc/respublica/ca/ca.crt"
+    # Without any bundle nothing is mounted and the images' trust store stays.
+    plain = _ray_containers(render(md))["ray-worker"]
+    assert not CA_VARS & set(_env(plain))
+    with pytest.raises(OptionError, match="RESPUBLICA_CA_BUNDLE must be a ConfigMap name"):
+        render_options({"RESPUBLICA_CA_BUNDLE": "Corp CA"})

@@ -43,6 +43,7 @@ VALUES = {
     "monitoring-namespace": "prometheus",
     "hf-token-secret": "hf-token",
     "hf-endpoint": "https://hub.example",
+    "ca-bundle": "corp-ca/bundle.pem",
 }
 
 

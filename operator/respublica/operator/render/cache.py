@@ -33,6 +33,7 @@ from respublica.operator.render.options import DEFAULT_RESPUBLICA_IMAGE, RenderO
 from respublica.operator.render.storage import (
     CACHE_VOLUME,
     COMPLETE_MARKER,
+    ca_bundle,
     cache_claim_name,
     cache_model_path,
     download_env,
@@ -94,6 +95,9 @@ def _download_job(md: ModelDeployment, options: RenderOptions) -> Obj:
         {"name": "HF_HOME", "value": "/tmp/hf-home"},
     ]
     env += download_env(md, options)
+    ca = ca_bundle(md, options)
+    if ca is not None:
+        env += ca.env
     digest = md.spec.model.digest
     model_dir = cache_model_path(md, options)
     mounts: list[Obj] = [
@@ -120,7 +124,7 @@ def _download_job(md: ModelDeployment, options: RenderOptions) -> Obj:
         # A failed download's last log lines (a 401, a missing revision) become the termination
         # message the operator's status quotes.
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "volumeMounts": mounts,
+        "volumeMounts": [*mounts, *([ca.mount] if ca is not None else [])],
     }
     pod_spec: Obj = {
         "restartPolicy": "Never",
@@ -130,6 +134,7 @@ def _download_job(md: ModelDeployment, options: RenderOptions) -> Obj:
         "volumes": [
             {"name": CACHE_VOLUME, "persistentVolumeClaim": {"claimName": cache_claim_name(md)}},
             {"name": "tmp", "emptyDir": {}},
+            *([ca.volume] if ca is not None else []),
         ],
     }
     job_spec: Obj = {"backoffLimit": options.download_backoff_limit}

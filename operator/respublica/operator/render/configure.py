@@ -63,6 +63,19 @@ def _endpoint_url(where: str, raw: str) -> str:
     return raw.rstrip("/")
 
 
+_CONFIG_MAP_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+
+
+def _ca_bundle(where: str, raw: str) -> tuple[str, str]:
+    """`<ConfigMap name>` or `<ConfigMap name>/<key>`; the key defaults to ca.crt."""
+    name, slash, key = raw.partition("/")
+    if not _DNS_SUBDOMAIN.match(name) or (slash and not _CONFIG_MAP_KEY.match(key)):
+        raise OptionError(
+            f"{where} must be a ConfigMap name, optionally /key (e.g. corp-ca/ca.crt), got {raw!r}"
+        )
+    return name, key or "ca.crt"
+
+
 def _pull_policy(where: str, raw: str) -> str:
     if raw not in PULL_POLICIES:
         raise OptionError(f"{where} must be one of {', '.join(PULL_POLICIES)}, got {raw!r}")
@@ -123,6 +136,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("monitoring-namespace", "monitoring_namespace", _namespace),
     Setting("hf-token-secret", "hf_token_secret", _secret_name),
     Setting("hf-endpoint", "hf_endpoint", _endpoint_url),
+    Setting("ca-bundle", "ca_bundle", _ca_bundle),
 )
 BY_NAME = {setting.name: setting for setting in SETTINGS}
 

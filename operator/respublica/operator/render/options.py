@@ -87,6 +87,9 @@ class RenderOptions:
     hf_token_secret: str | None = None
     # A Hugging Face hub mirror (HF_ENDPOINT) for every hf:// download; a spec's model.endpoint wins.
     hf_endpoint: str | None = None
+    # A CA bundle for downloads, (ConfigMap name, key) in each model's namespace; a spec's
+    # model.caBundle wins.
+    ca_bundle: tuple[str, str] | None = None
     # How long a replica waits for the cache download before its pod fails and restarts.
     download_wait_seconds: int = 6 * 3600
     download_backoff_limit: int = 4

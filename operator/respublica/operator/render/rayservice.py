@@ -37,6 +37,7 @@ from respublica.operator.render.storage import (
     AdapterStorageAccess,
     ModelStorage,
     adapter_storage_access,
+    ca_bundle,
     download_env,
     model_storage,
 )
@@ -181,6 +182,9 @@ def _pod_spec(options: RenderOptions, containers: list[Obj], volumes: list[Obj],
 def _head(md: ModelDeployment, options: RenderOptions, image: str) -> Obj:
     resources = {"cpu": options.head_cpu, "memory": options.head_memory}
     adapters = adapter_storage_access(md)
+    # The head's ingress reads LoRA adapter listings from object storage, which may sit behind the
+    # same private CA.
+    ca = ca_bundle(md, options)
     container: Obj = {
         "name": "ray-head",
         "image": image,
@@ -189,11 +193,12 @@ def _head(md: ModelDeployment, options: RenderOptions, image: str) -> Obj:
         "env": [
             *_env(None, adapters),
             {"name": ROUTER_TIMEOUT_ENV, "value": str(md.spec.scaling.wake_timeout_seconds)},
+            *(ca.env if ca is not None else []),
         ],
         **_env_from(adapters),
         "resources": {"requests": dict(resources), "limits": dict(resources)},
         "securityContext": container_security_context(),
-        "volumeMounts": [ray_bootstrap_mount()],
+        "volumeMounts": [ray_bootstrap_mount(), *([ca.mount] if ca is not None else [])],
     }
     return {
         "rayStartParams": {
@@ -205,7 +210,12 @@ def _head(md: ModelDeployment, options: RenderOptions, image: str) -> Obj:
         },
         "template": {
             "metadata": {"labels": labels(md, HEAD_COMPONENT)},
-            "spec": _pod_spec(options, [container], [ray_bootstrap_volume(md)], api_token=True),
+            "spec": _pod_spec(
+                options,
+                [container],
+                [ray_bootstrap_volume(md), *([ca.volume] if ca is not None else [])],
+                api_token=True,
+            ),
         },
     }
 
@@ -216,12 +226,19 @@ def _worker_group(md: ModelDeployment, options: RenderOptions, image: str, stora
     resources: dict[str, str] = {"cpu": spec.resources.cpu, "memory": spec.resources.memory}
     if gpus > 0:
         resources[GPU_RESOURCE] = str(gpus)
-    mounts = [*storage.mounts, {"name": "dshm", "mountPath": "/dev/shm"}, ray_bootstrap_mount()]
+    ca = ca_bundle(md, options)
+    mounts = [
+        *storage.mounts,
+        {"name": "dshm", "mountPath": "/dev/shm"},
+        ray_bootstrap_mount(),
+        *([ca.mount] if ca is not None else []),
+    ]
     # vLLM's workers exchange tensors through shared memory; the container default is 64 MiB.
     volumes = [
         *storage.volumes,
         {"name": "dshm", "emptyDir": {"medium": "Memory"}},
         ray_bootstrap_volume(md),
+        *([ca.volume] if ca is not None else []),
     ]
     adapters = adapter_storage_access(md)
     container: Obj = {
@@ -229,7 +246,9 @@ def _worker_group(md: ModelDeployment, options: RenderOptions, image: str, stora
         "image": image,
         "imagePullPolicy": options.image_pull_policy,
         "ports": _ports(options, head=False),
-        "env": _env(storage, adapters) + (download_env(md, options) if storage.downloads else []),
+        "env": _env(storage, adapters)
+        + (download_env(md, options) if storage.downloads else [])
+        + (ca.env if ca is not None else []),
         **_env_from(adapters),
         "resources": _worker_resources(resources, options, storage),
         "securityContext": container_security_context(),

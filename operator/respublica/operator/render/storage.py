@@ -89,6 +89,36 @@ def model_storage(md: ModelDeployment, options: RenderOptions) -> ModelStorage:
     )
 
 
+CA_VOLUME = "ca-bundle"
+CA_DIR = "/etc/respublica/ca"
+CA_FILE = f"{CA_DIR}/ca.crt"
+# Every client that downloads reads one of these: requests (huggingface_hub) REQUESTS_CA_BUNDLE,
+# Python's ssl and OpenSSL SSL_CERT_FILE, curl CURL_CA_BUNDLE, botocore AWS_CA_BUNDLE.
+CA_ENV = ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE", "AWS_CA_BUNDLE")
+
+
+@dataclass(frozen=True)
+class CaBundle:
+    """A CA bundle's volume, its read-only mount, and the variables that point the clients at it."""
+
+    volume: Obj
+    mount: Obj
+    env: list[Obj]
+
+
+def ca_bundle(md: ModelDeployment, options: RenderOptions) -> CaBundle | None:
+    ref = md.spec.model.ca_bundle
+    found = (ref.config_map_name, ref.key) if ref is not None else options.ca_bundle
+    if found is None:
+        return None
+    name, key = found
+    return CaBundle(
+        volume={"name": CA_VOLUME, "configMap": {"name": name, "items": [{"key": key, "path": "ca.crt"}]}},
+        mount={"name": CA_VOLUME, "mountPath": CA_DIR, "readOnly": True},
+        env=[{"name": var, "value": CA_FILE} for var in CA_ENV],
+    )
+
+
 # The key of spec.model.secretRef that huggingface_hub reads (huggingface_hub/constants.py HF_TOKEN).
 HF_TOKEN_KEY = "HF_TOKEN"
 
