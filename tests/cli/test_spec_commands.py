@@ -28,7 +28,7 @@ apiVersion: respublica.dev/v1alpha1
 kind: ModelDeployment
 metadata: {name: bad}
 spec:
-  model: {source: "s3://bucket/qwen", servedName: qwen}
+  model: {source: "oci://registry.example/qwen", servedName: qwen}
   scaling: {minReplicas: -1}
   engine: {tensorParallelSize: 2}
 """
@@ -73,8 +73,8 @@ def test_validate_bad_lists_every_problem(tmp_path: Path) -> None:
     assert lines[1] == "invalid: bad (3 problems)"
     assert lines[2:] == [
         "  - spec.scaling.minReplicas: must be at least 0 (got -1)",
-        "  - spec.model.source must start with hf://, pvc://, file:// or pkg:// "
-        "(s3:// and oci:// are not supported yet)",
+        "  - spec.model.source must start with hf://, s3://, pvc://, file:// or pkg:// "
+        "(oci:// is not supported yet)",
         "  - spec.engine.tensorParallelSize must equal spec.resources.gpus "
         "(the GPUs of one replica; 1 when gpus is 0): tensor parallelism stays inside one pod",
     ]

@@ -104,11 +104,12 @@ class ModelSpec(_Model):
         min_length=1,
         max_length=512,
         description="Where the weights come from: hf://<org>/<name> (a Hugging Face repository, "
-        "with `revision` pinned), pvc://<claim>/<path> (a PersistentVolumeClaim in the same "
+        "with `revision` pinned), s3://<bucket>/<folder> (object storage such as MinIO, copied into "
+        "spec.cache by the download Job), pvc://<claim>/<path> (a PersistentVolumeClaim in the same "
         "namespace) or file:///<path> (a directory inside the serving image or on the local "
         "machine for `respublica up`), or pkg://<python package>/<path> (a file or directory inside "
         "an installed Python package, for `respublica up` only: a .gguf file is converted into a "
-        "Hugging Face directory in the cache on first use). s3:// and oci:// are not supported yet.",
+        "Hugging Face directory in the cache on first use). oci:// is not supported yet.",
     )
     revision: str | None = Field(
         default=None,
@@ -138,7 +139,8 @@ class ModelSpec(_Model):
         max_length=253,
         pattern=SECRET_NAME_PATTERN,
         description="A Secret in the model's namespace holding the credential of the source: key "
-        "HF_TOKEN for hf:// (gated or private repositories). Passed to the containers that download "
+        "HF_TOKEN for hf:// (gated or private repositories); keys AWS_ACCESS_KEY_ID and "
+        "AWS_SECRET_ACCESS_KEY for s3://. Passed to the containers that download "
         "(the cache's download Job, or the Ray workers without a cache); a missing Secret or key keeps "
         "the pod from starting with a clear event. Unset: the operator's hub token, if any.",
     )
@@ -146,9 +148,10 @@ class ModelSpec(_Model):
         default=None,
         max_length=512,
         pattern=ENDPOINT_URL_PATTERN,
-        description="The hub mirror to download an hf:// source from (set as HF_ENDPOINT), e.g. "
-        "https://hf-mirror.agency.example. Unset: the operator's mirror (RESPUBLICA_HF_ENDPOINT), "
-        "else huggingface.co.",
+        description="For hf://: the hub mirror to download from (set as HF_ENDPOINT), e.g. "
+        "https://hf-mirror.agency.example; unset: the operator's mirror (RESPUBLICA_HF_ENDPOINT), else "
+        "huggingface.co. For s3://: the S3-compatible service (set as AWS_ENDPOINT_URL_S3; path-style "
+        "addressing), e.g. http://minio.storage.svc:9000; unset: AWS S3.",
     )
     ca_bundle: CaBundleRef | None = Field(
         default=None,

@@ -16,7 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-SUPPORTED_SCHEMES = ("hf://", "pvc://", "file://", "pkg://")
+SUPPORTED_SCHEMES = ("hf://", "s3://", "pvc://", "file://", "pkg://")
+# The sources respublica downloads (into the cache, or in the workers for hf://).
+DOWNLOADED_SCHEMES = ("hf://", "s3://")
+# s3://<bucket>/<folder>: a bucket name (S3's rules, lowercase) and a non-empty folder.
+S3_SOURCE_REGEX = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/[^/].*$"
 
 # What Ray Serve LLM 2.60 can load LoRA adapters from (its LoraConfig accepts nothing else): object
 # storage, one subfolder per adapter, fetched when a request first names the adapter. The scheme and
@@ -68,7 +72,7 @@ def _revision_only_hf(model: Spec) -> bool:
 
 
 def _supply_only_hf(model: Spec) -> bool:
-    downloads = str(_get(model, "source", "")).startswith("hf://")
+    downloads = str(_get(model, "source", "")).startswith(DOWNLOADED_SCHEMES)
     return downloads or (_get(model, "secretRef") is None and _get(model, "endpoint") is None)
 
 
@@ -91,7 +95,18 @@ def _gpu_product_needs_gpus(resources: Spec) -> bool:
 
 
 def _cache_needs_hf(spec: Spec) -> bool:
-    return _get(spec, "cache") is None or str(_get(_get(spec, "model", {}), "source", "")).startswith("hf://")
+    source = str(_get(_get(spec, "model", {}), "source", ""))
+    return _get(spec, "cache") is None or source.startswith(DOWNLOADED_SCHEMES)
+
+
+def _s3_needs_cache(spec: Spec) -> bool:
+    source = str(_get(_get(spec, "model", {}), "source", ""))
+    return not source.startswith("s3://") or _get(spec, "cache") is not None
+
+
+def _s3_source_shape(model: Spec) -> bool:
+    source = str(_get(model, "source", ""))
+    return not source.startswith("s3://") or re.match(S3_SOURCE_REGEX, source) is not None
 
 
 def _extra_args_not_typed(engine: Spec) -> bool:
@@ -121,10 +136,11 @@ _TYPED_FLAGS_CEL = ", ".join(f"'{flag}'" for flag in TYPED_ENGINE_FLAGS)
 RULES: tuple[Rule, ...] = (
     Rule(
         where=("model",),
-        cel="self.source.startsWith('hf://') || self.source.startsWith('pvc://') || "
-        "self.source.startsWith('file://') || self.source.startsWith('pkg://')",
-        message="spec.model.source must start with hf://, pvc://, file:// or pkg:// "
-        "(s3:// and oci:// are not supported yet)",
+        cel="self.source.startsWith('hf://') || self.source.startsWith('s3://') || "
+        "self.source.startsWith('pvc://') || self.source.startsWith('file://') || "
+        "self.source.startsWith('pkg://')",
+        message="spec.model.source must start with hf://, s3://, pvc://, file:// or pkg:// "
+        "(oci:// is not supported yet)",
         field="spec.model.source",
         check=_source_scheme_ok,
     ),
@@ -145,9 +161,26 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         where=("model",),
-        cel="self.source.startsWith('hf://') || (!has(self.secretRef) && !has(self.endpoint))",
-        message="spec.model.secretRef and spec.model.endpoint apply to hf:// sources only (the sources "
-        "respublica downloads); pvc://, file:// and pkg:// models are read where they are",
+        cel=f"!self.source.startsWith('s3://') || self.source.matches('{S3_SOURCE_REGEX}')",
+        message="spec.model.source s3:// needs a bucket and a folder: s3://<bucket>/<folder> "
+        "(the folder holding the model's files)",
+        field="spec.model.source",
+        check=_s3_source_shape,
+    ),
+    Rule(
+        where=(),
+        cel="!self.model.source.startsWith('s3://') || has(self.cache)",
+        message="spec.model.source s3:// needs spec.cache: the download Job copies the folder into the "
+        "cache volume the replicas read",
+        field="spec.cache",
+        check=_s3_needs_cache,
+    ),
+    Rule(
+        where=("model",),
+        cel="self.source.startsWith('hf://') || self.source.startsWith('s3://') || "
+        "(!has(self.secretRef) && !has(self.endpoint))",
+        message="spec.model.secretRef and spec.model.endpoint apply to hf:// and s3:// sources only (the "
+        "sources respublica downloads); pvc://, file:// and pkg:// models are read where they are",
         field="spec.model.secretRef",
         check=_supply_only_hf,
     ),
@@ -182,8 +215,10 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         where=(),
-        cel="!has(self.cache) || self.model.source.startsWith('hf://')",
-        message="spec.cache applies to hf:// sources only: pvc:// and file:// models are already on a volume",
+        cel="!has(self.cache) || self.model.source.startsWith('hf://') || "
+        "self.model.source.startsWith('s3://')",
+        message="spec.cache applies to hf:// and s3:// sources only: pvc:// and file:// models are already "
+        "on a volume",
         field="spec.cache",
         check=_cache_needs_hf,
     ),

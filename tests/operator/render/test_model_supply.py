@@ -125,3 +125,32 @@ def test_the_operators_ca_bundle_applies_when_the_model_has_none(matrix: dict[st
     assert not CA_VARS & set(_env(plain))
     with pytest.raises(OptionError, match="RESPUBLICA_CA_BUNDLE must be a ConfigMap name"):
         render_options({"RESPUBLICA_CA_BUNDLE": "Corp CA"})
+
+
+def test_an_s3_source_is_copied_into_the_cache_with_its_keys_and_endpoint(matrix: dict[str, Obj]) -> None:
+    raw = copy.deepcopy(matrix["tensor-parallel-cached"])
+    raw["spec"]["model"] = {
+        "source": "s3://models/llama/70b",
+        "servedName": "llama",
+        "secretRef": "minio-keys",
+        "endpoint": "http://minio.storage.svc:9000",
+    }
+    objects = render(ModelDeployment.model_validate(raw))
+    (download,) = _downloaders(objects)
+    assert download["command"][:2] == ["python", "-c"] and "pyarrow.fs" in download["command"][2]
+    assert download["args"][:2] == ["s3://models/llama/70b", "/models/s3/models/llama/70b"]
+    env = _env(download)
+    assert env["AWS_ENDPOINT_URL_S3"] == "http://minio.storage.svc:9000"
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert env[key] == {"secretKeyRef": {"name": "minio-keys", "key": key, "optional": False}}
+    assert "HF_TOKEN" not in env and "HF_ENDPOINT" not in env
+    # The replicas read the copied folder from the volume and reach for nothing.
+    (rs,) = [o for o in objects if o["kind"] == "RayService"]
+    assert "/models/s3/models/llama/70b" in rs["spec"]["serveConfigV2"]
+    assert "AWS_ACCESS_KEY_ID" not in _env(_ray_containers(objects)["ray-worker"])
+
+
+def test_the_s3_download_script_is_python() -> None:
+    from respublica.operator.render.cache import S3_DOWNLOAD_SCRIPT
+
+    compile(S3_DOWNLOAD_SCRIPT, "s3-download", "exec")

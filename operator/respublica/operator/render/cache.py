@@ -61,6 +61,36 @@ print(f"{repo}@{revision} is in {dest}")
 """
 
 
+# Copies an s3:// folder with pyarrow's S3 filesystem: Ray Serve LLM reads object storage through
+# pyarrow.fs (ray/llm/_internal/common/utils/cloud_filesystem/pyarrow_filesystem.py), so every Ray
+# LLM image has it; neither boto3's CLI nor `aws` is promised there. The endpoint (path-style, as
+# MinIO and Ceph want) and the CA bundle are passed explicitly: pyarrow's S3 client does not read
+# AWS_ENDPOINT_URL_S3 or AWS_CA_BUNDLE on every version. Keys come from AWS_ACCESS_KEY_ID and
+# AWS_SECRET_ACCESS_KEY (the AWS SDK's own chain).
+S3_DOWNLOAD_SCRIPT = """\
+import os, pathlib, sys
+from urllib.parse import urlparse
+import pyarrow.fs as pafs
+source, dest, marker = sys.argv[1:4]
+done = pathlib.Path(dest, marker)
+if not done.exists():
+    options = {}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3")
+    if endpoint:
+        url = urlparse(endpoint)
+        options.update(endpoint_override=url.netloc, scheme=url.scheme,
+                       region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
+    if os.environ.get("AWS_CA_BUNDLE"):
+        options["tls_ca_file_path"] = os.environ["AWS_CA_BUNDLE"]
+    s3 = pafs.S3FileSystem(**options)
+    pathlib.Path(dest).mkdir(parents=True, exist_ok=True)
+    pafs.copy_files(source.removeprefix("s3://").strip("/"), dest, source_filesystem=s3,
+                    destination_filesystem=pafs.LocalFileSystem())
+    done.write_text(source + "\\n")
+print(f"{source} is in {dest}")
+"""
+
+
 def download_job_name(md: ModelDeployment) -> str:
     what = f"{md.spec.model.source}@{md.spec.model.revision}"
     if md.spec.model.digest is not None:
@@ -108,13 +138,7 @@ def _download_job(md: ModelDeployment, options: RenderOptions) -> Obj:
         "name": DOWNLOAD_CONTAINER,
         "image": image_ref(options.downloader_image, options),
         "imagePullPolicy": options.image_pull_policy,
-        "command": ["python", "-c", DOWNLOAD_SCRIPT],
-        "args": [
-            hf_repository(md),
-            str(md.spec.model.revision),
-            model_dir,
-            COMPLETE_MARKER if digest is None else DOWNLOADED_MARKER,
-        ],
+        **_download_command(md, model_dir, COMPLETE_MARKER if digest is None else DOWNLOADED_MARKER),
         "env": env,
         "resources": {
             "requests": {"cpu": "500m", "memory": "1Gi"},
@@ -160,6 +184,16 @@ def _download_job(md: ModelDeployment, options: RenderOptions) -> Obj:
     meta = metadata(md, download_job_name(md), COMPONENT)
     job_spec["template"] = {"metadata": {"labels": dict(meta["labels"])}, "spec": pod_spec}
     return {**DOWNLOAD_JOB.type_meta(), "metadata": meta, "spec": job_spec}
+
+
+def _download_command(md: ModelDeployment, model_dir: str, marker: str) -> Obj:
+    source = md.spec.model.source
+    if source.startswith("s3://"):
+        return {"command": ["python", "-c", S3_DOWNLOAD_SCRIPT], "args": [source, model_dir, marker]}
+    return {
+        "command": ["python", "-c", DOWNLOAD_SCRIPT],
+        "args": [hf_repository(md), str(md.spec.model.revision), model_dir, marker],
+    }
 
 
 def _verify_container(model_dir: str, digest: str, mounts: list[Obj], options: RenderOptions) -> Obj:

@@ -42,7 +42,11 @@ def hf_repository(md: ModelDeployment) -> str:
 
 
 def cache_model_path(md: ModelDeployment, options: RenderOptions) -> str:
-    """The directory in the cache volume holding this repository at this revision."""
+    """The directory in the cache volume holding this repository at this revision (hf://), or this
+    bucket's folder (s3://)."""
+    source = md.spec.model.source
+    if source.startswith("s3://"):
+        return f"{options.cache_mount_path}/s3/{source.removeprefix('s3://').strip('/')}"
     return f"{options.cache_mount_path}/hf/{hf_repository(md)}/{md.spec.model.revision}"
 
 
@@ -133,6 +137,8 @@ def download_env(md: ModelDeployment, options: RenderOptions) -> list[Obj]:
     """
     model = md.spec.model
     env: list[Obj] = []
+    if model.source.startswith("s3://"):
+        return _s3_env(md)
     endpoint = model.endpoint or options.hf_endpoint
     if endpoint:
         env.append({"name": "HF_ENDPOINT", "value": endpoint})
@@ -143,6 +149,23 @@ def download_env(md: ModelDeployment, options: RenderOptions) -> list[Obj]:
     else:
         return env
     env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": ref}})
+    return env
+
+
+def _s3_env(md: ModelDeployment) -> list[Obj]:
+    """An s3:// source's endpoint and keys, read by the download Job's pyarrow S3 client."""
+    model = md.spec.model
+    env: list[Obj] = []
+    if model.endpoint is not None:
+        env.append({"name": S3_ENDPOINT_ENV, "value": model.endpoint})
+    if model.secret_ref is not None:
+        env += [
+            {
+                "name": key,
+                "valueFrom": {"secretKeyRef": {"name": model.secret_ref, "key": key, "optional": False}},
+            }
+            for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+        ]
     return env
 
 
