@@ -49,4 +49,3 @@ def test_every_ray_container_mounts_the_bootstrap_config(matrix: dict[str, Obj])
 def test_the_config_map_kind_is_a_declared_child() -> None:
     """Declared children are what the operator prunes, watches and holds RBAC for."""
     assert ("v1", "ConfigMap", "configmaps") in {(k.api_version, k.kind, k.plural) for k in CHILD_KINDS}
-
