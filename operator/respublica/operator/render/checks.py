@@ -24,6 +24,14 @@ def check_renderable(md: ModelDeployment, options: RenderOptions) -> None:
             "needs a GPU: set spec.image to a Ray Serve LLM image with vLLM's CPU build (or run the "
             "operator with RESPUBLICA_RAY_IMAGE / render with --ray-image set to one)"
         )
+    # pkg:// names a Python package installed beside `respublica up` (the bundled samples): no pod
+    # of a cluster has it. Refuse here, with the way out, rather than fail inside the engine mapping.
+    if md.spec.model.source.startswith("pkg://"):
+        raise RenderError(
+            f"spec.model.source {md.spec.model.source!r} names a Python package on the machine that runs "
+            "`respublica up`; a cluster cannot read it: serve the files from hf://, s3:// (with "
+            "spec.cache) or pvc://"
+        )
     # On a cluster the digest is checked once, by the model cache's download Job, before the marker the
     # replicas wait for is written. Without a cache nothing would check it: refuse rather than promise.
     # file:// and pkg:// name files inside an image or a package, which the image's build pins.
