@@ -240,7 +240,8 @@ def gateway_exported(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
             )
             with pytest.raises(openai.APIStatusError):
                 client.chat.completions.create(model="m-waking", messages=messages)
-            eventually(lambda: len(policy.ledger.records) == 3)  # the refused one is a metric, not a ledger row
+            # The refused one is a metric, not a ledger row.
+            eventually(lambda: len(policy.ledger.records) == 3)
             text = httpx.get(running.url + "/metrics", timeout=10).text
         finally:
             loop.run(stop_gateway(running))
