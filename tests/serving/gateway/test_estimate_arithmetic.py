@@ -160,3 +160,17 @@ def test_plan_checks_tenant_then_key() -> None:
     assert failed is not None and plan.checks[failed].scope == "key"
     assert {c.key.split(":")[0] for c in plan.checks} == {"t", "s"}
     assert plan.keys.slots == ("t:cc", "s:k1:cc")
+
+
+def test_bucket_names_match_the_calendar_at_every_day_edge() -> None:
+    """The cached day and month names are what strftime says, on both sides of each midnight."""
+    from datetime import UTC, datetime
+
+    from respublica.serving.gateway.quota.arithmetic import day_name, month_name
+
+    start = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
+    for day in range(0, 800, 7):
+        for ts in (start + day * 86_400 - 0.001, start + day * 86_400, start + day * 86_400 + 43_200.5):
+            moment = datetime.fromtimestamp(ts, UTC)
+            assert day_name(ts) == moment.strftime("%Y%m%d"), ts
+            assert month_name(ts) == moment.strftime("%Y%m"), ts

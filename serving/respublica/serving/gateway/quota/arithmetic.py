@@ -21,6 +21,7 @@ limits apply to the first, `Principal.key_limits` to the second.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -29,6 +30,7 @@ from typing import Literal
 from respublica.serving.gateway.contracts import Limits, Principal, RateHeaders, Rejection, RejectReason
 
 WINDOW_S = 60
+DAY_S = 86_400  # a UTC day in POSIX time (no leap seconds), so day numbers are ts // DAY_S
 WINDOW_TTL_S = 3 * WINDOW_S
 # Period counters outlive their period so a late settlement still finds them.
 PERIOD_GRACE_S = 2 * 86400
@@ -85,11 +87,18 @@ def minute_index(ts: float) -> int:
 
 
 def day_name(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y%m%d")
+    return _day_name(int(ts // DAY_S))
 
 
 def month_name(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y%m")
+    return _day_name(int(ts // DAY_S))[:6]
+
+
+# Every admission names its day and month buckets; the name changes once a UTC day, so it is
+# formatted once per day number rather than per request (strftime was ~5 % of a request's CPU).
+@functools.lru_cache(maxsize=64)
+def _day_name(day_number: int) -> str:
+    return datetime.fromtimestamp(day_number * DAY_S, UTC).strftime("%Y%m%d")
 
 
 def day_start(ts: float) -> float:
