@@ -174,3 +174,56 @@ def test_bucket_names_match_the_calendar_at_every_day_edge() -> None:
             moment = datetime.fromtimestamp(ts, UTC)
             assert day_name(ts) == moment.strftime("%Y%m%d"), ts
             assert month_name(ts) == moment.strftime("%Y%m"), ts
+
+
+PLAIN = {"messages": [{"role": "user", "content": "hi"}]}
+
+
+def test_documents_and_template_kwargs_are_in_the_bound() -> None:
+    """vLLM renders `documents` and `chat_template_kwargs` into the prompt: their bytes count."""
+    doc = {"title": "t", "text": "y" * 3000}
+    with_docs = chat_prompt_bound({**PLAIN, "documents": [doc, doc]})
+    assert with_docs >= chat_prompt_bound(PLAIN) + 2 * 3000
+    kwargs = {"system_prompt": "z" * 2000, "enable_thinking": True}
+    assert chat_prompt_bound({**PLAIN, "chat_template_kwargs": kwargs}) >= chat_prompt_bound(PLAIN) + 2000
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"chat_template": "{% for i in range(100000) %}x{% endfor %}"},
+        {"chat_template_kwargs": {"chat_template": "{{ messages }}"}},
+    ],
+)
+def test_a_request_chat_template_is_refused(extra: dict[str, object]) -> None:
+    """A few bytes of Jinja render any length, so no bound holds: 400, as vLLM does by default."""
+    with pytest.raises(EstimateError) as e:
+        chat_prompt_bound({**PLAIN, **extra})
+    assert e.value.param == "chat_template"
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [({"documents": "text"}, "documents"), ({"chat_template_kwargs": ["x"]}, "chat_template_kwargs")],
+)
+def test_bad_template_fields_name_the_field(extra: dict[str, object], param: str) -> None:
+    with pytest.raises(EstimateError) as e:
+        chat_prompt_bound({**PLAIN, **extra})
+    assert e.value.param == param
+
+
+def test_each_image_gets_the_largest_vision_allowance() -> None:
+    """Qwen2-VL's default max_pixels (12,845,056) at 28x28 px a token: 16,384 tokens an image,
+    even for a short URL; three images reserve three allowances."""
+    qwen2_vl_max_tokens = 12_845_056 // (28 * 28)
+    image = {"type": "image_url", "image_url": {"url": "https://x/huge.png"}}
+    one = chat_prompt_bound({"messages": [{"role": "user", "content": [image]}]})
+    three = chat_prompt_bound({"messages": [{"role": "user", "content": [image] * 3}]})
+    assert one >= qwen2_vl_max_tokens
+    assert three >= 3 * qwen2_vl_max_tokens
+
+
+def test_a_data_url_counts_its_bytes() -> None:
+    data = "data:image/png;base64," + "A" * 100_000
+    image = {"type": "image_url", "image_url": {"url": data}}
+    assert chat_prompt_bound({"messages": [{"role": "user", "content": [image]}]}) >= 100_000

@@ -10,9 +10,24 @@ What the text does not show is the chat template: role markers, BOS/EOS and, for
 a default system prompt. That is `MESSAGE_OVERHEAD` per message plus `REQUEST_OVERHEAD` per
 request, both generous for the common templates; a template that adds more (long default system
 prompts, tool instructions) needs a larger `EstimatorConfig`. Tool definitions and tool calls are
-rendered into the prompt, so they count by the bytes of their JSON. An image or audio part counts
-its bytes (a base64 data URL is far larger than its tokens) but at least `media_tokens`, since a
-short URL can stand for an image of thousands of tokens.
+rendered into the prompt, so they count by the bytes of their JSON; so do the other request fields
+vLLM's chat renderer passes to the template (`ChatCompletionRequest.documents` and
+`chat_template_kwargs` in vllm/entrypoints/openai/chat_completion/protocol.py), each document with a
+message's overhead for its framing.
+
+A request's own `chat_template` (top level or inside `chat_template_kwargs`) can not be bounded: a
+Jinja loop renders any length from a few bytes. vLLM refuses it too unless the engine runs with
+`--trust-request-chat-template` (`_validate_chat_template` in vllm/entrypoints/pooling/base/
+io_processor.py, the same check in vllm/renderers/online_renderer.py), so the gateway answers 400
+and the template belongs in the deployment.
+
+An image, audio or video part counts the larger of its bytes (a base64 data URL: its whole length,
+which bounds audio, whose tokens grow with duration) and `media_tokens` per part. Image tokens grow
+with resolution, not bytes (a few-KB PNG can be 4000x4000), so the allowance is the largest default
+among vLLM's common vision models: Qwen2-VL/Qwen2.5-VL resize to at most `max_pixels` = 12,845,056
+pixels at 28x28 pixels a token, 12,845,056 / 784 = 16,384 tokens (LLaVA-NeXT: <= 2,928, Pixtral at
+1024 px: 4,160, InternVL2 with 12 tiles: 3,328). A deployment that raises `max_pixels` (or a
+video model sampling many frames) needs a larger `EstimatorConfig.media_tokens`.
 
 The bound is loose on purpose: admission reserves it and settlement gives back what was not used.
 """
@@ -40,7 +55,8 @@ class EstimateError(ValueError):
 class EstimatorConfig:
     request_overhead: int = 64
     message_overhead: int = 16
-    media_tokens: int = 4096
+    # Per image/audio/video part; see the module docstring for where 16,384 comes from.
+    media_tokens: int = 16384
     # Per embeddings input: the special tokens an encoder wraps it in (BERT: [CLS] ... [SEP];
     # some add an instruction prefix too).
     embedding_overhead: int = 8
@@ -100,6 +116,7 @@ def chat_prompt_bound(body: Mapping[str, Any], cfg: EstimatorConfig = DEFAULT) -
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise EstimateError("messages", "'messages' must be a non-empty list of messages")
+    _refuse_request_template(body)
     total = cfg.request_overhead
     for i, message in enumerate(messages):
         if not isinstance(message, Mapping):
@@ -114,10 +131,27 @@ def chat_prompt_bound(body: Mapping[str, Any], cfg: EstimatorConfig = DEFAULT) -
                 total += _text(value)
             elif value is not None:
                 total += _json_bytes(value)  # tool_calls, function_call, ...
-    for name in ("tools", "functions"):
+    for name in ("tools", "functions", "chat_template_kwargs"):
         if body.get(name):
             total += _json_bytes(body[name])
+    documents = body.get("documents")
+    if isinstance(documents, list):
+        total += sum(cfg.message_overhead + _json_bytes(d) for d in documents)
+    elif documents is not None:
+        raise EstimateError("documents", "'documents' must be a list of objects")
     return total
+
+
+def _refuse_request_template(body: Mapping[str, Any]) -> None:
+    kwargs = body.get("chat_template_kwargs")
+    if kwargs is not None and not isinstance(kwargs, Mapping):
+        raise EstimateError("chat_template_kwargs", "'chat_template_kwargs' must be an object")
+    if body.get("chat_template") is not None or (kwargs and kwargs.get("chat_template") is not None):
+        raise EstimateError(
+            "chat_template",
+            "a request's own chat template can not be accepted: its cost can not be bounded;"
+            " set the template on the model deployment",
+        )
 
 
 def _prompt_items(value: Any, param: str) -> list[int]:
