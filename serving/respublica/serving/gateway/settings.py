@@ -109,6 +109,16 @@ class ConsoleSettings(_Section):
         description="Mark the session cookie Secure: set it when the console is reached over TLS.",
     )
     session_hours: float = Field(default=8.0, gt=0, le=24 * 30, description="How long a login lasts.")
+    oidc_admin_claim: str = Field(
+        default="roles",
+        min_length=1,
+        description="Where OIDC is configured: the claim (a dotted path, e.g. realm_access.roles for "
+        "Keycloak; a list or a space/comma-separated string) whose roles a bearer token passed by an "
+        "authenticating proxy must include to open a console session.",
+    )
+    oidc_admin_role: str = Field(
+        default="respublica-admin", min_length=1, description="The role that claim must list."
+    )
 
 
 class FairnessSettings(_Section):
@@ -181,6 +191,14 @@ class GatewaySettings(_Section):
         description="Time to receive a whole request body, from its first read; slower clients get "
         "408 (a client trickling a body would otherwise hold a connection and its memory forever).",
     )
+    body_bytes_in_flight: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        le=16 * 1024 * 1024 * 1024,
+        description="Request-body bytes one process reads at once (bodies are read before admission, "
+        "so the concurrency limit does not bound them); beyond, a request waits up to a second, then "
+        "gets 503 server_busy with Retry-After. At least max_body_bytes.",
+    )
     journal_dir: Path | None = Field(
         default=None,
         description="The usage journal (every ledger record on disk before its answer completes); "
@@ -196,6 +214,8 @@ class GatewaySettings(_Section):
             raise ValueError("quota.store is redis but quota.redis_url is not set")
         if self.cluster.enabled and self.routes_file is not None:
             raise ValueError("set either routes_file (local mode) or cluster.enabled, not both")
+        if self.body_bytes_in_flight < self.max_body_bytes:
+            raise ValueError("body_bytes_in_flight must be at least max_body_bytes: a largest body must fit")
         return self
 
     def multiprocess_problem(self) -> str | None:
@@ -249,6 +269,7 @@ _STRING_FIELDS = {
     "issuer",
     "audience",
     "namespace",
+    "oidc_admin_role",
 }
 
 

@@ -64,9 +64,11 @@ def build_from_settings(settings: GatewaySettings) -> FastAPI:
     from respublica.serving.gateway.journal import UsageJournal
     from respublica.serving.gateway.ledger import SqlLedger
     from respublica.serving.gateway.quota import open_store, rebuild_from_ledger, seed_from_ledger
+    from respublica.serving.gateway.routes.asgi import configure_body_budget
     from respublica.serving.gateway.routing.file_source import load_routes_file
     from respublica.serving.gateway.tenants_file import load_tenants_file
 
+    configure_body_budget(settings.body_bytes_in_flight)  # per process, as the memory it bounds
     db = LateDatabase(settings.database_url)
     repo = Repository(db)
     declared = load_tenants_file(settings.tenants_file) if settings.tenants_file else {}
@@ -146,6 +148,9 @@ def build_from_settings(settings: GatewaySettings) -> FastAPI:
                     settings.admin_key.get_secret_value(),
                     secure_cookie=settings.console.secure_cookie,
                     session_ttl_s=settings.console.session_hours * 3600,
+                    oidc=oidc,
+                    oidc_admin_claim=settings.console.oidc_admin_claim,
+                    oidc_admin_role=settings.console.oidc_admin_role,
                 )
             )
     metrics = None

@@ -94,7 +94,11 @@ class OidcAuthenticator:
                 "no key of the identity provider matches the bearer token's key id (kid)"
             ) from None
 
-    async def authenticate_token(self, token: str) -> Principal:
+    async def claims(self, token: str) -> dict[str, Any]:
+        """The token's claims once its signature, issuer, audience and expiry verify; else AuthError.
+
+        The console (console/identity.py) reads its admin role claim from these.
+        """
         try:
             key = await self._signing_key(token)
             claims: dict[str, Any] = jwt.decode(
@@ -126,6 +130,10 @@ class OidcAuthenticator:
             ) from None
         except jwt.InvalidTokenError:
             raise _invalid("the bearer token is malformed") from None
+        return claims
+
+    async def authenticate_token(self, token: str) -> Principal:
+        claims = await self.claims(token)
         tenant = _claim(claims, self.tenant_claim)
         if not isinstance(tenant, str) or not tenant:
             raise AuthError(

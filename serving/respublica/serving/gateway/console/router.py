@@ -6,7 +6,11 @@ Figures come from the route table (what is served) and the usage ledger through 
 (requests, tokens, errors, time to first token, spend).
 
 Security: the credential is the admin key, typed once into the login form; the browser then holds
-a signed session cookie (HttpOnly, SameSite=Strict, Path=/console, Secure when configured). Every
+a signed session cookie (HttpOnly, SameSite=Strict, Path=/console, Secure when configured). Where
+OIDC is configured, a request that carries `Authorization: Bearer <JWT>` (as an authenticating
+proxy such as oauth2-proxy passes it) is verified with the gateway's OIDC verifier and, when the
+token holds the admin role claim (identity.py), gets the same session cookie, its changes audited
+as `oidc:<sub>`; a token without the role is a 403 page, an invalid one a 401 page. Every
 POST carries the session's CSRF token and, when the browser sends an Origin, must come from the
 console's own host. Every response carries a strict Content-Security-Policy: the pages have no
 script at all, styles come from /console/static, charts are inline SVG. Pages are `no-store`: a
@@ -36,8 +40,8 @@ from respublica.serving.gateway.admin_service import (
     KeyRequest,
     NotFound,
 )
-from respublica.serving.gateway.console import figures, session
-from respublica.serving.gateway.contracts import Limits
+from respublica.serving.gateway.console import figures, identity, session
+from respublica.serving.gateway.contracts import AuthError, Limits
 from respublica.serving.gateway.db.base import DatabaseError
 from respublica.serving.gateway.db.codec import format_instant
 from respublica.serving.gateway.quota.arithmetic import day_start, month_start
@@ -78,8 +82,8 @@ class _Redirect(Exception):
 class _Refused(Exception):
     """A request the console refuses before any use case: CSRF, origin, form shape."""
 
-    def __init__(self, status: int, message: str) -> None:
-        self.status, self.message = status, message
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        self.status, self.message, self.headers = status, message, headers or {}
 
 
 def _environment() -> Environment:
@@ -153,8 +157,15 @@ def console_router(
     secure_cookie: bool = False,
     session_ttl_s: float = 8 * 3600,
     clock: Callable[[], float] = time.time,
+    oidc: identity.ClaimsVerifier | None = None,
+    oidc_admin_claim: str = "roles",
+    oidc_admin_role: str = "respublica-admin",
 ) -> APIRouter:
-    """`/console/...` pages; `service` is the same use cases the admin API and the CLI call."""
+    """`/console/...` pages; `service` is the same use cases the admin API and the CLI call.
+
+    `oidc`: the gateway's OIDC verifier, when OIDC is configured; a bearer token it accepts whose
+    `oidc_admin_claim` (a dotted path) lists `oidc_admin_role` opens a console session.
+    """
     if len(admin_key) < 16:
         raise ValueError("the admin key must be at least 16 characters long")
     key = session.session_key(admin_key)
@@ -172,6 +183,9 @@ def console_router(
         return HTMLResponse(html, status_code=status)
 
     def _session(request: Request) -> session.Session | None:
+        opened: session.Session | None = getattr(request.state, "console_session", None)
+        if opened is not None:
+            return opened  # opened by this very request's bearer token; its cookie is on the way
         now = clock()
         found = session.read(key, request.cookies.get(session.SESSION_COOKIE), now)
         if found is None or found.csrf in ended:
@@ -202,7 +216,48 @@ def console_router(
         return form
 
     def actor(request: Request) -> str:
+        current = _session(request)
+        if current is not None and current.actor:
+            return current.actor
         return f"console@{request.client.host if request.client else 'unknown'}"
+
+    async def bearer_login(request: Request) -> str | None:
+        """The cookie of a session this request's OIDC bearer token opens, or None.
+
+        The token is verified on every request that carries one (the JWKS is cached), so a role
+        taken away at the identity provider locks the person out at their next request; a
+        session already open for the same subject is kept (its CSRF token stays valid).
+        """
+        if oidc is None or request.url.path.startswith("/console/static/"):
+            return None
+        token = identity.bearer_token(request.headers.get("authorization"))
+        if token is None:
+            return None
+        try:
+            claims = await oidc.claims(token)
+        except AuthError as exc:
+            status = 503 if exc.status == 503 else 401
+            raise _Refused(
+                status,
+                f"The console refused your sign-in token: {exc.message}.",
+                {"WWW-Authenticate": f'Bearer error="{exc.code}"'} if status == 401 else None,
+            ) from None
+        who = identity.actor_of(claims)
+        if len(who) > session.MAX_ACTOR:
+            raise _Refused(401, "The console refused your sign-in token: its subject (sub) is too long.")
+        if not identity.has_admin_role(claims, oidc_admin_claim, oidc_admin_role):
+            raise _Refused(
+                403,
+                f"You are signed in as {claims['sub']}, but your token does not grant the "
+                f"'{oidc_admin_role}' role (claim '{oidc_admin_claim}'), which the console "
+                "requires. Ask your identity provider's administrator for it.",
+            )
+        current = _session(request)
+        if current is not None and current.actor == who:
+            return None
+        opened, cookie = session.issue(key, clock(), session_ttl_s, actor=who)
+        request.state.console_session = opened
+        return cookie
 
     class ConsoleRoute(APIRoute):
         """Security headers on every response; refusals and failures as pages."""
@@ -212,17 +267,27 @@ def console_router(
 
             async def run(request: Request) -> Response:
                 response: Response
+                cookie: str | None = None
                 try:
+                    cookie = await bearer_login(request)
                     response = await handler(request)
                 except _Redirect as exc:
                     response = RedirectResponse(exc.to, status_code=303)
                 except _Refused as exc:
                     response = render(request, "error.html", exc.status, message=exc.message)
+                    response.headers.update(exc.headers)
                 except AdminFailure as exc:
                     response = render(request, "error.html", _failure_status(exc), message=exc.message)
                 except DatabaseError:
                     response = render(
                         request, "error.html", 503, message="the gateway database is unreachable"
+                    )
+                if cookie is not None:
+                    response.headers.append(
+                        "set-cookie",
+                        session.cookie_header(
+                            session.SESSION_COOKIE, cookie, max_age=int(session_ttl_s), secure=secure_cookie
+                        ),
                     )
                 for name, value in SECURITY_HEADERS.items():
                     response.headers.setdefault(name, value)
