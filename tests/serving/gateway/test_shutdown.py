@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
 import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 from typing import Any, cast
 
+import httpx
 import pytest
+import yaml
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry
 
+from helpers.gateway_harness import LoopThread, free_socket, start_fake_upstream
+from respublica.serving.gateway.auth.keys import generate_key
 from respublica.serving.gateway.contracts import Admission, Authenticator, Limits, Principal, UsageRecord
+from respublica.serving.gateway.db import Repository, open_database
 from respublica.serving.gateway.quota import MemoryQuotaStore
 from respublica.serving.gateway.routes.call import Call, GatewayContext, settle_and_observe
 from respublica.serving.gateway.routing.table import RouteHolder
@@ -132,3 +144,132 @@ async def test_an_admin_port_that_can_not_be_bound_still_shuts_everything_down()
                 pytest.fail("started although the admin port is taken")
     assert shut and store.closed and ledger.closed
     assert not [task for task in asyncio.all_tasks() if task.get_name() == "lease-keeper"]
+
+
+# A real gateway process (the real policy parts: SQLite keys and ledger, tenants file) served by
+# uvicorn with a short grace period: `uvicorn.Server.shutdown` cancels what still runs when it ends.
+GATEWAY_WITH_GRACE = """
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from respublica.serving.gateway.settings import load_settings
+from respublica.serving.gateway.wiring import build_from_settings
+
+settings = load_settings(Path(sys.argv[1]))
+app = build_from_settings(settings)
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), timeout_graceful_shutdown=float(sys.argv[3]))
+"""
+
+
+async def create_key(db_url: str, tenant: str) -> str:
+    db = await open_database(db_url)
+    try:
+        new = generate_key()
+        await Repository(db).create_key(new.key_id, tenant, new.secret_hash, name="grace")
+        return new.key
+    finally:
+        await db.close()
+
+
+async def usage_rows(db_url: str, tenant: str) -> list[dict[str, object]]:
+    db = await open_database(db_url)
+    try:
+        return await db.fetch("SELECT * FROM usage WHERE tenant = ?", (tenant,))
+    finally:
+        await db.close()
+
+
+def wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path, within_s: float = 60.0) -> None:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"gateway exited {process.returncode}: {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"gateway not healthy in {within_s}s: {log.read_text()[-2000:]}")
+
+
+def test_a_stream_cut_at_the_end_of_the_grace_period_ends_with_an_error_event_and_is_recorded(
+    tmp_path: Path, loop_thread: LoopThread
+) -> None:
+    _upstream, runner, upstream_url = loop_thread.run(start_fake_upstream())
+    tenant = "grace"
+    (tmp_path / "routes.yaml").write_text(
+        yaml.safe_dump({"models": [{"name": "m", "endpoints": [upstream_url]}]})
+    )
+    (tmp_path / "tenants.yaml").write_text(yaml.safe_dump({"tenants": [{"name": tenant}]}))
+    db_url = f"sqlite:///{tmp_path / 'gateway.db'}"
+    key = asyncio.run(create_key(db_url, tenant))
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "database_url": db_url,
+                "tenants_file": str(tmp_path / "tenants.yaml"),
+                "routes_file": str(tmp_path / "routes.yaml"),
+            }
+        )
+    )
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "gateway.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RESPUBLICA_", "PROMETHEUS_"))}
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-c", GATEWAY_WITH_GRACE, str(config), str(port), "1"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    try:
+        wait_healthy(url, process, log)
+        body = {
+            "model": "m",
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 100,
+            "stream": True,
+            "test_tokens": 100,
+            "test_delay": 0.2,  # 20 s of stream: far longer than the 1 s grace period
+        }
+        events: list[tuple[str, str]] = []  # (event, data)
+        headers = {"Authorization": f"Bearer {key}"}
+        with httpx.stream(
+            "POST", url + "/v1/chat/completions", json=body, headers=headers, timeout=30
+        ) as response:
+            assert response.status_code == 200
+            event, data = "message", ""
+            for line in response.iter_lines():
+                if line.startswith("event:"):
+                    event = line.split(":", 1)[1].strip()
+                elif line.startswith("data:"):
+                    data = line.split(":", 1)[1].strip()
+                elif line == "" and data:
+                    events.append((event, data))
+                    if len(events) == 2:
+                        process.send_signal(signal.SIGTERM)  # in the middle of the stream
+                    event, data = "message", ""
+        assert process.wait(timeout=30) in (0, -signal.SIGTERM), log.read_text()[-2000:]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+        loop_thread.run(runner.cleanup())
+
+    # Some of the stream went through, then the cut: its last event is an OpenAI-shaped error.
+    assert 2 <= len(events) < 100 and all(e == "message" for e, _ in events[:-1])
+    assert events[-1][0] == "error"
+    error = json.loads(events[-1][1])["error"]
+    assert error["code"] == "shutting_down" and error["type"] == "server_error" and error["message"]
+    # ... and it is settled and recorded as a shutdown.
+    rows = asyncio.run(usage_rows(db_url, tenant))
+    assert [(r["status"], r["error_type"], r["charge"] is not None) for r in rows] == [
+        (503, "gateway_shutdown", True)
+    ]

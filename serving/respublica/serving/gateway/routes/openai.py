@@ -44,6 +44,12 @@ from respublica.serving.gateway.upstream import read_bounded
 
 log = logging.getLogger("respublica.gateway")
 
+# What a request still running when the server's grace period ends is told (uvicorn's
+# `Server.shutdown` cancels it then), and how long writing that may take.
+SHUTDOWN_BODY = error_body("the gateway is shutting down; retry the request", "server_error", "shutting_down")
+SHUTDOWN_RETRY_AFTER_S = 1
+SHUTDOWN_WRITE_TIMEOUT_S = 1.0
+
 
 class LastWord(NamedTuple):
     """What the client is sent once its request is settled and recorded, so that its next request
@@ -75,6 +81,7 @@ class OpenAIEndpoint:
             attributes={t.OPERATION: self.operation, t.PROVIDER: t.PROVIDER_NAME},
         )
         last: LastWord | None = None
+        cut: asyncio.CancelledError | None = None
         try:
             try:
                 plan = await self._plan(call, span, scope, receive)
@@ -88,12 +95,15 @@ class OpenAIEndpoint:
                 last = self._error(call, exc.body(), exc.headers)
             except ClientGone:
                 call.status, call.error_type = 499, "client_disconnected"
-            except asyncio.CancelledError:
-                # Not the client (that is caught in _proxy): the server is shutting down. Recorded
-                # as such, and the reservation is charged in the settlement if the model may have run.
+            except asyncio.CancelledError as exc:
+                # Not the client (that is caught in _proxy): the server is shutting down (uvicorn
+                # cancels what still runs when its grace period ends). Recorded as such, and the
+                # reservation is charged in the settlement if the model may have run; the client is
+                # told (a stream gets an `error` event, not a silent cut), then the cancel goes on.
                 if call.status < 400:
                     call.status, call.error_type = 503, "gateway_shutdown"
-                raise
+                cut = exc
+                last = self._error(call, SHUTDOWN_BODY, [retry_after(SHUTDOWN_RETRY_AFTER_S)])
             except Exception as exc:
                 # Never the message: it may quote the request. The type says enough to look further.
                 log.error("request %s failed: %s", call.request_id, type(exc).__name__)
@@ -107,6 +117,11 @@ class OpenAIEndpoint:
             if call.slot is not None:
                 call.slot.release(call.input_tokens, call.output_tokens)
             await settle_and_observe(self.ctx, call, span)
+        if cut is not None:
+            # Bounded: a client that does not read can not hold the shutdown up.
+            if last is not None:
+                await self._say(call, send, last, SHUTDOWN_WRITE_TIMEOUT_S)
+            raise cut
         if last is not None:
             await self._say(call, send, last)
 
@@ -119,12 +134,15 @@ class OpenAIEndpoint:
             body, call.status, [*headers, *call.rate_headers, (b"x-request-id", call.request_id.encode())]
         )
 
-    async def _say(self, call: Call, send: Send, last: LastWord) -> None:
+    async def _say(self, call: Call, send: Send, last: LastWord, timeout_s: float | None = None) -> None:
         try:
-            if last.status:
-                await send_json(send, last.status, last.body, last.headers)
-            else:
-                await send({"type": "http.response.body", "body": last.body, "more_body": False})
+            async with asyncio.timeout(timeout_s):
+                if last.status:
+                    await send_json(send, last.status, last.body, last.headers)
+                else:
+                    await send({"type": "http.response.body", "body": last.body, "more_body": False})
+        except TimeoutError:  # before OSError, whose subclass it is
+            log.warning("request %s: the client did not take its last word in time", call.request_id)
         except OSError:
             pass  # the client is gone; the request is settled and recorded already
         except Exception as exc:
