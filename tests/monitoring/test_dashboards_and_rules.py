@@ -12,11 +12,14 @@ Where the names come from:
   prefixes `ray_` (`NAMESPACE` in ray/_private/telemetry/open_telemetry_metric_recorder.py); a counter
   is exported with `_total` (ray/_private/metrics_agent.py), a histogram as `_bucket/_sum/_count`.
   The documented names below are checked against the installed upstream source.
-- the operator exports no Prometheus metrics (kopf has none either), so no query names one.
+- the operator: a real scrape of its metrics endpoint (operator/metrics.py's `serve`, as
+  tests/operator/test_metrics_endpoint.py starts it) after its work queue ran a reconcile that
+  failed and the retry that succeeded, so every labelled series has a sample.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import re
@@ -45,6 +48,8 @@ from helpers.gateway_harness import (
     stop_gateway,
 )
 from helpers.promql import PromQLSyntaxError, grafana_variable_names, metric_names, tokenize
+from respublica.operator.metrics import Metrics, serve
+from respublica.operator.work_queue import RetryPolicy, WorkQueue
 from respublica.serving.gateway.routing.table import RouteHolder
 from respublica.serving.gateway.settings import GatewaySettings
 
@@ -223,7 +228,7 @@ def gateway_exported(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
         policy = loop.run(real_policy(tmp / "gateway.db"))
         running = loop.run(
             start_gateway(
-                GatewaySettings.model_validate({}),
+                GatewaySettings.model_validate({"telemetry": {"public_metrics": True}}),
                 authenticator=policy.authenticator,
                 quota_store=policy.quota,
                 ledger=policy.ledger,
@@ -251,6 +256,53 @@ def gateway_exported(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
         loop.stop()
     names = {sample.name for family in text_string_to_metric_families(text) for sample in family.samples}
     assert "respublica_gateway_requests_total" in names, "the scrape has no request counter"
+    return names
+
+
+class _FailsOnce:
+    """A reconciler whose first run fails (a timeout, as an API call's) and whose retry succeeds."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def reconcile(self, body: Any, logger: Any) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            raise TimeoutError("the API server did not answer")
+
+    def forget(self, uid: str) -> None:
+        pass
+
+
+async def _scrape_operator() -> str:
+    metrics = Metrics()
+    reconciler = _FailsOnce()
+    queue = WorkQueue(reconciler, RetryPolicy(base_seconds=0.01), resync_seconds=3600, metrics=metrics)
+    runner = await serve(metrics, "127.0.0.1", 0)
+    try:
+        queue.submit({"metadata": {"uid": "u1", "name": "m", "namespace": "ai"}, "spec": {}})
+        for _ in range(500):
+            succeeded = metrics.registry.get_sample_value(
+                "respublica_operator_reconciles_total", {"result": "success"}
+            )
+            if succeeded:
+                break
+            await asyncio.sleep(0.01)
+        port = runner.addresses[0][1]
+        async with httpx.AsyncClient() as client:
+            return (await client.get(f"http://127.0.0.1:{port}/metrics", timeout=10)).text
+    finally:
+        await queue.stop()
+        await runner.cleanup()
+
+
+@pytest.fixture(scope="module")
+def operator_exported() -> set[str]:
+    """Sample names of a real operator's /metrics after a failed reconcile and its retry."""
+    text = asyncio.run(_scrape_operator())
+    names = {sample.name for family in text_string_to_metric_families(text) for sample in family.samples}
+    assert 'respublica_operator_reconciles_total{result="retry"}' in text, text
+    assert 'respublica_operator_retries_total{error="TimeoutError"}' in text, text
     return names
 
 
@@ -287,16 +339,19 @@ def test_the_ray_naming_is_upstreams() -> None:
     assert ray_exported("vllm:prompt_tokens", "counter") == {"ray_vllm_prompt_tokens_total"}
 
 
-def test_every_query_names_an_exported_metric(gateway_exported: set[str], engine_exported: set[str]) -> None:
+def test_every_query_names_an_exported_metric(
+    gateway_exported: set[str], engine_exported: set[str], operator_exported: set[str]
+) -> None:
     queried = all_queried_names()
     unknown = {
         name: sorted(where)
         for name, where in queried.items()
-        if name not in gateway_exported | engine_exported
+        if name not in gateway_exported | engine_exported | operator_exported
     }
     assert not unknown, f"queries name metrics nobody exports: {unknown}"
     # Each source is used, and every metric of the gateway is on a dashboard.
     assert queried.keys() & gateway_exported and queried.keys() & engine_exported
+    assert queried.keys() & operator_exported
     histogram_part = r"_(bucket|sum|count)$"
     gateway_families = {
         re.sub(histogram_part, "", n)
