@@ -104,6 +104,7 @@ def launch(tmp_path: Path, redis_url: str, loop_thread: LoopThread) -> Iterator[
                     "database_url": db_url,
                     "tenants_file": str(tmp_path / "tenants.yaml"),
                     "quota": {"store": "redis", "redis_url": redis_url},
+                    "telemetry": {"public_metrics": True},
                 }
             )
         )

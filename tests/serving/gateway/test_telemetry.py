@@ -79,6 +79,13 @@ def test_content_is_recorded_only_when_opted_in(make_stack: Any) -> None:
     assert "w0" in str(dict(span.attributes or {})["gen_ai.output.messages"])
 
 
+@pytest.fixture
+def stack(make_stack: Any) -> Stack:
+    """The gateway with /metrics open on its public port, which these tests scrape."""
+    stack: Stack = make_stack(telemetry={"public_metrics": True})
+    return stack
+
+
 def scrape(stack: Stack) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     text = httpx.get(stack.url + "/metrics", timeout=10).text
     out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
@@ -100,6 +107,14 @@ def test_metrics_token_guards_metrics(make_stack: Any) -> None:
     assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
     right = httpx.get(stack.url + "/metrics", headers={"Authorization": f"Bearer {token}"}, timeout=10)
     assert right.status_code == 200 and list(text_string_to_metric_families(right.text))
+
+
+def test_metrics_are_not_on_the_public_port_by_default(make_stack: Any) -> None:
+    # Every tenant's and model's names: without admin_port, served only when guarded or opted in.
+    stack = make_stack()
+    api(stack).chat.completions.create(model="m", messages=MESSAGES, max_tokens=1)
+    assert httpx.get(stack.url + "/metrics", timeout=10).status_code == 404
+    assert stack.gateway.app.state.gateway.metrics is not None  # still counted, for whoever serves them
 
 
 def test_underestimated_usage_is_charged_and_counted(stack: Stack) -> None:

@@ -121,6 +121,7 @@ async def test_admin_listener_serves_admin_and_metrics_off_the_public_port(
             "routes_file": str(routes),
             "admin_key": ADMIN_KEY,
             "admin_port": 0,
+            "telemetry": {"public_metrics": True},  # the admin listener wins all the same
         },
     )
     app = build_from_settings(settings)

@@ -164,7 +164,13 @@ def create_app(
 
     app.router.routes.append(Route("/healthz", healthz, methods=["GET"]))
     app.router.routes.append(Route("/readyz", readyz, methods=["GET"]))
-    if metrics is not None:
+    metrics_app = metrics_listener(settings, app, admin_app)
+    if metrics is not None and metrics_app is None:
+        log.warning(
+            "/metrics is not served: set admin_port (its own listener), telemetry.metrics_token, or "
+            "telemetry.public_metrics: true (an open /metrics on the public port)"
+        )
+    if metrics is not None and metrics_app is not None:
         gateway_metrics = metrics
 
         token = settings.telemetry.metrics_token
@@ -183,7 +189,7 @@ def create_app(
             body, content_type = gateway_metrics.render()
             return Response(body, media_type=content_type)
 
-        (admin_app or app).router.routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
+        metrics_app.router.routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
     for router in routers:
         (admin_app or app).include_router(router)
 
@@ -197,6 +203,16 @@ def create_app(
 
     app.add_exception_handler(StarletteHTTPException, http_error)
     return app
+
+
+def metrics_listener(settings: GatewaySettings, public: FastAPI, admin: FastAPI | None) -> FastAPI | None:
+    """Where /metrics is served: its per-tenant and per-model names are business data, so on the
+    public port only when guarded by a token or when the operator says it may be open there."""
+    if admin is not None:
+        return admin
+    if settings.telemetry.metrics_token is not None or settings.telemetry.public_metrics:
+        return public
+    return None
 
 
 def build_from_settings(settings: GatewaySettings) -> FastAPI:

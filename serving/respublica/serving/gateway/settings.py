@@ -100,6 +100,13 @@ class TelemetrySettings(_Section):
         min_length=16,
         description="When set, GET /metrics requires `Authorization: Bearer <token>`; unset: open.",
     )
+    public_metrics: bool = Field(
+        default=False,
+        description=(
+            "Without admin_port, serve an unguarded /metrics (every tenant's and model's names) on the "
+            "public port. Off: there /metrics is served only with metrics_token."
+        ),
+    )
 
 
 class ConsoleSettings(_Section):
