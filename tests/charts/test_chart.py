@@ -4,6 +4,7 @@ hardened pods, and the refusals of combinations that cannot work."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,8 +26,12 @@ from respublica.serving.gateway.settings import load_settings
 VERSIONS = ["1.29", "1.33"]
 SCHEMAS = REPO.parent / "shared" / "schemas"
 SERVICE_MONITOR_CRD = SCHEMAS / "prometheus-operator" / "monitoring.coreos.com_servicemonitors.yaml"
+PROMETHEUS_RULE_CRD = SCHEMAS / "prometheus-operator" / "monitoring.coreos.com_prometheusrules.yaml"
 # Objects of custom resources, validated against their CRD's schema instead of Kubernetes' own.
-CUSTOM = {("monitoring.coreos.com/v1", "ServiceMonitor"): SERVICE_MONITOR_CRD}
+CUSTOM = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): SERVICE_MONITOR_CRD,
+    ("monitoring.coreos.com/v1", "PrometheusRule"): PROMETHEUS_RULE_CRD,
+}
 WORKLOADS = ("Deployment", "StatefulSet")
 MIRROR = "registry.agency.example/mirror"
 DIGEST = "sha256:" + "ab" * 32
@@ -54,6 +59,16 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "enabled": True,
             "labels": {"release": "kube-prometheus-stack"},
             "bearerTokenSecret": {"name": "gateway-metrics", "key": "token"},
+        },
+    },
+    "monitoring": {
+        "monitoring": {
+            "prometheusRule": {
+                "enabled": True,
+                "labels": {"release": "kube-prometheus-stack"},
+                "runbookBaseUrl": "https://docs.agency.example/respublica/runbooks.html",
+            },
+            "dashboards": {"enabled": True},
         },
     },
     "private-registry": {
@@ -154,8 +169,10 @@ def test_every_object_is_valid_strictly(case: str, version: str) -> None:
         crd = CUSTOM.get((doc["apiVersion"], doc["kind"]))
         if crd is None:
             assert kubernetes_validate.validate(doc, version, strict=True) == version, doc["kind"]
-        else:
+        elif crd.exists() or crd is not PROMETHEUS_RULE_CRD:
             jsonschema.validate(doc, crd_schema(crd))
+        # Without the PrometheusRule CRD at hand (../shared has only the ServiceMonitor's), its spec
+        # is held equal to manifests/monitoring's, which promtool checks (test_monitoring_...).
 
 
 def test_service_monitor_check_can_fail() -> None:
@@ -621,3 +638,24 @@ def test_pods_run_as_the_images_own_user() -> None:
         if name != "respublica-redis":
             context = pod["securityContext"]
             assert (context["runAsUser"], context["runAsGroup"]) == (int(user), int(group)), name
+
+
+def test_monitoring_is_manifests_monitoring_with_the_runbook_address() -> None:
+    """The chart's PrometheusRule and dashboards are manifests/monitoring's files, not copies that
+    drift: the rule's spec with only the runbook address changed, every dashboard JSON verbatim."""
+    values = VALUE_SETS["monitoring"]["monitoring"]
+    docs = rendered("monitoring")
+    (rule,) = of_kind(docs, "PrometheusRule")
+    source = yaml.safe_load((REPO / "manifests" / "monitoring" / "prometheusrule.yaml").read_text())
+    base = values["prometheusRule"]["runbookBaseUrl"]
+    text = json.dumps(rule["spec"])
+    assert f"{base}#" in text
+    assert json.loads(text.replace(f"{base}#", "docs/runbooks.md#")) == source["spec"]
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    (dashboards,) = [d for d in of_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-dashboards")]
+    assert dashboards["metadata"]["labels"]["grafana_dashboard"] == "1"
+    files = sorted((REPO / "manifests" / "monitoring" / "dashboards").glob("*.json"))
+    assert files and sorted(dashboards["data"]) == [f.name for f in files]
+    for path in files:
+        assert json.loads(dashboards["data"][path.name]) == json.loads(path.read_text()), path.name
+    assert not of_kind(rendered("defaults"), "PrometheusRule")  # off unless asked for

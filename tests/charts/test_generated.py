@@ -43,3 +43,9 @@ def test_write_removes_a_stale_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert "removed gateway/99-old.yaml" in changes
     assert chart.committed_files() == chart.manifest_files()
     assert chart.write() == []
+
+
+def test_the_charts_copies_are_their_sources() -> None:
+    """The CRD and the monitoring files the chart carries are byte copies (scripts/manifests)."""
+    assert chart.chart_copies(), "nothing to copy?"
+    assert chart.stale_copies() == [], f"regenerate: {chart.REGENERATE}"

@@ -28,6 +28,31 @@ REGENERATE = "scripts/manifests"
 # The CRD generated from the models (`respublica crd`), and the chart's byte copy of it.
 CRD = MANIFESTS / "crds" / "respublica.dev_modeldeployments.yaml"
 CHART_CRD = CHART / "files" / "crds" / CRD.name
+# The alerts and dashboards are written once, in manifests/monitoring/ (tests/monitoring checks their
+# queries against real scrapes); the chart ships byte copies under files/monitoring/.
+MONITORING = MANIFESTS / "monitoring"
+CHART_MONITORING = CHART / "files" / "monitoring"
+
+
+def chart_copies() -> dict[Path, Path]:
+    """Each file the chart carries a byte copy of: {source: copy}."""
+    copies = {CRD: CHART_CRD, MONITORING / "prometheusrule.yaml": CHART_MONITORING / "prometheusrule.yaml"}
+    for dashboard in sorted((MONITORING / "dashboards").glob("*.json")):
+        copies[dashboard] = CHART_MONITORING / "dashboards" / dashboard.name
+    return copies
+
+
+def stale_copies() -> list[Path]:
+    """The chart's copies that differ from their source, or that have no source any more."""
+    copies = chart_copies()
+    stale = [
+        copy
+        for source, copy in copies.items()
+        if not copy.exists() or copy.read_bytes() != source.read_bytes()
+    ]
+    orphans = [p for p in (CHART_MONITORING / "dashboards").glob("*.json") if p not in copies.values()]
+    return stale + orphans
+
 
 # The defaults, plus what plain `kubectl apply -f` needs that `helm install --create-namespace`
 # does not: the namespace as an object.
@@ -154,9 +179,16 @@ def write() -> list[str]:
     the paths changed, added or removed."""
     wanted, current = manifest_files(), committed_files()
     changed = []
-    if CHART_CRD.read_bytes() != CRD.read_bytes():
-        CHART_CRD.write_bytes(CRD.read_bytes())
-        changed.append(f"copied {CRD.relative_to(REPO)} to {CHART_CRD.relative_to(REPO)}")
+    copies = chart_copies()
+    for copy in stale_copies():
+        source = next((src for src, dst in copies.items() if dst == copy), None)
+        if source is None:
+            copy.unlink()
+            changed.append(f"removed {copy.relative_to(REPO)}")
+        else:
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            copy.write_bytes(source.read_bytes())
+            changed.append(f"copied {source.relative_to(REPO)} to {copy.relative_to(REPO)}")
     for path in sorted(set(current) - set(wanted)):
         (MANIFESTS / path).unlink()
         changed.append(f"removed {path}")
@@ -175,12 +207,9 @@ def main(argv: list[str]) -> int:
     if argv == ["--check"]:
         wanted, current = manifest_files(), committed_files()
         stale = sorted(p for p in set(wanted) | set(current) if wanted.get(p) != current.get(p))
-        if CHART_CRD.read_bytes() != CRD.read_bytes():
-            print(
-                f"{CHART_CRD.relative_to(REPO)} is not a copy of manifests/{CRD.relative_to(MANIFESTS)}",
-                file=sys.stderr,
-            )
-            stale.append(str(CHART_CRD.relative_to(REPO)))
+        for copy in stale_copies():
+            print(f"{copy.relative_to(REPO)} is not a copy of its file under manifests/", file=sys.stderr)
+            stale.append(str(copy.relative_to(REPO)))
         for path in stale:
             print(f"manifests/{path} differs from the chart's render", file=sys.stderr)
         if stale:
