@@ -206,14 +206,6 @@ class GatewaySettings(_Section):
         "so the concurrency limit does not bound them); beyond, a request waits up to a second, then "
         "gets 503 server_busy with Retry-After. At least max_body_bytes.",
     )
-    body_bytes_in_flight: int = Field(
-        default=64 * 1024 * 1024,
-        ge=1024,
-        le=16 * 1024 * 1024 * 1024,
-        description="Request-body bytes one process reads at once (bodies are read before admission, "
-        "so the concurrency limit does not bound them); beyond, a request waits up to a second, then "
-        "gets 503 server_busy with Retry-After. At least max_body_bytes.",
-    )
     journal_dir: Path | None = Field(
         default=None,
         description="The usage journal (every ledger record on disk before its answer completes); "
@@ -229,8 +221,6 @@ class GatewaySettings(_Section):
             raise ValueError("quota.store is redis but quota.redis_url is not set")
         if self.cluster.enabled and self.routes_file is not None:
             raise ValueError("set either routes_file (local mode) or cluster.enabled, not both")
-        if self.body_bytes_in_flight < self.max_body_bytes:
-            raise ValueError("body_bytes_in_flight must be at least max_body_bytes: a largest body must fit")
         if self.body_bytes_in_flight < self.max_body_bytes:
             raise ValueError("body_bytes_in_flight must be at least max_body_bytes: a largest body must fit")
         return self

@@ -65,11 +65,9 @@ def build_from_settings(settings: GatewaySettings) -> FastAPI:
     from respublica.serving.gateway.ledger import SqlLedger
     from respublica.serving.gateway.quota import open_store, rebuild_from_ledger, seed_from_ledger
     from respublica.serving.gateway.routes.asgi import configure_body_budget
-    from respublica.serving.gateway.routes.asgi import configure_body_budget
     from respublica.serving.gateway.routing.file_source import load_routes_file
     from respublica.serving.gateway.tenants_file import load_tenants_file
 
-    configure_body_budget(settings.body_bytes_in_flight)  # per process, as the memory it bounds
     configure_body_budget(settings.body_bytes_in_flight)  # per process, as the memory it bounds
     db = LateDatabase(settings.database_url)
     repo = Repository(db)
