@@ -226,3 +226,21 @@ def test_scripts_touch_only_keys_they_declare() -> None:
             )
         for argument in re.findall(r"adjust\(([^,]+),", script.split("end\n", 1)[-1]):
             assert argument.startswith("KEYS["), argument
+
+
+async def test_a_new_tenants_first_requests_on_several_replicas_are_not_refused(redis_url: str) -> None:
+    """A tenant Redis has never seen has no epoch: the first admission on each replica races to give
+    it one. The replica that loses the race waits for the winner's epoch instead of answering 503."""
+    stores = [RedisQuotaStore.from_url(redis_url, prefix="first-contact-test") for _ in range(3)]
+    for store in stores:
+        store.rebuild_delay_s = 0.2
+    try:
+        await stores[0]._client.flushdb()
+        who = caller(Limits(tokens_per_day=1000, max_concurrent=50))
+        results = await asyncio.gather(*(stores[i % 3].admit(who, 100) for i in range(30)))
+        reasons = sorted({r.reason for r in results if isinstance(r, Rejection)})
+        assert "store_unavailable" not in reasons, reasons
+        assert sum(isinstance(r, Admission) for r in results) == 10
+    finally:
+        for store in stores:
+            await store.close()

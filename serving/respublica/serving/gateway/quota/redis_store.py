@@ -410,7 +410,9 @@ class RedisQuotaStore:
             await self.before_rebuild()  # this process's ledger lines into the database first
         lock = self.key(tenant, "rebuild")
         if not await self._client.set(lock, "1", nx=True, ex=30):
-            return False  # another replica rebuilds; its epoch lets everyone in
+            # Another replica rebuilds (or gives a new tenant its first epoch): wait for its epoch
+            # rather than refuse, or every replica but one answers 503 at a tenant's first requests.
+            return await self._epoch_from_another_replica(tenant, lock)
         if lost:
             # Every replica's ledger writes what it holds within its interval (and flushes when
             # it meets the lost state): wait for them, so the rebuilt spend misses none of it.
@@ -423,6 +425,21 @@ class RedisQuotaStore:
         args: list[Any] = [new_reservation_id(), ttl, *values.values()]
         await asyncio.wait_for(self._reseed(keys=keys, args=args), self._op_timeout_s)
         return True
+
+    async def _epoch_from_another_replica(self, tenant: str, lock: str) -> bool:
+        """True once the replica holding `lock` has written the tenant's epoch; False if the lock goes
+        without one (that replica failed: the next admission tries again) or the wait runs out."""
+        deadline = time.monotonic() + self.rebuild_delay_s + 4 * self._op_timeout_s + 1.0
+        while time.monotonic() < deadline:
+            epoch, locked = await asyncio.wait_for(
+                self._client.mget([self._epoch_key(tenant), lock]), self._op_timeout_s
+            )
+            if epoch is not None:
+                return True
+            if locked is None:
+                return False
+            await asyncio.sleep(0.05)
+        return False
 
     async def settle(self, reservation: Reservation, used_tokens: int) -> None:
         if isinstance(reservation, QuotaReservation) and reservation.unaccounted:
