@@ -124,7 +124,7 @@ async def test_routes_follow_modeldeployment_status(
             reply = await alpha.chat.completions.create(model="llama-3-8b", messages=hello, max_tokens=2)
             assert reply.choices[0].message.content == "w0 w1"
             assert {m.id async for m in alpha.models.list()} == {"llama-3-8b", "llama-3-8b:sql"}
-            with pytest.raises(openai.PermissionDeniedError):  # gamma is outside spec.access.tenants
+            with pytest.raises(openai.NotFoundError):  # gamma is outside access.tenants: "no such model"
                 await gamma.chat.completions.create(model="llama-3-8b", messages=hello)
 
             # A second namespace publishing the same name, created later, does not take it over.
@@ -159,3 +159,18 @@ async def test_routes_follow_modeldeployment_status(
                 await alpha.chat.completions.create(model="llama-3-8b", messages=hello)
     finally:
         await source.stop()
+
+
+def test_routes_carry_the_models_wake_budget_from_status_or_spec() -> None:
+    """status.wakeTimeoutSeconds (published by the operator) wins; the spec's value stands in before
+    the first status; neither: the gateway's own read timeout applies (None)."""
+    published = deployment("a", "ai", "cold", phase="ScaledToZero", endpoint="http://c:8000")
+    published["status"]["wakeTimeoutSeconds"] = 1200
+    published["spec"]["scaling"] = {"minReplicas": 0, "wakeTimeoutSeconds": 900}
+    pending = deployment("b", "ai", "warming")
+    pending["spec"]["scaling"] = {"wakeTimeoutSeconds": 300}
+    plain = deployment("c", "ai", "warm", phase="Ready", endpoint="http://w:8000")
+    routes = table_from_deployments([published, pending, plain]).routes
+    assert routes["cold"].wake_timeout_s == 1200
+    assert routes["warming"].wake_timeout_s == 300
+    assert routes["warm"].wake_timeout_s is None

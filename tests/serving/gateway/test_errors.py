@@ -21,6 +21,7 @@ from helpers.gateway_harness import (
     eventually,
 )
 from respublica.serving.gateway.quota import RedisQuotaStore
+from respublica.serving.gateway.routing.table import Route, RouteHolder, RouteTable
 
 HELLO = [{"role": "user", "content": "hello there gateway"}]
 
@@ -173,6 +174,31 @@ def test_504_upstream_too_slow(make_stack: Any) -> None:
     # It reached the model, whose work is unknown: the reservation is charged, not 0.
     ((rid, used),) = stack.quota.settled
     assert used == stack.quota.reserved[rid] > 0
+
+
+def test_a_model_that_wakes_gets_its_wake_budget_not_the_read_timeout(make_stack: Any) -> None:
+    """A route with a wake budget (a model scaled to zero) waits past the gateway's read timeout: a
+    stream whose tokens come 0.8 s apart finishes there, and breaks off on an ordinary route."""
+    holder = RouteHolder(RouteTable.of([]))
+    stack = make_stack(routes=holder, upstream={"read_timeout_s": 0.5})
+    holder.replace(
+        RouteTable.of(
+            [
+                Route("m", (stack.upstream_url,)),
+                # Scaled to zero on a cluster: its replica may take this long to start.
+                Route("m-cold", (stack.upstream_url,), wake_timeout_s=5.0),
+            ]
+        )
+    )
+    body = {"messages": HELLO, "stream": True, "max_tokens": 3, "extra_body": {"test_delay": 0.8}}
+    slow = [c for c in api(stack).chat.completions.create(model="m-cold", **body)]  # type: ignore[call-overload]
+    assert slow[-1].choices == [] or slow[-1].choices[0].finish_reason is not None
+    eventually(lambda: len(stack.ledger.records) == 1)
+    assert stack.ledger.records[0].status == 200
+    with pytest.raises(openai.APIError):
+        list(api(stack).chat.completions.create(model="m", **body))  # type: ignore[call-overload]
+    eventually(lambda: len(stack.ledger.records) == 2)
+    assert stack.ledger.records[1].status != 200
 
 
 def test_upstream_4xx_passes_through(stack: Stack) -> None:

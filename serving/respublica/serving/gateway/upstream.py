@@ -16,6 +16,10 @@ from opentelemetry.context import Context
 from respublica.serving.gateway.errors import GatewayError
 from respublica.serving.gateway.settings import UpstreamSettings
 
+# Past a model's wake budget the gateway waits this much longer, so Ray Serve's router (whose
+# timeout is that budget: RAY_SERVE_LLM_ROUTER_HTTP_TIMEOUT, set by the operator) answers first.
+WAKE_MARGIN_S = 30.0
+
 
 class UpstreamClient:
     def __init__(self, settings: UpstreamSettings | None = None) -> None:
@@ -53,13 +57,28 @@ class UpstreamClient:
         body: bytes,
         headers: Mapping[str, str],
         context: Context | None = None,
+        wake_timeout_s: float | None = None,
     ) -> aiohttp.ClientResponse:
-        """Send `body`; the caller reads and releases the response. W3C trace context from `context`."""
+        """Send `body`; the caller reads and releases the response. W3C trace context from `context`.
+
+        `wake_timeout_s` (the route's time for a replica to start from zero) lengthens the read
+        timeout for this request to that plus WAKE_MARGIN_S when it is longer than the setting."""
         out = dict(headers)
         propagate.inject(out, context=context)
+        timeout = None
+        s = self.settings
+        if wake_timeout_s is not None and wake_timeout_s + WAKE_MARGIN_S > s.read_timeout_s:
+            timeout = aiohttp.ClientTimeout(
+                total=None,
+                connect=s.connect_timeout_s,
+                sock_connect=s.connect_timeout_s,
+                sock_read=wake_timeout_s + WAKE_MARGIN_S,
+            )
         # A model server never redirects; following one would send the body (and the tenant's
         # prompt) wherever a compromised or misconfigured endpoint points.
-        return await self.session.post(url, data=body, headers=out, allow_redirects=False)
+        if timeout is None:
+            return await self.session.post(url, data=body, headers=out, allow_redirects=False)
+        return await self.session.post(url, data=body, headers=out, allow_redirects=False, timeout=timeout)
 
     async def close(self) -> None:
         if self._session is not None:

@@ -282,7 +282,9 @@ class OpenAIEndpoint:
             ctx.balancer.acquire(url)
             call.endpoint = url  # from here the model may have the body
             try:
-                response = await ctx.upstream.post(url + self.path, plan.body, headers, span_context)
+                response = await ctx.upstream.post(
+                    url + self.path, plan.body, headers, span_context, route.wake_timeout_s
+                )
             except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
                 # Nothing reached the model: the next endpoint may take it.
                 timed_out = timed_out or isinstance(exc, aiohttp.ConnectionTimeoutError)

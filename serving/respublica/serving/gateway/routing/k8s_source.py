@@ -105,6 +105,9 @@ def table_from_deployments(objects: Iterable[Mapping[str, Any]]) -> RouteTable:
                 source=f"ModelDeployment {_ident(owner)} ({status.get('phase') or 'Pending'})",
                 task="embed" if (spec.get("model") or {}).get("task") == "embed" else "generate",
                 max_model_len=_context((spec.get("engine") or {}).get("maxModelLen")),
+                wake_timeout_s=_context(
+                    status.get("wakeTimeoutSeconds") or (spec.get("scaling") or {}).get("wakeTimeoutSeconds")
+                ),
             )
         )
     return RouteTable.of(routes, conflicts)

@@ -41,6 +41,10 @@ class Route:
     # The model's context in tokens (engine.maxModelLen): the default output cap never exceeds what
     # is left of it after the prompt. None: unknown.
     max_model_len: int | None = None
+    # How long a request may wait for a replica to start (ModelDeployment scaling.wakeTimeoutSeconds,
+    # published in its status): the gateway's read timeout for this model is at least this plus a
+    # margin, so Ray's router gives up first and says why. None: the gateway's read timeout.
+    wake_timeout_s: float | None = None
 
     def allows_tenant(self, tenant: str) -> bool:
         return "*" in self.tenants or tenant in self.tenants
