@@ -68,6 +68,9 @@ def test_tenants(url: str) -> None:
             "max_concurrent": None,
             "allowed_models": ["a", "b"],
             "default_max_tokens": None,
+            "fair_share_weight": None,
+            "priority": None,
+            "max_queued": None,
         },
     }
     table = run("tenants", "list", "--db", url)[0].splitlines()
