@@ -207,7 +207,7 @@ def test_weights_that_do_not_match_their_digest_are_not_served(
     spec.write_text(yaml.safe_dump(document))
     result = CliRunner().invoke(app, ["up", "-f", str(spec), "--port", str(free_port())])
     assert result.exit_code == 1
-    assert "tiny-llama: the model files in" in result.stderr
+    assert "tiny-llama: digest mismatch: the model files in" in result.stderr
     assert "do not match spec.model.digest" in result.stderr and "Traceback" not in result.stderr
     assert not state.state_file().exists()  # refused before anything started
 
