@@ -74,6 +74,9 @@ def test_gateway_serves_keys_admin_and_revokes_on_stop(tmp_path: Path, private_c
         status, _ = _get(f"{gateway.base_url}/admin/tenants", gateway.admin_key)
         assert status == 200
         assert _get(f"{gateway.base_url}/admin/tenants", issued.key)[0] in (401, 403)
+        # Loopback only, so /metrics is served beside the API (and says nothing on stderr about it).
+        with urllib.request.urlopen(f"{gateway.base_url}/metrics", timeout=10) as response:
+            assert response.status == 200 and b"respublica_gateway_" in response.read()
     finally:
         gateway.stop()
     assert not gateway.alive()

@@ -175,6 +175,8 @@ class LocalGateway:
                 "routes_file": str(self.routes_file),
                 "database_url": self.database_url,
                 "admin_key": self.admin_key,
+                # Bound to 127.0.0.1 only: /metrics beside the API is for this machine's user alone.
+                "telemetry": {"public_metrics": True},
             }
         )
         app = build_from_settings(settings)
