@@ -27,9 +27,8 @@ import redis
 import yaml
 
 from helpers.gateway_harness import LoopThread, free_socket, start_fake_upstream
+from helpers.gateway_process import create_key, usage_rows, wait_healthy
 from helpers.redis_server import RedisServer, start_redis
-from respublica.serving.gateway.auth.keys import generate_key
-from respublica.serving.gateway.db import Repository, open_database
 from respublica.serving.gateway.quota.estimate import reservation_tokens
 
 CAP = 20
@@ -37,39 +36,6 @@ PROMPT = [{"role": "user", "content": "hi there"}]
 BODY = {"model": "m", "messages": PROMPT, "max_tokens": CAP, "test_tokens": CAP}
 USED = 2 + CAP  # the fake upstream's usage: two prompt words, CAP completion tokens
 CLI = "from respublica.cli import main; main()"
-
-
-async def _create_key(db_url: str, tenant: str) -> str:
-    db = await open_database(db_url)
-    try:
-        new = generate_key()
-        await Repository(db).create_key(new.key_id, tenant, new.secret_hash, name="faults")
-        return new.key
-    finally:
-        await db.close()
-
-
-async def _rows(db_url: str, tenant: str) -> list[dict[str, Any]]:
-    db = await open_database(db_url)
-    try:
-        return await db.fetch("SELECT * FROM usage WHERE tenant = ?", (tenant,))
-    finally:
-        await db.close()
-
-
-def _healthy(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    for _ in range(300):
-        if process.poll() is not None:
-            raise AssertionError(f"gateway exited {process.returncode}: {log.read_text()[-3000:]}")
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        import time
-
-        time.sleep(0.2)
-    raise AssertionError(f"gateway not healthy: {log.read_text()[-3000:]}")
 
 
 @dataclass
@@ -95,7 +61,7 @@ class Fleet:
             process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
         self.started.append(process)
         url = f"http://127.0.0.1:{port}"
-        _healthy(url, process, log)
+        wait_healthy(url, process, log)
         return url, process, log
 
     def stop(self, process: subprocess.Popen[bytes]) -> None:
@@ -119,7 +85,7 @@ def fleet(tmp_path: Path, loop_thread: LoopThread) -> Iterator[Callable[..., Fle
             yaml.safe_dump({"tenants": [{"name": tenant, "limits": {"tokensPerDay": budget}}]})
         )
         db_url = f"sqlite:///{tmp_path / 'gateway.db'}"
-        key = asyncio.run(_create_key(db_url, tenant))
+        key = asyncio.run(create_key(db_url, tenant))
         config = tmp_path / "gateway.yaml"
         config.write_text(
             yaml.safe_dump(
@@ -205,7 +171,7 @@ def test_redis_losing_its_data_under_load_never_overspends(
             f.stop(process)
         for again in restarted:
             again.stop()
-    rows = asyncio.run(_rows(f.db_url, f.tenant))
+    rows = asyncio.run(usage_rows(f.db_url, f.tenant))
     charged = sum(int(r["input_tokens"]) + int(r["output_tokens"]) for r in rows if r["status"] == 200)
     print(
         f"\nredis {loss} after {lost_at[0]} answers: {ok[0]} answered 200, {charged} tokens charged "
@@ -236,10 +202,10 @@ def test_a_gateway_killed_under_load_loses_no_answered_request(fleet: Callable[.
     process.wait(timeout=10)
     journal = Path(f.db_url.removeprefix("sqlite:///") + ".journal")
     left = sum(len(p.read_bytes().splitlines()) for p in journal.glob("*-*.jsonl"))
-    before = asyncio.run(_rows(f.db_url, f.tenant))
+    before = asyncio.run(usage_rows(f.db_url, f.tenant))
     _, again, _ = f.start("gateway-b")  # replays the journal at start
     f.stop(again)
-    rows = {str(r["request_id"]) for r in asyncio.run(_rows(f.db_url, f.tenant))}
+    rows = {str(r["request_id"]) for r in asyncio.run(usage_rows(f.db_url, f.tenant))}
     missing = [rid for rid in answered if rid not in rows]
     print(
         f"\nSIGKILL after {len(answered)} answered 200 ({counts}): {len(before)} ledger rows at the kill, "

@@ -10,7 +10,6 @@ import secrets
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,46 +22,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from helpers.fake_openai import FakeUpstream
 from helpers.gateway_harness import LoopThread, free_socket, start_fake_upstream
-from respublica.serving.gateway.auth.keys import generate_key
-from respublica.serving.gateway.db import Repository, open_database
+from helpers.gateway_process import create_key, usage_rows, wait_healthy
 from respublica.serving.gateway.quota.estimate import reservation_tokens
 
 CAP = 20
 SECRET = "zebra-cobalt-4471"
 PROMPT = [{"role": "user", "content": f"hi {SECRET}"}]
 CLI = "from respublica.cli import main; main()"
-
-
-async def create_key(db_url: str, tenant: str) -> str:
-    db = await open_database(db_url)
-    try:
-        new = generate_key()
-        await Repository(db).create_key(new.key_id, tenant, new.secret_hash, name="procs")
-        return new.key
-    finally:
-        await db.close()
-
-
-async def usage_rows(db_url: str, tenant: str) -> list[dict[str, object]]:
-    db = await open_database(db_url)
-    try:
-        return await db.fetch("SELECT * FROM usage WHERE tenant = ?", (tenant,))
-    finally:
-        await db.close()
-
-
-def wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path, within_s: float = 60.0) -> None:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"gateway exited {process.returncode}: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"gateway not healthy in {within_s}s: {log.read_text()[-2000:]}")
 
 
 @dataclass

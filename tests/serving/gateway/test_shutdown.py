@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, cast
 
@@ -22,9 +21,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client import CollectorRegistry
 
 from helpers.gateway_harness import LoopThread, free_socket, start_fake_upstream
-from respublica.serving.gateway.auth.keys import generate_key
+from helpers.gateway_process import create_key, usage_rows, wait_healthy
 from respublica.serving.gateway.contracts import Admission, Authenticator, Limits, Principal, UsageRecord
-from respublica.serving.gateway.db import Repository, open_database
 from respublica.serving.gateway.quota import MemoryQuotaStore
 from respublica.serving.gateway.routes.call import Call, GatewayContext, settle_and_observe
 from respublica.serving.gateway.routing.table import RouteHolder
@@ -161,38 +159,6 @@ settings = load_settings(Path(sys.argv[1]))
 app = build_from_settings(settings)
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), timeout_graceful_shutdown=float(sys.argv[3]))
 """
-
-
-async def create_key(db_url: str, tenant: str) -> str:
-    db = await open_database(db_url)
-    try:
-        new = generate_key()
-        await Repository(db).create_key(new.key_id, tenant, new.secret_hash, name="grace")
-        return new.key
-    finally:
-        await db.close()
-
-
-async def usage_rows(db_url: str, tenant: str) -> list[dict[str, object]]:
-    db = await open_database(db_url)
-    try:
-        return await db.fetch("SELECT * FROM usage WHERE tenant = ?", (tenant,))
-    finally:
-        await db.close()
-
-
-def wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path, within_s: float = 60.0) -> None:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"gateway exited {process.returncode}: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"gateway not healthy in {within_s}s: {log.read_text()[-2000:]}")
 
 
 def test_a_stream_cut_at_the_end_of_the_grace_period_ends_with_an_error_event_and_is_recorded(
