@@ -123,6 +123,8 @@ def test_top_once_shows_a_tenants_usage_after_a_request(gateway: Running) -> Non
     model = row(frame, "m")
     assert model[1:5] == ["1", "0", str(reply.usage.prompt_tokens), str(reply.usage.completion_tokens)]
     assert model[5:8] == ["0", "0", "4"]  # in flight, waiting, slots (fair sharing's capacity for m)
+    assert model[8:10] == ["-", "-"]  # a routes file says nothing of replicas or context length
+    assert alpha[5] == "0"  # in flight now: the request ended
     assert "healthy" in frame and "\x1b[" not in frame  # plain: no colour codes into a pipe
 
 
@@ -166,8 +168,10 @@ def test_the_view_adds_queues_per_model_and_waiting_per_tenant() -> None:
             ],
         },
         models=["z"],
+        routes=[{"name": "z", "replicas": {"ready": 1, "desired": 2}, "context_length": 8192}],
     )
     view = build_view(snapshot)
+    assert [(m.replicas, m.context) for m in view.models] == [("-", None), ("-", None), ("1/2", 8192)]
     assert [(m.name, m.requests, m.errors, m.in_flight, m.waiting, m.capacity) for m in view.models] == [
         ("x", 3, 1, 0, 0, None),
         ("y", 0, 0, 2, 3, 2),

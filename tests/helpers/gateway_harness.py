@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from helpers.fake_openai import FakeUpstream, start_upstream
-from respublica.serving.gateway.app import create_app
+from respublica.serving.gateway.app import Hook, create_app
 from respublica.serving.gateway.auth import ApiKeyAuthenticator, GatewayAuthenticator, TenantDirectory
 from respublica.serving.gateway.auth.keys import hash_secret
 from respublica.serving.gateway.contracts import (
@@ -38,6 +38,7 @@ from respublica.serving.gateway.ledger import SqlLedger
 from respublica.serving.gateway.quota import MemoryQuotaStore
 from respublica.serving.gateway.routing.table import Route, RouteHolder, RouteTable
 from respublica.serving.gateway.settings import GatewaySettings
+from respublica.serving.gateway.telemetry.metrics import GatewayMetrics
 
 T = TypeVar("T")
 
@@ -74,7 +75,10 @@ class Running:
 
 
 def free_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP, and
+    # without it a streamed event waits ~40 ms for the client's delayed ACK (Nagle). uvicorn's own
+    # listeners run on uvloop, which always sets it.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     return sock
@@ -87,7 +91,11 @@ async def start_gateway(
     quota_store: QuotaStore,
     ledger: Ledger,
     routes: RouteHolder,
+    metrics: GatewayMetrics | None = None,
+    on_startup: Sequence[Hook] = (),
+    on_shutdown: Sequence[Hook] = (),
 ) -> Running:
+    """`metrics` and the hooks: for parts the real wiring (wiring.py) adds, e.g. a sampler."""
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -99,6 +107,9 @@ async def start_gateway(
         route_table=routes,
         # With an OTLP endpoint configured the app builds its own exporting provider.
         tracer_provider=None if settings.telemetry.otlp_endpoint else provider,
+        metrics=metrics,
+        on_startup=on_startup,
+        on_shutdown=on_shutdown,
     )
     return await serve_app(app, exporter, routes)
 

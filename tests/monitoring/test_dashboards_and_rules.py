@@ -20,6 +20,7 @@ Where the names come from:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib.util
 import json
 import re
@@ -39,6 +40,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from helpers import dashboards_configmap as configmap
 from helpers.gateway_harness import (
     ALPHA_KEY,
+    TENANTS,
     LoopThread,
     default_routes,
     eventually,
@@ -50,8 +52,12 @@ from helpers.gateway_harness import (
 from helpers.promql import PromQLSyntaxError, grafana_variable_names, metric_names, tokenize
 from respublica.operator.metrics import Metrics, serve
 from respublica.operator.work_queue import RetryPolicy, WorkQueue
+from respublica.serving.gateway.admin_service import AdminService
+from respublica.serving.gateway.db import Repository
 from respublica.serving.gateway.routing.table import RouteHolder
 from respublica.serving.gateway.settings import GatewaySettings
+from respublica.serving.gateway.telemetry.budget import BudgetSampler
+from respublica.serving.gateway.telemetry.metrics import GatewayMetrics
 
 REPO = configmap.REPO
 RULE_FILE = configmap.MONITORING / "prometheusrule.yaml"
@@ -220,12 +226,18 @@ def all_queried_names() -> dict[str, set[str]]:
 
 @pytest.fixture(scope="module")
 def gateway_exported(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
-    """Sample names of a real gateway's /metrics after traffic that uses every series it has."""
+    """Sample names of a real gateway's /metrics after traffic that uses every series it has.
+
+    The budget sampler is added as wiring.py adds it, over an admin service that knows alpha's
+    daily budget (the test tenants have none), so its labelled gauge has a series."""
     tmp = tmp_path_factory.mktemp("gateway")
     loop = LoopThread()
     try:
         _upstream, runner, upstream_url = loop.run(start_fake_upstream())
         policy = loop.run(real_policy(tmp / "gateway.db"))
+        metrics = GatewayMetrics()
+        budgeted = {"alpha": dataclasses.replace(TENANTS["alpha"], tokens_per_day=1_000_000)}
+        budgets = BudgetSampler(metrics, AdminService(Repository(policy.db), declared=budgeted).spend)
         running = loop.run(
             start_gateway(
                 GatewaySettings.model_validate({"telemetry": {"public_metrics": True}}),
@@ -233,6 +245,9 @@ def gateway_exported(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
                 quota_store=policy.quota,
                 ledger=policy.ledger,
                 routes=RouteHolder(default_routes(upstream_url)),
+                metrics=metrics,
+                on_startup=[budgets.start],
+                on_shutdown=[budgets.stop],
             )
         )
         try:

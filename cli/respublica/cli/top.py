@@ -1,10 +1,11 @@
 """`respublica top`: a live view of a gateway's models, tenants and queues, from its admin API.
 
-It reads what the web console reads, over HTTP with the admin key: `/admin/tenants` (limits),
-`/admin/usage` (the ledger's totals for today, UTC), `/admin/fairness` (this gateway process's queues)
-and `/healthz`. Fetching is `fetch_snapshot`; turning a snapshot into rows is the pure `build_view`;
-`render` draws the rows. On a terminal the view refreshes in place (rich Live); `--once` prints one
-frame plainly, for scripts, pipes and tests.
+It reads what the web console reads, over HTTP with the admin key: `/admin/tenants` (limits, and
+each tenant's requests in flight), `/admin/usage` (the ledger's totals for today, UTC),
+`/admin/fairness` (this gateway process's queues), `/admin/models` (the route table: replicas,
+context length) and `/healthz`. Fetching is `fetch_snapshot`; turning a snapshot into rows is the
+pure `build_view`; `render` draws the rows. On a terminal the view refreshes in place (rich Live);
+`--once` prints one frame plainly, for scripts, pipes and tests.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class Snapshot:
     usage: list[dict[str, Any]]
     fairness: dict[str, Any]
     models: list[str] = field(default_factory=list)  # known from elsewhere (`up`'s state file)
+    routes: list[dict[str, Any]] = field(default_factory=list)  # /admin/models
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,8 @@ class ModelRow:
     in_flight: int | None  # None: fair sharing is off, the gateway keeps no queue for it
     waiting: int | None
     capacity: int | None
+    replicas: str = "-"  # "ready/desired" where the route source says (ModelDeployment status)
+    context: int | None = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,7 @@ class TenantRow:
     tokens: int
     tokens_per_day: int | None
     waiting: int
+    in_flight: int | None = None  # None: the gateway keeps no metrics
 
 
 @dataclass(frozen=True)
@@ -108,7 +113,8 @@ def build_view(snapshot: Snapshot) -> View:
             waits = entry.get("waiting") or {}
             count = sum(_int(v) for v in waits.values()) if isinstance(waits, dict) else 0
             waiting_of[str(entry.get("tenant"))] = waiting_of.get(str(entry.get("tenant")), 0) + count
-    names = sorted(set(per_model) | set(queue_of) | set(snapshot.models))
+    route_of = {str(r.get("name")): r for r in snapshot.routes if isinstance(r, dict)}
+    names = sorted(set(per_model) | set(queue_of) | set(snapshot.models) | set(route_of))
     models = []
     for name in names:
         totals = per_model.get(name, [0, 0, 0, 0])
@@ -123,9 +129,12 @@ def build_view(snapshot: Snapshot) -> View:
                 in_flight=_int(queue.get("in_flight")) if queue else (0 if queues else None),
                 waiting=_int(queue.get("waiting")) if queue else (0 if queues else None),
                 capacity=_int(queue.get("capacity")) if queue else None,
+                replicas=_replicas(route_of.get(name)),
+                context=_optional_int((route_of.get(name) or {}).get("context_length")),
             )
         )
     limits = {str(t.get("name")): t.get("limits") or {} for t in snapshot.tenants}
+    loads = {str(t.get("name")): t.get("load") for t in snapshot.tenants}
     tenants = []
     for name in sorted(set(limits) | set(per_tenant)):
         totals = per_tenant.get(name, [0, 0])
@@ -137,9 +146,22 @@ def build_view(snapshot: Snapshot) -> View:
                 tokens=totals[1],
                 tokens_per_day=per_day if isinstance(per_day, int) else None,
                 waiting=waiting_of.get(name, 0),
+                in_flight=_optional_int((loads.get(name) or {}).get("in_flight")),
             )
         )
     return View(snapshot.url, utc_day(snapshot.at), snapshot.healthy, queues, models, tenants)
+
+
+def _optional_int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _replicas(route: dict[str, Any] | None) -> str:
+    replicas = (route or {}).get("replicas") or {}
+    ready, desired = _optional_int(replicas.get("ready")), _optional_int(replicas.get("desired"))
+    if ready is None and desired is None:
+        return "-"
+    return f"{_num(ready)}/{_num(desired)}"
 
 
 def _num(value: int | None) -> str:
@@ -158,7 +180,8 @@ def render(view: View) -> RenderableType:
     health = "[green]healthy[/green]" if view.healthy else "[red]not answering /healthz[/red]"
     header = Text.from_markup(f"[bold]{view.url}[/bold]  {health}  today (UTC {view.day})")
     models = Table(title="Models", title_justify="left", expand=False)
-    for column in ("MODEL", "REQUESTS", "ERRORS", "TOKENS IN", "TOKENS OUT", "IN FLIGHT", "WAITING", "SLOTS"):
+    columns = ("MODEL", "REQUESTS", "ERRORS", "TOKENS IN", "TOKENS OUT", "IN FLIGHT", "WAITING", "SLOTS")
+    for column in (*columns, "REPLICAS", "CONTEXT"):
         models.add_column(column, justify="left" if column == "MODEL" else "right")
     for m in view.models:
         models.add_row(
@@ -170,12 +193,16 @@ def render(view: View) -> RenderableType:
             _num(m.in_flight),
             _num(m.waiting),
             _num(m.capacity),
+            m.replicas,
+            _num(m.context),
         )
     tenants = Table(title="Tenants", title_justify="left", expand=False)
-    for column in ("TENANT", "REQUESTS", "TOKENS", "DAILY BUDGET", "WAITING"):
+    for column in ("TENANT", "REQUESTS", "TOKENS", "DAILY BUDGET", "WAITING", "IN FLIGHT"):
         tenants.add_column(column, justify="left" if column == "TENANT" else "right")
     for t in view.tenants:
-        tenants.add_row(t.name, _num(t.requests), _num(t.tokens), _budget(t), _num(t.waiting))
+        tenants.add_row(
+            t.name, _num(t.requests), _num(t.tokens), _budget(t), _num(t.waiting), _num(t.in_flight)
+        )
     parts: list[RenderableType] = [header, models, tenants]
     if not view.queues:
         parts.append(Text("Fair sharing is off: the gateway keeps no queues, so none are shown."))
@@ -202,6 +229,7 @@ def fetch_snapshot(
         query = urllib.parse.urlencode({"since": utc_day(now)})
         usage = _get(f"{base}/admin/usage?{query}", admin_key, timeout_s)
         fairness = _get(f"{base}/admin/fairness", admin_key, timeout_s)
+        routes = _get(f"{base}/admin/models", admin_key, timeout_s)
     except urllib.error.HTTPError as err:
         if err.code == 401:
             raise AdminApiError(f"{base}/admin refused the admin key (HTTP 401)") from None
@@ -224,6 +252,7 @@ def fetch_snapshot(
         usage=list(usage.get("data") or []),
         fairness=dict(fairness),
         models=list(models or []),
+        routes=list(routes.get("data") or []),
     )
 
 

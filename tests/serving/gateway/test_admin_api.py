@@ -9,12 +9,15 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
 
 from respublica.serving.gateway.admin import admin_router
 from respublica.serving.gateway.auth import ApiKeyAuthenticator, GatewayAuthenticator, TenantDirectory
 from respublica.serving.gateway.contracts import AuthError, Limits, UsageRecord
 from respublica.serving.gateway.db import Repository, open_database
 from respublica.serving.gateway.ledger import SqlLedger
+from respublica.serving.gateway.routing.table import Route, RouteHolder, RouteTable
+from respublica.serving.gateway.telemetry.metrics import GatewayMetrics
 
 ADMIN = "admin-key-0123456789abcdef"
 HEADERS = {"authorization": f"Bearer {ADMIN}"}
@@ -220,3 +223,62 @@ async def test_a_limit_past_what_the_quota_store_can_count_is_refused(env: Env) 
     )
     assert error_of(response, 400, "invalid_request")["param"] == "limits.tokensPerDay"
     assert await env.repo.get_tenant("acme") is None
+
+
+async def test_models_and_tenant_load_as_the_console_shows_them(tmp_path: Path) -> None:
+    """/admin/models carries the route table's phase, replicas and context (null where the source
+    does not say); /admin/tenants each tenant's requests in flight and queued, from the gauges."""
+    db = await open_database(f"sqlite:///{tmp_path}/models.db")
+    routes = RouteHolder(
+        RouteTable.of(
+            [
+                Route(
+                    "llama",
+                    ("http://l:8000",),
+                    max_model_len=4096,
+                    phase="Ready",
+                    replicas_ready=2,
+                    replicas_desired=2,
+                ),
+                Route("local", ("http://127.0.0.1:8000",), source="routes.yaml"),
+            ]
+        )
+    )
+    metrics = GatewayMetrics(CollectorRegistry())
+    metrics.series("gitops", "llama").in_flight.inc(3)
+    metrics.fair_queue_length.labels("gitops", "llama").inc()
+    app = FastAPI()
+    repo = Repository(db)
+    await repo.create_tenant("idle", Limits())
+    app.include_router(
+        admin_router(
+            repo, ADMIN, tenants=TenantDirectory(repo, {"gitops": Limits()}), routes=routes, metrics=metrics
+        )
+    )
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway", headers=HEADERS) as client:
+        models = (await client.get("/admin/models")).json()
+        tenants = (await client.get("/admin/tenants")).json()["data"]
+    await db.close()
+    llama, local = models["data"]
+    assert (llama["name"], llama["phase"], llama["replicas"], llama["context_length"]) == (
+        "llama",
+        "Ready",
+        {"ready": 2, "desired": 2},
+        4096,
+    )
+    assert (local["phase"], local["replicas"], local["context_length"]) == (
+        None,
+        {"ready": None, "desired": None},
+        None,
+    )
+    assert {t["name"]: t["load"] for t in tenants} == {
+        "gitops": {"in_flight": 3, "queued": 1},
+        "idle": {"in_flight": 0, "queued": 0},
+    }
+
+
+async def test_tenant_load_is_null_without_metrics(env: Env) -> None:
+    (gitops,) = (await env.client.get("/admin/tenants")).json()["data"]
+    assert gitops["load"] is None
+    assert (await env.client.get("/admin/models")).json() == {"object": "list", "ready": False, "data": []}

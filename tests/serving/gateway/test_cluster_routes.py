@@ -115,12 +115,17 @@ async def test_routes_follow_modeldeployment_status(
             assert caught.value.status_code == 503
             assert [m.id async for m in alpha.models.list()] == []
 
-            status = {"status": {"phase": "Ready", "endpoint": stack.upstream_url}}
+            replicas = {"desired": 2, "ready": 2}
+            status = {"status": {"phase": "Ready", "endpoint": stack.upstream_url, "replicas": replicas}}
             patched = await k8s.patch(
                 f"{path}/llama/status", json=status, headers={"Content-Type": "application/merge-patch+json"}
             )
             assert patched.status < 300
             await until(lambda: holder.table.routes["llama-3-8b"].endpoints)
+            # Its capacity for fair sharing: 2 ready replicas x the default target of 8 (one
+            # replica at most by default, so no autoscaling headroom).
+            assert holder.table.routes["llama-3-8b"].capacity == 16
+            assert holder.table.routes["llama-3-8b"].slot_wait_s is None
             reply = await alpha.chat.completions.create(model="llama-3-8b", messages=hello, max_tokens=2)
             assert reply.choices[0].message.content == "w0 w1"
             assert {m.id async for m in alpha.models.list()} == {"llama-3-8b", "llama-3-8b:sql"}
@@ -143,11 +148,23 @@ async def test_routes_follow_modeldeployment_status(
             await k8s.delete(f"{API}/namespaces/zz/modeldeployments/llama")
             await until(lambda: not holder.table.conflicts)
 
-            scaled = {"status": {"phase": "ScaledToZero", "endpoint": stack.upstream_url}}
+            asleep = {"desired": 0, "ready": 0}
+            scaled = {
+                "status": {
+                    "phase": "ScaledToZero",
+                    "endpoint": stack.upstream_url,
+                    "replicas": asleep,
+                    "wakeTimeoutSeconds": 900,
+                }
+            }
             await k8s.patch(
                 f"{path}/llama/status", json=scaled, headers={"Content-Type": "application/merge-patch+json"}
             )
             await until(lambda: "ScaledToZero" in holder.table.routes["llama-3-8b"].source)
+            # No replica ready: one replica's worth, never 0, and the wake budget to wait in; the
+            # request that wakes the model passes the gate.
+            assert holder.table.routes["llama-3-8b"].capacity == 8
+            assert holder.table.routes["llama-3-8b"].slot_wait_s == 900
             assert (
                 await alpha.chat.completions.create(model="llama-3-8b", messages=hello, max_tokens=1)
             ).choices
@@ -159,6 +176,26 @@ async def test_routes_follow_modeldeployment_status(
                 await alpha.chat.completions.create(model="llama-3-8b", messages=hello)
     finally:
         await source.stop()
+
+
+def test_routes_take_their_capacity_from_the_modeldeployment() -> None:
+    """Ready replicas (status.replicas.ready, api/models.py ReplicaStatus) x spec.scaling
+    .targetOngoingRequests, x2 while Serve may still add replicas (fairness/capacity.py); with none
+    ready, one replica's worth and the wake budget to wait in."""
+    scaling = {"minReplicas": 0, "maxReplicas": 4, "targetOngoingRequests": 4, "wakeTimeoutSeconds": 600}
+    serving = deployment("a", "ai", "busy", phase="Ready", endpoint="http://b:8000")
+    serving["spec"]["scaling"] = scaling
+    serving["status"]["replicas"] = {"desired": 4, "ready": 4}
+    growing = deployment("b", "ai", "growing", phase="Ready", endpoint="http://g:8000")
+    growing["spec"]["scaling"] = scaling
+    growing["status"]["replicas"] = {"desired": 3, "ready": 1}
+    cold = deployment("c", "ai", "cold", phase="ScaledToZero", endpoint="http://c:8000")
+    cold["spec"]["scaling"] = scaling
+    cold["status"]["replicas"] = {"desired": 0, "ready": 0}
+    routes = table_from_deployments([serving, growing, cold]).routes
+    assert (routes["busy"].capacity, routes["busy"].slot_wait_s) == (16, None)
+    assert (routes["growing"].capacity, routes["growing"].slot_wait_s) == (8, None)
+    assert (routes["cold"].capacity, routes["cold"].slot_wait_s) == (4, 600)
 
 
 def test_routes_carry_the_models_wake_budget_from_status_or_spec() -> None:
@@ -174,3 +211,32 @@ def test_routes_carry_the_models_wake_budget_from_status_or_spec() -> None:
     assert routes["cold"].wake_timeout_s == 1200
     assert routes["warming"].wake_timeout_s == 300
     assert routes["warm"].wake_timeout_s is None
+
+
+def test_routes_carry_phase_replicas_and_context_for_the_console() -> None:
+    """status.phase and status.replicas ({desired, ready}: api/models.py ReplicaStatus, written by the
+    operator) and spec.engine.maxModelLen travel in the route; before the first status, or with a
+    count that is no whole number, they are unknown (None), never a made-up 0."""
+    serving = deployment("a", "ai", "llama", phase="Degraded", endpoint="http://l:8000")
+    serving["status"]["replicas"] = {"desired": 3, "ready": 2}
+    serving["spec"]["engine"] = {"maxModelLen": 32768}
+    asleep = deployment("b", "ai", "cold", phase="ScaledToZero", endpoint="http://c:8000")
+    asleep["status"]["replicas"] = {"desired": 0, "ready": 0}
+    fresh = deployment("c", "ai", "fresh")
+    odd = deployment("d", "ai", "odd", phase="Ready", endpoint="http://o:8000")
+    odd["status"]["replicas"] = {"desired": "3", "ready": -1}
+    routes = table_from_deployments([serving, asleep, fresh, odd]).routes
+    llama = routes["llama"]
+    assert (llama.phase, llama.replicas_ready, llama.replicas_desired, llama.max_model_len) == (
+        "Degraded",
+        2,
+        3,
+        32768,
+    )
+    assert (routes["cold"].replicas_ready, routes["cold"].replicas_desired) == (0, 0)
+    assert (routes["fresh"].phase, routes["fresh"].replicas_ready, routes["fresh"].max_model_len) == (
+        None,
+        None,
+        None,
+    )
+    assert (routes["odd"].replicas_ready, routes["odd"].replicas_desired) == (None, None)

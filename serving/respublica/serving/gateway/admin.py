@@ -40,6 +40,8 @@ from respublica.serving.gateway.db.base import DatabaseError
 from respublica.serving.gateway.db.codec import TENANT_NAME_HELP, LimitsModel, format_instant
 from respublica.serving.gateway.db.repo import Repository
 from respublica.serving.gateway.fairness.gate import FairnessGate
+from respublica.serving.gateway.routing.table import Route, RouteHolder
+from respublica.serving.gateway.telemetry.metrics import GatewayMetrics, TenantLoad
 
 _TYPES = {
     400: "invalid_request_error",
@@ -153,6 +155,29 @@ def tenant_json(tenant: TenantView) -> dict[str, Any]:
     return view
 
 
+def route_json(route: Route) -> dict[str, Any]:
+    """A route as the operator last observed it; null where the source does not say (a routes file
+    knows no phase or replicas)."""
+    return {
+        "name": route.name,
+        "phase": route.phase,
+        "serving": bool(route.endpoints),
+        "endpoints": list(route.endpoints),
+        "replicas": {"ready": route.replicas_ready, "desired": route.replicas_desired},
+        "context_length": route.max_model_len,
+        "capacity": route.capacity,
+        "task": route.task,
+        "tenants": list(route.tenants),
+        "adapters": list(route.adapters),
+        "source": route.source,
+    }
+
+
+def load_json(load: TenantLoad | None) -> dict[str, int] | None:
+    """A tenant's requests now; null where the gateway keeps no metrics (telemetry.metrics off)."""
+    return None if load is None else {"in_flight": load.in_flight, "queued": load.queued}
+
+
 def admin_router(
     repo: Repository,
     admin_key: str,
@@ -160,9 +185,12 @@ def admin_router(
     tenants: TenantDirectory | None = None,
     keys: ApiKeyAuthenticator | None = None,
     fairness: FairnessGate | None = None,
+    routes: RouteHolder | None = None,
+    metrics: GatewayMetrics | None = None,
 ) -> APIRouter:
     """`/admin/...` routes; `tenants` and `keys` (this process's) see changes at once; `fairness`
-    (this process's queues) for `/admin/fairness`."""
+    (this process's queues) for `/admin/fairness`; `routes` for `/admin/models`; `metrics` for the
+    tenants' in-flight and queued requests."""
     if len(admin_key) < 16:
         raise ValueError("the admin key must be at least 16 characters long")
     expected = admin_key.encode()
@@ -193,7 +221,26 @@ def admin_router(
 
     @router.get("/tenants")
     async def list_tenants(who: str = Depends(actor)) -> dict[str, Any]:
-        return {"object": "list", "data": [tenant_json(t) for t in await service.list_tenants()]}
+        """The tenants, each with its requests now (`load`: in flight and queued, every worker)."""
+        loads = metrics.load_by_tenant() if metrics is not None else None
+        idle = TenantLoad(0, 0)
+        return {
+            "object": "list",
+            "data": [
+                {**tenant_json(t), "load": load_json(loads.get(t.name, idle) if loads is not None else None)}
+                for t in await service.list_tenants()
+            ],
+        }
+
+    @router.get("/models")
+    async def list_models(who: str = Depends(actor)) -> dict[str, Any]:
+        """The route table now: each model's phase, replicas and context length, as the console shows."""
+        table = routes.table if routes is not None else None
+        return {
+            "object": "list",
+            "ready": routes.ready if routes is not None else False,
+            "data": [route_json(table.routes[name]) for name in sorted(table.routes)] if table else [],
+        }
 
     @router.post("/tenants", status_code=201)
     async def create_tenant(body: TenantCreate, who: str = Depends(actor)) -> dict[str, Any]:

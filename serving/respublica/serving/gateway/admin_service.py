@@ -39,8 +39,8 @@ from respublica.serving.gateway.db.codec import (
     is_tenant_name,
     parse_instant,
 )
-from respublica.serving.gateway.db.repo import AuditEntry, KeyRow, Repository, UsageTotal
-from respublica.serving.gateway.quota.arithmetic import month_start
+from respublica.serving.gateway.db.repo import AuditEntry, KeyRow, Repository, SpendTotal, UsageTotal
+from respublica.serving.gateway.quota.arithmetic import day_start, month_start
 
 # The actions written to the audit log.
 TENANT_CREATE: Final = "tenant.create"
@@ -89,6 +89,34 @@ class TenantView:
     limits: Limits
     created_at: float | None = None  # None for a tenant of the tenants file
     updated_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Spend against a budget; `limit` None: unlimited."""
+
+    spent: int
+    limit: int | None
+
+    @property
+    def fraction(self) -> float | None:
+        """Spent / limit (above 1 once overspent, as an in-flight request may); a budget of 0 is all
+        spent (1.0); None: unlimited."""
+        if self.limit is None:
+            return None
+        if self.limit == 0:
+            return 1.0
+        return self.spent / self.limit
+
+
+@dataclass(frozen=True)
+class TenantSpend:
+    """A tenant's tokens today and this month (UTC, from the ledger) against its budgets: the one
+    figure the console's bars, the admin API and the budget gauge (telemetry/budget.py) show."""
+
+    tenant: TenantView
+    today: Budget
+    month: Budget
 
 
 @dataclass(frozen=True)
@@ -443,6 +471,32 @@ class AdminService:
 
     async def audit_log(self, since: str | float = 0.0) -> list[AuditEntry]:
         return await self.repo.audit_log(instant(since, "since"))
+
+    async def spend(self) -> list[TenantSpend]:
+        """Every tenant's spend today and this month against its daily and monthly token budgets.
+
+        The ledger holds a request once it ended (and the ledger writer caught up): a request
+        still running counts once it is written."""
+        now = self._clock()
+        tenants = await self.list_tenants()
+        today = _tokens_by_tenant(await self.repo.spend_since(day_start(now)))
+        month = _tokens_by_tenant(await self.repo.spend_since(month_start(now)))
+        return [
+            TenantSpend(
+                t,
+                Budget(today.get(t.name, 0), t.limits.tokens_per_day),
+                Budget(month.get(t.name, 0), t.limits.tokens_per_month),
+            )
+            for t in tenants
+        ]
+
+
+def _tokens_by_tenant(spend: list[SpendTotal]) -> dict[str, int]:
+    """The ledger's rows are per tenant and subject (key or OIDC user): summed per tenant."""
+    out: dict[str, int] = {}
+    for row in spend:
+        out[row.tenant] = out.get(row.tenant, 0) + row.tokens
+    return out
 
 
 def _limits_audit(limits: Limits) -> dict[str, Any]:

@@ -54,6 +54,7 @@ class LateDatabase:
 
 def build_from_settings(settings: GatewaySettings) -> FastAPI:
     """The gateway as configured, with the real implementations of the policy side."""
+    from respublica.serving.gateway.admin_service import AdminService
     from respublica.serving.gateway.auth import (
         ApiKeyAuthenticator,
         GatewayAuthenticator,
@@ -125,22 +126,42 @@ def build_from_settings(settings: GatewaySettings) -> FastAPI:
         await seed_from_ledger(quota, repo)
 
     startup.append(seed)
+    service = AdminService(
+        repo, declared=tenants.declared, forget_tenant=tenants.forget, forget_key=keys.forget
+    )
+    metrics = None
+    if settings.telemetry.metrics:
+        from respublica.serving.gateway.telemetry.budget import BudgetSampler
+        from respublica.serving.gateway.telemetry.health import HealthSampler
+        from respublica.serving.gateway.telemetry.metrics import GatewayMetrics
+
+        metrics = GatewayMetrics()
+        sampler = HealthSampler(metrics, ledger, quota)
+        budgets = BudgetSampler(metrics, service.spend)
+
+        async def start_sampler() -> None:
+            sampler.start()
+
+        startup.extend((start_sampler, budgets.start))
+        shutdown.extend((sampler.stop, budgets.stop))
     routers = []
     if settings.admin_key is not None:
         from respublica.serving.gateway.admin import admin_router
 
         routers.append(
             admin_router(
-                repo, settings.admin_key.get_secret_value(), tenants=tenants, keys=keys, fairness=fairness
+                repo,
+                settings.admin_key.get_secret_value(),
+                tenants=tenants,
+                keys=keys,
+                fairness=fairness,
+                routes=holder,
+                metrics=metrics,
             )
         )
         if settings.console.enabled:
-            from respublica.serving.gateway.admin_service import AdminService
             from respublica.serving.gateway.console import console_router
 
-            service = AdminService(
-                repo, declared=tenants.declared, forget_tenant=tenants.forget, forget_key=keys.forget
-            )
             routers.append(
                 console_router(
                     service,
@@ -151,21 +172,9 @@ def build_from_settings(settings: GatewaySettings) -> FastAPI:
                     oidc=oidc,
                     oidc_admin_claim=settings.console.oidc_admin_claim,
                     oidc_admin_role=settings.console.oidc_admin_role,
+                    metrics=metrics,
                 )
             )
-    metrics = None
-    if settings.telemetry.metrics:
-        from respublica.serving.gateway.telemetry.health import HealthSampler
-        from respublica.serving.gateway.telemetry.metrics import GatewayMetrics
-
-        metrics = GatewayMetrics()
-        sampler = HealthSampler(metrics, ledger, quota)
-
-        async def start_sampler() -> None:
-            sampler.start()
-
-        startup.append(start_sampler)
-        shutdown.append(sampler.stop)
     app = create_app(
         settings,
         metrics=metrics,

@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
 
 from helpers.clock import Clock
 from respublica.serving.gateway.admin_service import AdminService
@@ -17,6 +18,7 @@ from respublica.serving.gateway.console import console_router
 from respublica.serving.gateway.contracts import Limits
 from respublica.serving.gateway.db import Repository, open_database
 from respublica.serving.gateway.routing.table import Route, RouteHolder, RouteTable
+from respublica.serving.gateway.telemetry.metrics import GatewayMetrics
 
 ADMIN = "admin-key-0123456789abcdef"
 BASE = "http://gateway.test"
@@ -30,6 +32,7 @@ class Console:
     repo: Repository
     clock: Clock
     routes: RouteHolder
+    metrics: GatewayMetrics
 
     async def login(self) -> str:
         """Logs in through the form; the session's CSRF token, as the pages carry it."""
@@ -57,14 +60,23 @@ async def console(tmp_path: Path, clock: Clock) -> AsyncIterator[Console]:
     routes = RouteHolder(
         RouteTable.of(
             [
-                Route("llama", ("http://10.0.0.7:8000",), source="ModelDeployment ai/llama (Running)"),
+                Route(
+                    "llama",
+                    ("http://10.0.0.7:8000",),
+                    source="ModelDeployment ai/llama (Degraded)",
+                    max_model_len=8192,
+                    phase="Degraded",
+                    replicas_ready=1,
+                    replicas_desired=2,
+                ),
                 Route("private", (), tenants=("gitops",)),
             ]
         )
     )
+    metrics = GatewayMetrics(CollectorRegistry())
     app = FastAPI()
-    app.include_router(console_router(service, routes, ADMIN, clock=clock))
+    app.include_router(console_router(service, routes, ADMIN, clock=clock, metrics=metrics))
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url=BASE) as client:
-        yield Console(client, repo, clock, routes)
+        yield Console(client, repo, clock, routes, metrics)
     await db.close()

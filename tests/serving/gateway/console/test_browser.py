@@ -54,7 +54,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str
         yaml.safe_dump(
             {
                 "models": [
-                    {"name": "llama-3-8b", "endpoints": [upstream_url]},
+                    {"name": "llama-3-8b", "endpoints": [upstream_url], "max_model_len": 8192},
                     {"name": "mistral-7b", "endpoints": [upstream_url], "tenants": ["physics"]},
                 ]
             }
@@ -197,10 +197,15 @@ def test_console_in_a_real_browser(gateway: tuple[str, str], browser: Any) -> No
 
     driver.get(f"{console}/tenants")
     assert key not in driver.page_source  # shown once only
+    # Requests now, from the gateway's gauges: all five ended.
+    assert find("#tenant-physics .load").text == "Now 0 in flight, 0 queued"
     _shoot(driver, "tenants-after")
     driver.get(f"{console}/models")
     llama = find("#models tbody tr").text
     assert "llama-3-8b" in llama and "ready" in llama
+    # Context length from the routes file; replicas are not known in local mode: a dash.
+    assert find("#models tbody tr td.context").text == "8,192"
+    assert find("#models tbody tr td.replicas").text == "—"
     _shoot(driver, "models")
     driver.get(f"{console}/audit")
     assert "key.create" in find("#audit").text and "tenant.create" in find("#audit").text

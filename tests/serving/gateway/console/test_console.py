@@ -260,10 +260,34 @@ async def test_models_page_figures_of_the_last_hour(console: Console) -> None:
     page = (await console.client.get("/console/models")).text
     llama = page[page.index("<strong>llama</strong>") : page.index("<strong>private</strong>")]
     cells = re.findall(r'<td class="n[^"]*">([^<]*)</td>', llama)
-    assert cells == ["21", "300", "1", "100 ms", "190 ms"]  # requests, tokens, errors, p50, p95
-    assert "ModelDeployment ai/llama (Running)" in llama and "http://10.0.0.7:8000" in llama
+    # replicas (ready / desired), context, requests, tokens, errors, p50, p95
+    assert cells == ["1 / 2", "8,192", "21", "300", "1", "100 ms", "190 ms"]
+    assert "ModelDeployment ai/llama (Degraded)" in llama and "http://10.0.0.7:8000" in llama
+    assert '<span class="pill ok">Degraded</span>' in llama  # the phase, while it has an endpoint
     private = page[page.index("<strong>private</strong>") :]
     assert "no endpoint" in private and "gitops" in private and "no data" in private
+    # A routes file says nothing of replicas or context: a dash, not a made-up 0.
+    unknown = re.findall(r'<td class="n (replicas|context)"><span class="muted">—</span></td>', private)
+    assert unknown == ["replicas", "context"]
+
+
+async def test_tenants_page_shows_requests_in_flight_and_queued(console: Console) -> None:
+    """From the gateway's own gauges (the in-flight gauge routes/openai.py keeps, the fair-queue
+    gauge fairness/gate.py keeps), summed over models; a tenant with neither reads 0, not blank."""
+    series = console.metrics.series("gitops", "llama")
+    series.in_flight.inc(2)
+    console.metrics.series("gitops", "private").in_flight.inc()
+    console.metrics.fair_queue_length.labels("gitops", "llama").inc(4)
+    csrf = await console.login()
+    await console.client.post("/console/tenants", data={"name": "idle", "csrf": csrf})
+    page = (await console.client.get("/console/tenants")).text
+    gitops = page[page.index('id="tenant-gitops"') : page.index('id="tenant-idle"')]
+    assert '<span class="in-flight">3</span> in flight, <span class="queued">4</span> queued' in gitops
+    idle = page[page.index('id="tenant-idle"') :]
+    assert '<span class="in-flight">0</span> in flight, <span class="queued">0</span> queued' in idle
+    series.in_flight.dec(2)
+    page = (await console.client.get("/console/tenants")).text
+    assert '<span class="in-flight">1</span> in flight' in page
 
 
 async def test_usage_csv_export(console: Console) -> None:

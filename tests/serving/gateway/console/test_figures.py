@@ -34,10 +34,10 @@ def test_nice_ceiling() -> None:
 
 def test_budget_levels() -> None:
     assert figures.Budget(10, None).fraction is None
-    assert figures.Budget(79, 100).level == "ok"
-    assert figures.Budget(80, 100).level == "warn"
-    assert figures.Budget(100, 100).level == "over"
-    assert figures.Budget(0, 0).level == "over"  # a zero budget admits nothing
+    assert figures.budget_level(figures.Budget(79, 100)) == "ok"
+    assert figures.budget_level(figures.Budget(80, 100)) == "warn"
+    assert figures.budget_level(figures.Budget(100, 100)) == "over"
+    assert figures.budget_level(figures.Budget(0, 0)) == "over"  # a zero budget admits nothing
     assert 'width="100.0"' in figures.budget_bar(figures.Budget(250, 100)).split("fill")[1]  # capped
 
 

@@ -11,10 +11,10 @@ import csv
 import io
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 
 from markupsafe import Markup
 
+from respublica.serving.gateway.admin_service import Budget
 from respublica.serving.gateway.db.repo import UsageTotal
 
 PALETTE_SIZE = 8  # classes s0..s7 in console.css
@@ -42,28 +42,12 @@ def ttft_by_model(samples: Iterable[tuple[str, float]]) -> dict[str, tuple[float
     return out
 
 
-@dataclass(frozen=True)
-class Budget:
-    """Spend against a budget; `limit` None: unlimited."""
-
-    spent: int
-    limit: int | None
-
-    @property
-    def fraction(self) -> float | None:
-        if self.limit is None:
-            return None
-        if self.limit == 0:
-            return 1.0
-        return self.spent / self.limit
-
-    @property
-    def level(self) -> str:
-        """A CSS class: ok below 80 %, warn up to 100 %, over beyond."""
-        f = self.fraction
-        if f is None or f < 0.8:
-            return "ok"
-        return "warn" if f < 1.0 else "over"
+def budget_level(budget: Budget) -> str:
+    """A CSS class: ok below 80 %, warn up to 100 %, over beyond."""
+    f = budget.fraction
+    if f is None or f < 0.8:
+        return "ok"
+    return "warn" if f < 1.0 else "over"
 
 
 def budget_bar(budget: Budget) -> Markup:
@@ -77,7 +61,7 @@ def budget_bar(budget: Budget) -> Markup:
         '<svg class="bar" viewBox="0 0 100 6" preserveAspectRatio="none" role="img" aria-label="{label}">'
         '<rect class="track" width="100" height="6"/><rect class="fill {level}" width="{width}" height="6"/>'
         "</svg>"
-    ).format(label=label, level=budget.level, width=width)
+    ).format(label=label, level=budget_level(budget), width=width)
 
 
 def tokens_by(totals: Iterable[UsageTotal], key: str) -> dict[str, dict[str, int]]:

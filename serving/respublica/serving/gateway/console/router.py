@@ -44,8 +44,8 @@ from respublica.serving.gateway.console import figures, identity, session
 from respublica.serving.gateway.contracts import AuthError, Limits
 from respublica.serving.gateway.db.base import DatabaseError
 from respublica.serving.gateway.db.codec import format_instant
-from respublica.serving.gateway.quota.arithmetic import day_start, month_start
 from respublica.serving.gateway.routing.table import RouteHolder
+from respublica.serving.gateway.telemetry.metrics import GatewayMetrics, TenantLoad
 
 HERE = Path(__file__).parent
 STATIC_TYPES = {".css": "text/css; charset=utf-8", ".svg": "image/svg+xml", ".ico": "image/x-icon"}
@@ -160,11 +160,13 @@ def console_router(
     oidc: identity.ClaimsVerifier | None = None,
     oidc_admin_claim: str = "roles",
     oidc_admin_role: str = "respublica-admin",
+    metrics: GatewayMetrics | None = None,
 ) -> APIRouter:
     """`/console/...` pages; `service` is the same use cases the admin API and the CLI call.
 
     `oidc`: the gateway's OIDC verifier, when OIDC is configured; a bearer token it accepts whose
     `oidc_admin_claim` (a dotted path) lists `oidc_admin_role` opens a console session.
+    `metrics`: the gateway's, for each tenant's in-flight and queued requests (None: not shown).
     """
     if len(admin_key) < 16:
         raise ValueError("the admin key must be at least 16 characters long")
@@ -405,23 +407,20 @@ def console_router(
     async def tenants_page(
         request: Request, status: int = 200, *, notice: str | None = None, created: Any = None
     ) -> Response:
-        now = clock()
-        tenants = await service.list_tenants()
         keys = await service.list_keys()
-        today = _spend_by_tenant(await repo.spend_since(day_start(now)))
-        month = _spend_by_tenant(await repo.spend_since(month_start(now)))
+        loads = metrics.load_by_tenant() if metrics is not None else None
         rows = []
-        for tenant in tenants:
-            day_budget = figures.Budget(today.get(tenant.name, 0), tenant.limits.tokens_per_day)
-            month_budget = figures.Budget(month.get(tenant.name, 0), tenant.limits.tokens_per_month)
+        for spend in await service.spend():
+            tenant = spend.tenant
             rows.append(
                 {
                     "tenant": tenant,
                     "limits": {camel: getattr(tenant.limits, f) for f, camel, _ in LIMIT_FIELDS},
-                    "today": day_budget,
-                    "today_bar": figures.budget_bar(day_budget),
-                    "month": month_budget,
-                    "month_bar": figures.budget_bar(month_budget),
+                    "today": spend.today,
+                    "today_bar": figures.budget_bar(spend.today),
+                    "month": spend.month,
+                    "month_bar": figures.budget_bar(spend.month),
+                    "load": None if loads is None else loads.get(tenant.name, TenantLoad(0, 0)),
                     "api_keys": [k for k in keys if k.tenant == tenant.name],
                 }
             )
@@ -531,10 +530,3 @@ def console_router(
         return render(request, "audit.html", entries=list(reversed(entries)), days=int(raw))
 
     return router
-
-
-def _spend_by_tenant(spend: list[Any]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for s in spend:
-        out[s.tenant] = out.get(s.tenant, 0) + s.tokens
-    return out

@@ -1,5 +1,8 @@
 """Routes from ModelDeployment status (cluster mode), watched read-only through the Kubernetes API.
 
+Each route's capacity (requests its endpoints take at once, for fair sharing) comes from the same
+object: ready replicas x Serve's ongoing-request target (fairness/capacity.py).
+
 A deployment is routable when the operator publishes `status.endpoint` and its phase is neither
 Pending nor Failed. The operator publishes the endpoint only while the Serve application runs: Ready,
 ScaledToZero (Ray Serve's proxy holds the request while a worker starts) and Degraded with the
@@ -33,6 +36,7 @@ from respublica.api.kube_client import (
     in_cluster_access,
     kubeconfig_access,
 )
+from respublica.serving.gateway.fairness.capacity import deployment_capacity, deployment_wait_s
 from respublica.serving.gateway.routing.table import (
     Conflict,
     Route,
@@ -96,6 +100,9 @@ def table_from_deployments(objects: Iterable[Mapping[str, Any]]) -> RouteTable:
             and endpoint
         )
         lora = spec.get("lora") or {}
+        wake_budget = _context(
+            status.get("wakeTimeoutSeconds") or (spec.get("scaling") or {}).get("wakeTimeoutSeconds")
+        )
         routes.append(
             Route(
                 name=name,
@@ -103,11 +110,16 @@ def table_from_deployments(objects: Iterable[Mapping[str, Any]]) -> RouteTable:
                 tenants=tuple((spec.get("access") or {}).get("tenants") or ("*",)),
                 adapters=tuple(a["name"] for a in lora.get("adapters") or () if a.get("name")),
                 source=f"ModelDeployment {_ident(owner)} ({status.get('phase') or 'Pending'})",
+                capacity=deployment_capacity(spec, status),
+                slot_wait_s=deployment_wait_s(status, wake_budget),
                 task="embed" if (spec.get("model") or {}).get("task") == "embed" else "generate",
                 max_model_len=_context((spec.get("engine") or {}).get("maxModelLen")),
                 wake_timeout_s=_context(
                     status.get("wakeTimeoutSeconds") or (spec.get("scaling") or {}).get("wakeTimeoutSeconds")
                 ),
+                phase=str(status["phase"]) if status.get("phase") else None,
+                replicas_ready=_count((status.get("replicas") or {}).get("ready")),
+                replicas_desired=_count((status.get("replicas") or {}).get("desired")),
             )
         )
     return RouteTable.of(routes, conflicts)
@@ -115,6 +127,11 @@ def table_from_deployments(objects: Iterable[Mapping[str, Any]]) -> RouteTable:
 
 def _context(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _count(value: object) -> int | None:
+    """A replica count of the status (ReplicaStatus.ready/desired): 0 or more; else unknown."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 class KubernetesRouteSource:

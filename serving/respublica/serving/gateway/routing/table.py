@@ -37,6 +37,9 @@ class Route:
     created: float = 0.0
     # Requests its endpoints take at once, all together (fair sharing queues above it); None: unknown.
     capacity: int | None = None
+    # How long a request may wait for one of those slots when that is longer than the gate's
+    # `fairness.max_wait_s`: a model with no replica ready gets its wake budget. None: max_wait_s.
+    slot_wait_s: float | None = None
     task: Task | None = None
     # The model's context in tokens (engine.maxModelLen): the default output cap never exceeds what
     # is left of it after the prompt. None: unknown.
@@ -45,6 +48,11 @@ class Route:
     # published in its status): the gateway's read timeout for this model is at least this plus a
     # margin, so Ray's router gives up first and says why. None: the gateway's read timeout.
     wake_timeout_s: float | None = None
+    # What the operator last observed (ModelDeployment status.phase and status.replicas), shown by
+    # the console and the admin API; never read on the request path. None: unknown (a routes file).
+    phase: str | None = None
+    replicas_ready: int | None = None
+    replicas_desired: int | None = None
 
     def allows_tenant(self, tenant: str) -> bool:
         return "*" in self.tenants or tenant in self.tenants

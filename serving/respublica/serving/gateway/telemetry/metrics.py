@@ -8,6 +8,7 @@ samples there, and /metrics in any worker aggregates them (in-flight gauges are 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from prometheus_client import (
@@ -18,10 +19,19 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.metrics_core import Metric
 
 PREFIX = "respublica_gateway"
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+@dataclass(frozen=True)
+class TenantLoad:
+    """A tenant's requests now: being proxied to a model, and waiting for a slot (fair sharing)."""
+
+    in_flight: int
+    queued: int
 
 
 @dataclass
@@ -154,8 +164,21 @@ class GatewayMetrics:
             "Tenants whose state the quota store lost (restart, flush, eviction), rebuilt from the ledger.",
             registry=reg,
         )
+        # Spend against budgets, per tenant and period (day, month), set every `interval_s` by
+        # telemetry/budget.py from the ledger, never on the request path. Cardinality: at most two
+        # series per tenant that has a budget, and tenants are created by an administrator (the
+        # tenants file or the admin API), never by a caller.
+        self.budget_used = Gauge(
+            f"{PREFIX}_tenant_budget_used_ratio",
+            "Tokens a tenant spent this UTC day or month (the ledger) divided by its token budget for "
+            "the period; above 1 once overspent. Tenants without a budget (or a budget of 0) have none.",
+            ["tenant", "period"],
+            registry=reg,
+            multiprocess_mode="mostrecent",  # every worker reads the same ledger: the latest reading
+        )
         self.quota_store_up.set(1)
         self._series: dict[tuple[str, str], _Series] = {}
+        self._budgets: set[tuple[str, str]] = set()
 
     def series(self, tenant: str, model: str) -> _Series:
         key = (tenant, model)
@@ -174,6 +197,43 @@ class GatewayMetrics:
     def reject(self, tenant: str, model: str, reason: str, status: int) -> None:
         self.rejections.labels(tenant, model, reason).inc()
         self.requests.labels(tenant, model, str(status)).inc()
+
+    def set_budgets(self, ratios: Mapping[tuple[str, str], float]) -> None:
+        """The budget gauge's series now: (tenant, period) -> ratio. A series no longer given (the
+        tenant was deleted or its budget lifted) reads 0, so that no last high reading can fire an
+        alert; it is removed where prometheus_client can remove one (not in multiprocess mode,
+        whose files keep it at 0 until the gateway restarts)."""
+        for key in self._budgets - set(ratios):
+            self.budget_used.labels(*key).set(0)
+            if not self.multiprocess:
+                self.budget_used.remove(*key)
+        for key, ratio in ratios.items():
+            self.budget_used.labels(*key).set(ratio)
+        self._budgets = set(ratios)
+
+    def load_by_tenant(self) -> dict[str, TenantLoad]:
+        """Requests being proxied and requests waiting for a slot, per tenant, summed over models.
+
+        Read from the in-flight and fair-queue gauges when asked (the console, the admin API), so
+        the request path pays nothing more; with several worker processes, summed over the live
+        ones, as /metrics shows them."""
+        names = {f"{PREFIX}_in_flight_requests": 0, f"{PREFIX}_fair_queue_length": 1}
+        families: Iterable[Metric]
+        if self.multiprocess:
+            from prometheus_client import multiprocess
+
+            families = multiprocess.MultiProcessCollector(None).collect()  # type: ignore[no-untyped-call]
+        else:
+            families = [*self.in_flight.collect(), *self.fair_queue_length.collect()]
+        counts: dict[str, list[int]] = {}
+        for family in families:
+            for sample in family.samples:
+                index = names.get(sample.name)
+                tenant = sample.labels.get("tenant")
+                if index is None or tenant is None:
+                    continue
+                counts.setdefault(tenant, [0, 0])[index] += round(sample.value)
+        return {tenant: TenantLoad(in_flight, queued) for tenant, (in_flight, queued) in counts.items()}
 
     def render(self) -> tuple[bytes, str]:
         if self.multiprocess:
