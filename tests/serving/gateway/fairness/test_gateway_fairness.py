@@ -50,7 +50,12 @@ class NoLedger:
 
 @asynccontextmanager
 async def gateways(
-    limits: dict[str, Limits], capacity: int, count: int = 1, cap_upstream: bool = True, **fairness: Any
+    limits: dict[str, Limits],
+    capacity: int,
+    count: int = 1,
+    cap_upstream: bool = True,
+    slot_wait_s: float | None = None,
+    **fairness: Any,
 ) -> AsyncIterator[tuple[FakeUpstream, list[Running]]]:
     upstream = FakeUpstream(max_generating=capacity if cap_upstream else None)
     runner, url = await start_upstream(upstream)
@@ -60,7 +65,8 @@ async def gateways(
     running: list[Running] = []
     try:
         for _ in range(count):
-            routes = RouteHolder(RouteTable.of([Route("m", (url,), capacity=capacity)]))
+            route = Route("m", (url,), capacity=capacity, slot_wait_s=slot_wait_s)
+            routes = RouteHolder(RouteTable.of([route]))
             running.append(
                 await start_gateway(
                     settings,
@@ -151,6 +157,26 @@ async def test_waiting_too_long_is_503_with_retry_after() -> None:
         assert answer.status_code == 503
         assert answer.json()["error"]["code"] == "capacity_timeout"
         assert answer.headers["retry-after"].isdigit()
+        await running
+        assert gate.models["m"].vtc.waiting == 0
+
+
+async def test_a_waking_model_keeps_its_waiting_requests_for_its_wake_budget() -> None:
+    """The same wait as above, for a model with no replica ready: its route's `slot_wait_s` (the
+    wake budget, fairness/capacity.py deployment_wait_s) outlasts fairness.max_wait_s, so a request
+    queued behind the one waking the model is served, not refused."""
+    async with gateways({"t": Limits()}, capacity=1, max_wait_s=0.1, slot_wait_s=600) as (_, [gateway]):
+        api = client(gateway, "t")
+        running = asyncio.create_task(stream_one(api, [], "long"))
+        gate = gate_of(gateway)
+        await until(lambda: gate.models.get("m") is not None and gate.models["m"].vtc.in_flight == 1)
+        async with httpx.AsyncClient() as http:
+            answer = await http.post(
+                gateway.url + "/v1/chat/completions",
+                json={"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2},
+                headers={"Authorization": "Bearer t"},
+            )
+        assert answer.status_code == 200
         await running
         assert gate.models["m"].vtc.waiting == 0
 

@@ -2,7 +2,8 @@
 
 A model's capacity is, first found: the per-model setting (`fairness.capacity`), the route's own
 (`capacity` in the routes file; in cluster mode `deployment_capacity` of its ModelDeployment), else
-unknown: such a model is not gated (no waiting, no fairness, exactly as before).
+unknown: such a model is not gated (no waiting, no fairness, exactly as before). A ModelDeployment
+always has one (a routable one publishes its replicas), so every cluster model is gated.
 
 Several gateway processes (replicas x uvicorn workers) each gate their own share:
 `max(1, capacity // processes)`. Each keeps its own counters, so fairness holds per process; with
@@ -16,25 +17,54 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from respublica.api.models import ScalingSpec
+
 # With Serve autoscaling, a model that may still add replicas must see load above its target, or
 # it never scales up: the gate lets it take this much more than replicas x target until it is at
 # its most replicas.
 AUTOSCALE_HEADROOM = 2.0
 
+_SCALING = ScalingSpec.model_fields
+DEFAULT_TARGET = float(_SCALING["target_ongoing_requests"].default)
+DEFAULT_MAX_REPLICAS = int(_SCALING["max_replicas"].default)
 
-def deployment_capacity(spec: Mapping[str, Any], status: Mapping[str, Any]) -> int | None:
-    """Ready replicas x Serve's `target_ongoing_requests` (x AUTOSCALE_HEADROOM while it may still
-    scale up), from a ModelDeployment's spec and status (respublica.api.models ScalingSpec,
-    ReplicaStatus); None when no replica is ready (nothing to share: the first request waits for
-    Serve to start one, as before)."""
+
+def deployment_capacity(spec: Mapping[str, Any], status: Mapping[str, Any]) -> int:
+    """Requests a ModelDeployment takes at once, from its spec and status (respublica.api.models
+    ScalingSpec, ReplicaStatus): ready replicas x Serve's `target_ongoing_requests` (the only
+    per-replica number the operator renders: Ray Serve LLM leaves `max_ongoing_requests` at 1e9,
+    ray/llm/_internal/serve/configs/constants.py DEFAULT_MAX_ONGOING_REQUESTS), x AUTOSCALE_HEADROOM
+    while it may still scale up.
+
+    With no replica ready (scaled to zero, or still starting) it is one replica's worth,
+    `ceil(target)`, never 0: those requests pass and wake the model (Serve's proxy holds them while
+    a replica starts), the rest wait in the gate, for as long as the wake budget
+    (`deployment_wait_s`), and pass as replicas become ready."""
     scaling = spec.get("scaling") or {}
-    target = float(scaling.get("targetOngoingRequests") or 8.0)
-    most = int(scaling.get("maxReplicas") or 1)
-    ready = int((status.get("replicas") or {}).get("ready") or 0)
+    target = _number(scaling.get("targetOngoingRequests"), DEFAULT_TARGET)
+    most = int(_number(scaling.get("maxReplicas"), DEFAULT_MAX_REPLICAS))
+    ready = int(_number((status.get("replicas") or {}).get("ready"), 0))
     if ready <= 0:
-        return None
+        return max(1, math.ceil(target))
     headroom = AUTOSCALE_HEADROOM if ready < most else 1.0
     return max(1, math.ceil(ready * target * headroom))
+
+
+def deployment_wait_s(status: Mapping[str, Any], wake_timeout_s: float | None) -> float | None:
+    """How long a request may wait for a slot of a model with no replica ready: its wake budget
+    (the time Serve's router holds the request that woke it), so a request queued behind the
+    waking ones is not refused while the model starts. None (the gate's `max_wait_s`) once a
+    replica is ready."""
+    ready = _number((status.get("replicas") or {}).get("ready"), 0)
+    return wake_timeout_s if ready <= 0 else None
+
+
+def _number(value: object, default: float) -> float:
+    """A count or rate from the object, else the default: the CRD's schema checks types, and a
+    value that is no number >= 0 is treated as absent."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    return default
 
 
 def process_capacity(

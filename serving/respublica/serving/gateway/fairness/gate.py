@@ -132,9 +132,13 @@ class FairnessGate:
         if vtc.arrive(ticket):
             self._charged(tenant, route.name, ticket)
             return Slot(self, route.name, ticket, started)
-        return await self._wait(model, route.name, ticket, started, receive)
+        # A model still waking (no replica ready) may keep a request waiting for its wake budget.
+        max_wait_s = max(self.settings.max_wait_s, route.slot_wait_s or 0.0)
+        return await self._wait(model, route.name, ticket, started, receive, max_wait_s)
 
-    async def _wait(self, model: _Model, name: str, ticket: Ticket, started: float, receive: Receive) -> Slot:
+    async def _wait(
+        self, model: _Model, name: str, ticket: Ticket, started: float, receive: Receive, max_wait_s: float
+    ) -> Slot:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters[ticket] = future
         queued = self.metrics.fair_queue_length.labels(ticket.tenant, name) if self.metrics else None
@@ -144,7 +148,7 @@ class FairnessGate:
         taken = False
         try:
             done, _ = await asyncio.wait(
-                {future, watcher}, timeout=self.settings.max_wait_s, return_when=asyncio.FIRST_COMPLETED
+                {future, watcher}, timeout=max_wait_s, return_when=asyncio.FIRST_COMPLETED
             )
             if ticket.dispatched:  # dispatched, even if the clock or the client raced it
                 taken = True
@@ -157,7 +161,7 @@ class FairnessGate:
             raise GatewayError(
                 503,
                 "capacity_timeout",
-                f"model '{name}' stayed saturated for {self.settings.max_wait_s:g} s while this request "
+                f"model '{name}' stayed saturated for {max_wait_s:g} s while this request "
                 "waited for a slot; retry later",
                 headers=[retry_after(self._retry_after(model))],
             )

@@ -114,9 +114,7 @@ def table_from_deployments(objects: Iterable[Mapping[str, Any]]) -> RouteTable:
                 slot_wait_s=deployment_wait_s(status, wake_budget),
                 task="embed" if (spec.get("model") or {}).get("task") == "embed" else "generate",
                 max_model_len=_context((spec.get("engine") or {}).get("maxModelLen")),
-                wake_timeout_s=_context(
-                    status.get("wakeTimeoutSeconds") or (spec.get("scaling") or {}).get("wakeTimeoutSeconds")
-                ),
+                wake_timeout_s=wake_budget,
                 phase=str(status["phase"]) if status.get("phase") else None,
                 replicas_ready=_count((status.get("replicas") or {}).get("ready")),
                 replicas_desired=_count((status.get("replicas") or {}).get("desired")),
