@@ -173,6 +173,30 @@ async def test_the_echo_of_an_own_write_is_recognised_once() -> None:
     )
 
 
+async def test_events_during_a_write_wait_for_its_answer() -> None:
+    """The watch may deliver the echo of a create before the create's answer is read (the
+    operator's own watches read events as they come): held back, it is then dropped as the echo;
+    another version seen meanwhile is handed on as news."""
+    kube = Recording()
+    news: list[tuple[str, str, str]] = []
+    kube.on_news = lambda kind, event_type, body: news.append(
+        (kind, event_type, body["metadata"]["resourceVersion"])
+    )
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j", "namespace": kapi.NS}}
+    creating = asyncio.create_task(kube.create(job))
+    await asyncio.sleep(0)  # the request is in flight
+    assert kube.is_echo("Job", "ADDED", _job("1")) is True  # held back
+    await creating
+    assert news == []  # version 1 was the create's own
+    patching = asyncio.create_task(kube.patch("Job", kapi.NS, "j", {"spec": {"b": 2}}))
+    await asyncio.sleep(0)
+    assert kube.is_echo("Job", "MODIFIED", _job("7")) is True  # held back: someone else's edit
+    assert kube.is_echo("Job", "MODIFIED", _job("2")) is True  # held back: the patch's echo
+    await patching
+    assert news == [("Job", "MODIFIED", "7")]
+    assert kube.is_echo("Job", "MODIFIED", _job("2")) is False  # consumed
+
+
 async def test_concurrent_discovery_sends_one_request() -> None:
     kube = Recording()
     answers = await asyncio.gather(*(kube.has_resource(RAYSERVICE) for _ in range(50)))

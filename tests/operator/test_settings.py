@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import kopf
 import pytest
+from kopf._cogs.structs import diffs as kopf_diffs
+from kopf._cogs.structs import ids as kopf_ids
 
+from respublica.operator.kopf_bookkeeping import NoDiffBase, NoProgress
 from respublica.operator.settings import ConfigError, OperatorConfig, parse_namespaces
 
 
@@ -47,11 +50,11 @@ def test_namespace_patterns_and_bad_names_are_refused(raw: str) -> None:
         parse_namespaces(raw)
 
 
-def test_kopf_settings_keep_bookkeeping_out_of_status_and_run_standalone() -> None:
+def test_kopf_settings_keep_no_bookkeeping_and_run_standalone() -> None:
     settings = kopf.OperatorSettings()
     OperatorConfig(retry_seconds=7).apply(settings)
-    assert isinstance(settings.persistence.progress_storage, kopf.AnnotationsProgressStorage)
-    assert isinstance(settings.persistence.diffbase_storage, kopf.AnnotationsDiffBaseStorage)
+    assert isinstance(settings.persistence.progress_storage, NoProgress)
+    assert isinstance(settings.persistence.diffbase_storage, NoDiffBase)
     assert settings.persistence.finalizer.startswith("respublica.dev/")
     assert settings.peering.standalone is True
     assert settings.scanning.disabled is True
@@ -65,3 +68,26 @@ def test_registry_has_no_handler_that_needs_a_finalizer() -> None:
     # Timers, daemons and deletion handlers are what make kopf add a finalizer.
     assert not registry._spawning._handlers
     assert not any(h.requires_finalizer for h in registry._changing._handlers)
+
+
+def test_no_bookkeeping_copies_nothing_and_writes_nothing() -> None:
+    """What kopf does with the storages on every event (`kopf/_core/reactor/processing.py`
+    `_detect_causes`: fetch, build, clear on both, then a diff; `kopf/_core/actions/application.py`
+    `apply`: touch when patching) yields an empty diff and leaves the patch empty."""
+    body = kopf.Body(
+        {
+            "metadata": {"name": "llama", "annotations": {"a": "b"}, "labels": {"x": "y"}},
+            "spec": {"model": {"source": "hf://x/y"}},
+            "status": {"phase": "Ready"},
+        }
+    )
+    diffbase, progress = NoDiffBase(), NoProgress()
+    old = diffbase.fetch(body=body)
+    new = progress.clear(essence=diffbase.build(body=body, extra_fields=None))
+    assert not kopf_diffs.diff(old, new)
+    patch = kopf.Patch()
+    progress.touch(body=body, patch=patch, value=None)
+    progress.store(key=kopf_ids.HandlerId("index"), record={}, body=body, patch=patch)
+    diffbase.store(body=body, patch=patch, essence=new)
+    assert not patch
+    assert progress.fetch(key=kopf_ids.HandlerId("index"), body=body) is None

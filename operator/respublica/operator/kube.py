@@ -106,18 +106,40 @@ class Kube(KubeClient):
         # (kind, namespace, name) -> the resourceVersion this process's last write produced ("" for
         # a delete): the watch event of that very version is the operator's echo, not news.
         self._echoes: dict[tuple[str, str | None, str], str] = {}
+        # (kind, namespace, name) -> the watch events of that object that arrived while this
+        # process's create or patch of it was in flight: the watch can deliver the echo before the
+        # write's own answer (with its resourceVersion) is read. They are judged when it is.
+        self._writing: dict[tuple[str, str | None, str], list[tuple[str, Mapping[str, Any]]]] = {}
+        # Called with an event held back during a write that turned out not to be its echo.
+        self.on_news: Callable[[str, str, Mapping[str, Any]], None] | None = None
         self._discovery: dict[str, asyncio.Future[Obj | None]] = {}
 
+    def _writing_begins(self, kind: str, namespace: str | None, name: str) -> None:
+        self._writing[(kind, namespace, name)] = []
+
     def _wrote(self, kind: str, namespace: str | None, name: str, obj: Obj | None) -> None:
+        """The write's answer (None: it failed): its version is the echo to expect; the events held
+        back meanwhile are the echo (dropped) or news (handed to `on_news`)."""
+        key = (kind, namespace, name)
+        held = self._writing.pop(key, [])
         version = ((obj or {}).get("metadata") or {}).get("resourceVersion")
         if version:
-            self._echoes[(kind, namespace, name)] = str(version)
+            self._echoes[key] = str(version)
+        for event_type, body in held:
+            if not self.is_echo(kind, event_type, body) and self.on_news is not None:
+                self.on_news(kind, event_type, body)
 
     def is_echo(self, kind: str, event_type: str, body: Mapping[str, Any]) -> bool:
         """Whether a watch event is the echo of this process's own last write of that object
-        (consumed: a second event of the same version, e.g. after a relist, counts as news)."""
+        (consumed: a second event of the same version, e.g. after a relist, counts as news).
+        While a write of the object is in flight, its events are held back (True now) and judged
+        when the write's answer arrives (see `_wrote`)."""
         meta = body.get("metadata") or {}
         key = (kind, meta.get("namespace"), str(meta.get("name")))
+        held = self._writing.get(key)
+        if held is not None:
+            held.append((event_type, body))
+            return True
         expected = self._echoes.get(key)
         if expected is None:
             return False
@@ -137,10 +159,15 @@ class Kube(KubeClient):
     async def create(self, obj: Mapping[str, Any]) -> Obj:
         meta = obj.get("metadata") or {}
         self.writes += 1
-        data = await self.request("POST", path_of(str(obj["kind"]), meta.get("namespace")), body=obj)
+        kind, namespace, name = str(obj["kind"]), meta.get("namespace"), str(meta.get("name"))
+        self._writing_begins(kind, namespace, name)
+        data: Obj | None = None
+        try:
+            data = await self.request("POST", path_of(kind, namespace), body=obj)
+        finally:
+            self._wrote(kind, namespace, name, data)
         if data is None:
             raise ApiError(404, f"the API has no {obj['kind']} resource")
-        self._wrote(str(obj["kind"]), meta.get("namespace"), str(meta.get("name")), data)
         return data
 
     async def patch(
@@ -152,13 +179,23 @@ class Kube(KubeClient):
         subresource: str | None = None,
     ) -> Obj | None:
         self.writes += 1
-        data = await self.request(
-            "PATCH",
-            path_of(kind, namespace, name, subresource),
-            body=patch,
-            content_type="application/merge-patch+json",
-        )
-        if subresource is None:
+        if subresource is not None:  # not a child's write: its events are not watched here
+            return await self.request(
+                "PATCH",
+                path_of(kind, namespace, name, subresource),
+                body=patch,
+                content_type="application/merge-patch+json",
+            )
+        self._writing_begins(kind, namespace, name)
+        data: Obj | None = None
+        try:
+            data = await self.request(
+                "PATCH",
+                path_of(kind, namespace, name),
+                body=patch,
+                content_type="application/merge-patch+json",
+            )
+        finally:
             self._wrote(kind, namespace, name, data)
         return data
 

@@ -3,9 +3,10 @@
 One place decides how kopf runs for respublica, whichever way it is started (`respublica operator`
 or `kopf run -m respublica.operator.entry`):
 
-- kopf's bookkeeping lives in annotations (`AnnotationsProgressStorage`,
-  `AnnotationsDiffBaseStorage`): the CRD is structural, so the API server would prune anything kopf
-  wrote into `.status`. Handlers return nothing, so nothing is stored as handler results either.
+- kopf keeps no bookkeeping in the objects (`kopf_bookkeeping.py`): respublica has no change
+  handlers, so there is no progress and no last-handled state to store (and the CRD is structural:
+  the API server would prune anything kopf wrote into `.status`). Handlers return nothing, so
+  nothing is stored as handler results either.
 - Standalone, no peering: one replica runs (the Deployment uses strategy Recreate). kopf's
   peering is not leader election; two operators of equal priority both freeze.
 - No finalizer: the handlers are create/update/resume and watch-only event handlers, none of which
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 
 import kopf
 
+from respublica.operator.kopf_bookkeeping import NoDiffBase, NoProgress
 from respublica.operator.render.configure import OptionError, render_options
 from respublica.operator.render.options import RenderOptions
 
@@ -144,10 +146,10 @@ class OperatorConfig:
 
     def apply(self, settings: kopf.OperatorSettings) -> None:
         """Put respublica's choices into kopf's settings (see the module docstring for why)."""
-        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
-        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-            prefix=PREFIX, key="last-handled-configuration"
-        )
+        # Nothing kept per object (kopf_bookkeeping.py): kopf's default storages would deep-copy
+        # every event's body twice for change handlers respublica does not have.
+        settings.persistence.progress_storage = NoProgress()
+        settings.persistence.diffbase_storage = NoDiffBase()
         settings.persistence.finalizer = FINALIZER
         settings.peering.standalone = True
         settings.peering.mandatory = False
