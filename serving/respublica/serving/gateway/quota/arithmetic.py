@@ -24,8 +24,8 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Literal
+from datetime import UTC, datetime
+from typing import Literal, NamedTuple
 
 from respublica.serving.gateway.contracts import Limits, Principal, RateHeaders, Rejection, RejectReason
 
@@ -48,9 +48,11 @@ MAX_REPORTED_TOKENS = MAX_RESERVATION
 Scope = Literal["tenant", "key"]
 
 
-@dataclass(frozen=True)
-class Check:
-    """One counter a request is charged to; `limit` None counts without limiting."""
+class Check(NamedTuple):
+    """One counter a request is charged to; `limit` None counts without limiting.
+
+    A named tuple, not a frozen dataclass: ten are made per admission, and a frozen dataclass's
+    `__init__` (one `object.__setattr__` per field) cost several times as much."""
 
     key: str  # relative to the tenant; the store adds its prefix and the tenant's hash tag
     prev_key: str | None  # the previous bucket of a sliding window
@@ -112,68 +114,66 @@ def month_start(ts: float) -> float:
 
 
 def next_day(ts: float) -> float:
-    return (datetime.fromtimestamp(day_start(ts), UTC) + timedelta(days=1)).timestamp()
+    # POSIX time has no leap seconds: a UTC day starts at a multiple of DAY_S.
+    return float((int(ts // DAY_S) + 1) * DAY_S)
 
 
 def next_month(ts: float) -> float:
-    d = datetime.fromtimestamp(ts, UTC)
+    return _next_month(int(ts // DAY_S))
+
+
+@functools.lru_cache(maxsize=64)
+def _next_month(day_number: int) -> float:
+    d = datetime.fromtimestamp(day_number * DAY_S, UTC)
     year, month = (d.year + 1, 1) if d.month == 12 else (d.year, d.month + 1)
     return datetime(year, month, 1, tzinfo=UTC).timestamp()
 
 
-def settle_keys(subject: str, started_at: float) -> SettleKeys:
-    idx = minute_index(started_at)
-    day, month = day_name(started_at), month_name(started_at)
-    scopes = [scope_prefix("tenant", subject), scope_prefix("key", subject)]
-    return SettleKeys(
-        tokens=tuple(f"{s}:tk:{idx}" for s in scopes)
-        + tuple(f"{s}:{p}" for s in scopes for p in (f"d:{day}", f"m:{month}")),
-        slots=tuple(f"{s}:cc" for s in scopes),
+# The counter names of one caller in one minute, formatted once per minute rather than on every
+# admission and settlement (the f-strings and date names were most of an admission's cost).
+@functools.lru_cache(maxsize=4096)
+def _names(scope: Scope, subject: str, idx: int, day_number: int) -> tuple[str, str, str, str, str, str, str]:
+    s = scope_prefix(scope, subject)
+    day = _day_name(day_number)
+    return (
+        f"{s}:rq:{idx}",
+        f"{s}:rq:{idx - 1}",
+        f"{s}:tk:{idx}",
+        f"{s}:tk:{idx - 1}",
+        f"{s}:d:{day}",
+        f"{s}:m:{day[:6]}",
+        f"{s}:cc",
     )
 
 
+@functools.lru_cache(maxsize=4096)
+def _settle_keys(subject: str, idx: int, day_number: int) -> SettleKeys:
+    t = _names("tenant", subject, idx, day_number)
+    k = _names("key", subject, idx, day_number)
+    return SettleKeys(tokens=(t[2], k[2], t[4], t[5], k[4], k[5]), slots=(t[6], k[6]))
+
+
+def settle_keys(subject: str, started_at: float) -> SettleKeys:
+    return _settle_keys(subject, minute_index(started_at), int(started_at // DAY_S))
+
+
+_NO_LIMITS = Limits()
+
+
 def _scope_checks(scope: Scope, subject: str, limits: Limits | None, tokens: int, now: float) -> list[Check]:
-    lim = limits or Limits()
-    s = scope_prefix(scope, subject)
+    lim = limits or _NO_LIMITS
     idx = minute_index(now)
+    day_number = int(now // DAY_S)
+    rq, rq_prev, tk, tk_prev, day, month, cc = _names(scope, subject, idx, day_number)
     weight = 1.0 - (now - idx * WINDOW_S) / WINDOW_S
     day_ttl = int(next_day(now) - now) + PERIOD_GRACE_S
-    month_ttl = int(next_month(now) - now) + PERIOD_GRACE_S
+    month_ttl = int(_next_month(day_number) - now) + PERIOD_GRACE_S
     return [
-        Check(
-            f"{s}:rq:{idx}",
-            f"{s}:rq:{idx - 1}",
-            weight,
-            1,
-            lim.requests_per_minute,
-            "requests_per_minute",
-            scope,
-            WINDOW_TTL_S,
-        ),
-        Check(
-            f"{s}:tk:{idx}",
-            f"{s}:tk:{idx - 1}",
-            weight,
-            tokens,
-            lim.tokens_per_minute,
-            "tokens_per_minute",
-            scope,
-            WINDOW_TTL_S,
-        ),
-        Check(
-            f"{s}:d:{day_name(now)}", None, 0.0, tokens, lim.tokens_per_day, "tokens_per_day", scope, day_ttl
-        ),
-        Check(
-            f"{s}:m:{month_name(now)}",
-            None,
-            0.0,
-            tokens,
-            lim.tokens_per_month,
-            "tokens_per_month",
-            scope,
-            month_ttl,
-        ),
-        Check(f"{s}:cc", None, 0.0, 1, lim.max_concurrent, "concurrency", scope, 0),
+        Check(rq, rq_prev, weight, 1, lim.requests_per_minute, "requests_per_minute", scope, WINDOW_TTL_S),
+        Check(tk, tk_prev, weight, tokens, lim.tokens_per_minute, "tokens_per_minute", scope, WINDOW_TTL_S),
+        Check(day, None, 0.0, tokens, lim.tokens_per_day, "tokens_per_day", scope, day_ttl),
+        Check(month, None, 0.0, tokens, lim.tokens_per_month, "tokens_per_month", scope, month_ttl),
+        Check(cc, None, 0.0, 1, lim.max_concurrent, "concurrency", scope, 0),
     ]
 
 

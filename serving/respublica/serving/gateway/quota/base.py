@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from respublica.serving.gateway.contracts import Admission, Principal, Rejection, Reservation
 from respublica.serving.gateway.db.repo import SpendTotal
+from respublica.serving.gateway.ids import new_id
 from respublica.serving.gateway.quota.arithmetic import (
     Plan,
     day_name,
@@ -38,7 +38,7 @@ class QuotaReservation(Reservation):
 
 
 def new_reservation_id() -> str:
-    return uuid.uuid4().hex
+    return new_id()
 
 
 def started_at(reservation: Reservation, lease_s: float) -> float:

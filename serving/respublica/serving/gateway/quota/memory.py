@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import heapq
 import time
 from collections.abc import Callable, Sequence
@@ -27,6 +26,7 @@ from respublica.serving.gateway.quota.base import (
 )
 
 _SWEEP_EVERY_S = 60.0
+_UNREAD = (0, 0)
 
 
 @dataclass
@@ -37,14 +37,15 @@ class _Lease:
 
 
 class MemoryQuotaStore:
-    """Counters in a dict; every operation runs without an await inside, under one asyncio lock."""
+    """Counters in a dict. Every operation runs to its end without an await inside, so on the one
+    event loop that uses the store it is atomic as it stands: no lock is taken (acquiring one was
+    an await per admission and per settlement that guarded nothing)."""
 
     shared = False
 
     def __init__(self, *, lease_s: float = 900.0, clock: Callable[[], float] = time.time) -> None:
         self.lease_s = lease_s
         self._clock = clock
-        self._lock = asyncio.Lock()
         self._counters: dict[tuple[str, str], tuple[int, float]] = {}  # (tenant, key) -> (value, expiry)
         # (tenant, `<scope>:cc`) -> live leases holding a slot. No expiry: a lease frees its slot
         # when it settles or is reclaimed, however long renewals kept it alive.
@@ -60,9 +61,6 @@ class MemoryQuotaStore:
         if entry is None or entry[1] <= now:
             return None
         return entry[0]
-
-    def _add(self, tenant: str, key: str, amount: int, ttl_s: float, now: float) -> None:
-        self._counters[(tenant, key)] = ((self._get(tenant, key, now) or 0) + amount, now + ttl_s)
 
     def _adjust(self, tenant: str, key: str, amount: int, now: float) -> None:
         """Add to a live counter, never below zero; a counter gone with its period stays gone."""
@@ -117,74 +115,71 @@ class MemoryQuotaStore:
 
     # -- QuotaStore -----------------------------------------------------------------------------
     async def admit(self, principal: Principal, tokens: int) -> Admission | Rejection:
-        async with self._lock:
-            now = self._clock()
-            self._sweep(now)
-            tenant = principal.tenant
-            self._reclaim(tenant, now)
-            plan = plan_admission(principal, tokens, now)
-            values = [self._value(tenant, c, now) for c in plan.checks]
-            rid = new_reservation_id()
-            result = answer(principal, plan, values, rid, self.lease_s)
-            if isinstance(result, Admission):
-                for c in plan.checks:
-                    if c.reason != "concurrency":
-                        self._add(tenant, c.key, c.cost, c.ttl_s, now)
-                self._take_slots(tenant, plan.keys.slots)
-                expires = now + self.lease_s
-                self._leases.setdefault(tenant, {})[rid] = _Lease(tokens, plan.keys, expires)
-                heapq.heappush(self._heaps.setdefault(tenant, []), (expires, rid))
-            return result
+        now = self._clock()
+        self._sweep(now)
+        tenant = principal.tenant
+        self._reclaim(tenant, now)
+        plan = plan_admission(principal, tokens, now)
+        # A check without a limit only counts: its value decides nothing and is not read.
+        values = [_UNREAD if c.limit is None else self._value(tenant, c, now) for c in plan.checks]
+        rid = new_reservation_id()
+        result = answer(principal, plan, values, rid, self.lease_s)
+        if isinstance(result, Admission):
+            counters = self._counters
+            for c in plan.checks:
+                if c.reason != "concurrency":  # inlined: eight adds per admission
+                    entry = counters.get((tenant, c.key))
+                    held = entry[0] if entry is not None and entry[1] > now else 0
+                    counters[(tenant, c.key)] = (held + c.cost, now + c.ttl_s)
+            self._take_slots(tenant, plan.keys.slots)
+            expires = now + self.lease_s
+            self._leases.setdefault(tenant, {})[rid] = _Lease(tokens, plan.keys, expires)
+            heapq.heappush(self._heaps.setdefault(tenant, []), (expires, rid))
+        return result
 
     async def settle(self, reservation: Reservation, used_tokens: int) -> None:
         if isinstance(reservation, QuotaReservation) and reservation.unaccounted:
             return
         used = min(max(0, used_tokens), MAX_RESERVATION)  # never past what a counter can hold
-        async with self._lock:
-            now = self._clock()
-            tenant = reservation.tenant
-            lease = self._leases.get(tenant, {}).pop(reservation.id, None)
-            if lease is not None:
-                self._free_slots(tenant, lease.keys.slots)
-            else:
-                # Reclaimed before it settled: the slot is free already, the hold still charged.
-                late = self._expired.get(tenant, {}).pop(reservation.id, None)
-                if late is None:
-                    return  # settled before
-                lease = late[1]
-            for key in lease.keys.tokens:
-                self._adjust(tenant, key, used - lease.tokens, now)
+        now = self._clock()
+        tenant = reservation.tenant
+        lease = self._leases.get(tenant, {}).pop(reservation.id, None)
+        if lease is not None:
+            self._free_slots(tenant, lease.keys.slots)
+        else:
+            # Reclaimed before it settled: the slot is free already, the hold still charged.
+            late = self._expired.get(tenant, {}).pop(reservation.id, None)
+            if late is None:
+                return  # settled before
+            lease = late[1]
+        for key in lease.keys.tokens:
+            self._adjust(tenant, key, used - lease.tokens, now)
 
     async def extend(self, reservations: Sequence[Reservation]) -> None:
         """Renew the leases of requests still in flight, so a long one is never reclaimed."""
-        async with self._lock:
-            now = self._clock()
-            for reservation in reservations:
-                lease = self._leases.get(reservation.tenant, {}).get(reservation.id)
-                if lease is None or lease.expires_at <= now:
-                    continue
-                lease.expires_at = now + self.lease_s
-                heapq.heappush(
-                    self._heaps.setdefault(reservation.tenant, []), (lease.expires_at, reservation.id)
-                )
+        now = self._clock()
+        for reservation in reservations:
+            lease = self._leases.get(reservation.tenant, {}).get(reservation.id)
+            if lease is None or lease.expires_at <= now:
+                continue
+            lease.expires_at = now + self.lease_s
+            heapq.heappush(self._heaps.setdefault(reservation.tenant, []), (lease.expires_at, reservation.id))
 
     async def seed(self, day: Sequence[SpendTotal], month: Sequence[SpendTotal]) -> None:
         """Rebuild this day's and month's spend from the ledger; counters that exist are kept."""
-        async with self._lock:
-            now = self._clock()
-            ttl = next_month(now) - now + PERIOD_GRACE_S
-            for (tenant, key), tokens in seed_values(day, month, now).items():
-                if self._get(tenant, key, now) is None:
-                    self._counters[(tenant, key)] = (tokens, now + ttl)
+        now = self._clock()
+        ttl = next_month(now) - now + PERIOD_GRACE_S
+        for (tenant, key), tokens in seed_values(day, month, now).items():
+            if self._get(tenant, key, now) is None:
+                self._counters[(tenant, key)] = (tokens, now + ttl)
 
     async def spent(self, tenant: str, key: str) -> int:
         """A counter's value (tests and diagnostics): e.g. `t:d:20261125`, `s:<subject>:cc`."""
-        async with self._lock:
-            now = self._clock()
-            if key.endswith(":cc"):
-                self._reclaim(tenant, now)
-                return self._slots.get((tenant, key), 0)
-            return self._get(tenant, key, now) or 0
+        now = self._clock()
+        if key.endswith(":cc"):
+            self._reclaim(tenant, now)
+            return self._slots.get((tenant, key), 0)
+        return self._get(tenant, key, now) or 0
 
     async def close(self) -> None:
         return None
