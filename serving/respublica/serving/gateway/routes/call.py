@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +24,7 @@ from respublica.serving.gateway.contracts import (
     UsageRecord,
 )
 from respublica.serving.gateway.errors import GatewayError
+from respublica.serving.gateway.ids import new_id
 from respublica.serving.gateway.ledger import SqlLedger
 from respublica.serving.gateway.quota.keeper import LeaseKeeper
 from respublica.serving.gateway.routes.asgi import header
@@ -94,7 +94,7 @@ class Call:
     def __init__(self) -> None:
         self.t0 = time.perf_counter()
         self.started = time.time()
-        self.request_id = uuid.uuid4().hex
+        self.request_id = new_id()  # one cheap id per request (ids.py)
         self.principal: Principal | None = None
         self.model = UNKNOWN_MODEL
         self.plan: Plan | None = None
@@ -211,7 +211,7 @@ def _observe(ctx: GatewayContext, call: Call, span: trace.Span, latency: float) 
             metrics.reject(tenant, call.model, call.error_type or str(call.status), call.status)
         else:
             series = metrics.series(tenant, call.model)
-            metrics.requests.labels(tenant, call.model, str(call.status)).inc()
+            metrics.answered(tenant, call.model, call.status).inc()
             series.latency.observe(latency)
             if call.ttft is not None and stream:
                 series.ttft.observe(call.ttft)

@@ -178,6 +178,7 @@ class GatewayMetrics:
         )
         self.quota_store_up.set(1)
         self._series: dict[tuple[str, str], _Series] = {}
+        self._answered: dict[tuple[str, str, int], Counter] = {}
         self._budgets: set[tuple[str, str]] = set()
 
     def series(self, tenant: str, model: str) -> _Series:
@@ -194,9 +195,17 @@ class GatewayMetrics:
             self._series[key] = found
         return found
 
+    def answered(self, tenant: str, model: str, status: int) -> Counter:
+        """The requests counter's child for one (tenant, model, status), looked up once."""
+        key = (tenant, model, status)
+        found = self._answered.get(key)
+        if found is None:
+            found = self._answered[key] = self.requests.labels(tenant, model, str(status))
+        return found
+
     def reject(self, tenant: str, model: str, reason: str, status: int) -> None:
         self.rejections.labels(tenant, model, reason).inc()
-        self.requests.labels(tenant, model, str(status)).inc()
+        self.answered(tenant, model, status).inc()
 
     def set_budgets(self, ratios: Mapping[tuple[str, str], float]) -> None:
         """The budget gauge's series now: (tenant, period) -> ratio. A series no longer given (the
