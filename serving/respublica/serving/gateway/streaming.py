@@ -19,40 +19,40 @@ from respublica.serving.gateway.errors import GatewayError
 
 _EVENT_END = re.compile(rb"\r?\n\r?\n")
 # Cheap byte tests first: only events that can carry usage or a finish reason are parsed.
+_USAGE = b'"usage"'
 _USAGE_MARKS = (b'"usage":{', b'"usage": {')
 _FINISH_MARKS = (b'"finish_reason":"', b'"finish_reason": "')
+_STOP_MARKS = (*_USAGE_MARKS, *_FINISH_MARKS, b"[DONE]")  # an event the pass over many can not count
 # Fields that carry generated text. Their JSON-escaped byte length bounds the tokens behind them
-# (a byte-level BPE token decodes to at least one byte; escapes only make the count larger).
-_TEXT_MARKS = (
-    b'"content":"',
-    b'"content": "',
-    b'"text":"',
-    b'"text": "',
-    b'"arguments":"',
-    b'"arguments": "',
-    b'"reasoning_content":"',
-    b'"reasoning_content": "',
-)
+# (a byte-level BPE token decodes to at least one byte; escapes only make the count larger). One
+# pattern finds them all in one scan of the event (a key can not occur unescaped inside a string).
+_TEXT_MARK = re.compile(rb'"(?:content|text|arguments|reasoning_content)": ?"')
 _BACKSLASH = 0x5C
 MAX_EVENT_BYTES = 4 * 1024 * 1024  # one streamed chunk; vLLM's are a few hundred bytes
 
 
-def text_bytes(event: bytes) -> int:
-    """Bytes of generated text in one event, read off the raw JSON without parsing it."""
+def text_bytes(events: bytes) -> int:
+    """Bytes of generated text in one event, or in several whole events separated by blank lines
+    (`\n\n`), read off the raw JSON without parsing it. A string that does not close within its
+    event (a broken event) counts to the event's end, as if the events were counted one by one."""
     total = 0
-    for mark in _TEXT_MARKS:
-        start = event.find(mark)
-        while start != -1:
-            begin = start + len(mark)
-            end = event.find(b'"', begin)
-            # A quote after an odd run of backslashes is escaped: part of the text.
-            while end != -1 and _escaped(event, end):
-                end = event.find(b'"', end + 1)
-            if end == -1:
-                total += len(event) - begin
-                break
+    pos = 0
+    search = _TEXT_MARK.search
+    while (mark := search(events, pos)) is not None:
+        begin = mark.end()
+        end = events.find(b'"', begin)
+        # A quote after an odd run of backslashes is escaped: part of the text.
+        while end != -1 and events[end - 1] == _BACKSLASH and _escaped(events, end):
+            end = events.find(b'"', end + 1)
+        stop = events.find(b"\n\n", begin, len(events) if end == -1 else end)
+        if stop != -1:
+            total += stop + 2 - begin
+            pos = stop + 2
+        elif end == -1:
+            return total + len(events) - begin
+        else:
             total += end - begin
-            start = event.find(mark, end)
+            pos = end
     return total
 
 
@@ -92,6 +92,15 @@ class SSETap:
 
     def feed(self, data: bytes) -> bytes:
         """The complete events in `data` (plus what was held back), ready for the client."""
+        if (
+            not self._held
+            and data.endswith(b"\n\n")
+            and data.find(b"\n\n") == len(data) - 2
+            and b"\n\r\n" not in data
+        ):
+            # One whole event, the usual piece when the gateway keeps up with a model: no
+            # splitting, slicing or joining (every event end contains `\n\n` or `\n\r\n`).
+            return data if self._keep(data) else b""
         if self._held:
             # Only the new bytes (and the three before them, an event end may straddle) are
             # searched; what is held was searched already.
@@ -102,6 +111,20 @@ class SSETap:
                 return b""
             data = self._tail + data
             self._held, self._held_bytes = [], 0
+        if b"\r" not in data and b"\n\n\n" not in data:
+            # Several events at once (the gateway fell behind the model): where none of them can
+            # carry usage, a finish reason or the end, they are counted in one pass over the bytes.
+            # Without `\r` and `\n\n\n`, the event ends are exactly the disjoint `\n\n`s.
+            end = data.rfind(b"\n\n") + 2
+            whole = data[:end] if end < len(data) else data
+            if end >= 2 and not any(mark in whole for mark in _STOP_MARKS):
+                if self.first_chunk_at is None:
+                    self.first_chunk_at = time.perf_counter()
+                self.chunks += whole.count(b"\n\n")
+                self.text_bytes += text_bytes(whole)
+                if end < len(data):
+                    self._hold(data[end:])
+                return whole
         end = 0
         out: list[bytes] = []
         for match in _EVENT_END.finditer(data):
@@ -126,8 +149,8 @@ class SSETap:
     def _keep(self, event: bytes) -> bool:
         if self.first_chunk_at is None:
             self.first_chunk_at = time.perf_counter()
-        has_usage = any(m in event for m in _USAGE_MARKS)
-        if not has_usage and not any(m in event for m in _FINISH_MARKS):
+        has_usage = _USAGE in event and (_USAGE_MARKS[0] in event or _USAGE_MARKS[1] in event)
+        if not has_usage and _FINISH_MARKS[0] not in event and _FINISH_MARKS[1] not in event:
             if b"[DONE]" not in event:
                 self.chunks += 1
                 self.text_bytes += text_bytes(event)
