@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hmac
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -20,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from respublica.serving.gateway.admin_listener import AdminListener
 from respublica.serving.gateway.contracts import Authenticator, Ledger, QuotaStore
@@ -46,6 +48,28 @@ OPENAI_ROUTES: tuple[tuple[str, str, bool], ...] = (
 )
 
 Hook = Callable[[], Awaitable[None]]
+
+
+class GatewayApp(FastAPI):
+    """FastAPI, but the OpenAI POST endpoints are called straight from the server.
+
+    Those endpoints are plain ASGI apps that answer every error themselves, so Starlette's stack in
+    front of them (the error and exception middleware, the router's matching of every route) did
+    nothing for them but cost CPU on each request and on each streamed chunk, which crossed two
+    wrapping `send`s. Everything else (health, /metrics, admin, 404s, lifespan) goes through
+    FastAPI as before; with any middleware added, or a root path, every request does."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.direct_routes: dict[str, ASGIApp] = {}  # POST path -> endpoint
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and not self.user_middleware:
+            endpoint = self.direct_routes.get(scope["path"])
+            if endpoint is not None and not scope.get("root_path") and not self.root_path:
+                await endpoint(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
 
 
 def create_app(
@@ -114,6 +138,10 @@ def create_app(
                 app.state.admin_port = listener.port
                 log.info("admin listener on %s:%d (/admin, /metrics)", listener.host, listener.port)
             leases.start()
+            # What startup built (the app, the libraries, the settings) lives as long as the process:
+            # out of the collector's reach, a full collection scans only what requests made since.
+            # Before this, full collections over the whole heap took ~8 % of the CPU under load.
+            gc.freeze()
             yield
         finally:
             if listener is not None:
@@ -130,7 +158,7 @@ def create_app(
                 # The exporter's last flush is a blocking HTTP call: keep it off the event loop.
                 await asyncio.to_thread(own_provider.shutdown)
 
-    app = FastAPI(
+    app = GatewayApp(
         title="respublica gateway",
         docs_url=None,
         redoc_url=None,
@@ -141,9 +169,9 @@ def create_app(
     # Plain ASGI endpoints on the request path: no validation layer, no dependency solving.
     app.router.routes.append(Route("/v1/models", ModelsEndpoint(ctx), methods=["GET"]))
     for path, operation, generates in OPENAI_ROUTES:
-        app.router.routes.append(
-            Route(path, OpenAIEndpoint(ctx, path, operation, generates), methods=["POST"])
-        )
+        endpoint = OpenAIEndpoint(ctx, path, operation, generates)
+        app.direct_routes[path] = endpoint
+        app.router.routes.append(Route(path, endpoint, methods=["POST"]))  # a GET still gets its 405
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
