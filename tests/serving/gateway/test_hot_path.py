@@ -1,0 +1,140 @@
+"""The request path's cheap forms keep their promises: the OTLP bytes written directly equal
+OpenTelemetry's own encoder's, the SSE tap counts the same however the stream is cut, and ids stay
+unique (also across a fork)."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    set_span_in_context,
+)
+
+from respublica.serving.gateway.ids import new_id
+from respublica.serving.gateway.streaming import SSETap
+from respublica.serving.gateway.telemetry.otlp_encoding import SpanEncoder
+
+
+def finished_spans() -> list[ReadableSpan]:
+    """Spans as the gateway makes them, and the odd ones the direct encoder hands to OpenTelemetry's."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "gw"}))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("respublica.gateway")
+    remote = set_span_in_context(NonRecordingSpan(SpanContext(0x1234, 0x5678, is_remote=True)))
+    local = tracer.start_span("parent")
+    for i in range(40):
+        parent = remote if i % 3 == 0 else set_span_in_context(local) if i % 3 == 1 else None
+        span = tracer.start_span(
+            "chat",
+            context=parent,
+            kind=SpanKind.CLIENT if i % 4 else SpanKind.INTERNAL,
+            attributes={"gen_ai.operation.name": "chat", "gen_ai.provider.name": "respublica"},
+        )
+        span.update_name("chat m")
+        span.set_attributes(
+            {
+                "gen_ai.request.model": "m",
+                "gen_ai.request.max_tokens": 16 + i,
+                "http.response.status_code": 200 if i % 5 else 429,
+                "gen_ai.response.finish_reasons": ["stop", "length"][: i % 3],
+                "respublica.tenant": "bénch",  # not ASCII
+                "respublica.stream": i % 2 == 0,
+                "x.negative": -i,
+                "x.float": 0.0 if i % 2 else -0.0,  # equal as dict keys, not as bytes
+                "x.empty": "",
+                "x.int_list": [1, 2**40],
+                "gen_ai.response.id": f"chatcmpl-{i}",
+            }
+        )
+        if i % 5 == 0:
+            span.set_status(Status(StatusCode.ERROR, "upstream_timeout"))
+        if i == 7:
+            span.set_attribute("x.huge", 2**63)  # past int64: OpenTelemetry's encoder decides
+        if i == 11:
+            span.add_event("retry", {"attempt": 2})  # events: OpenTelemetry's encoder writes the span
+        span.end()
+    local.end()
+    return list(exporter.get_finished_spans())
+
+
+def test_direct_otlp_encoding_equals_opentelemetrys() -> None:
+    spans = finished_spans()
+    official = encode_spans(spans).SerializePartialToString()
+    encoder = SpanEncoder(max_cached=16)  # small: the caches fill and clear within the test
+    for _ in range(2):  # the second time from the caches
+        assert encoder.encode(spans) == official
+    parsed = ExportTraceServiceRequest()
+    parsed.ParseFromString(encoder.encode(spans))
+    assert sum(len(s.spans) for r in parsed.resource_spans for s in r.scope_spans) == len(spans)
+
+
+def sse(doc: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(doc).encode() + b"\n\n"
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    words=st.lists(st.text(max_size=6), max_size=12),
+    cuts=st.lists(st.integers(min_value=1, max_value=4000), max_size=8),
+    broken=st.booleans(),
+    ending=st.booleans(),
+)
+def test_sse_tap_counts_the_same_however_the_stream_is_cut(
+    words: list[str], cuts: list[int], broken: bool, ending: bool
+) -> None:
+    # One event per read, many per read (the pass over several events), and arbitrary cuts all
+    # forward the same bytes and count the same chunks, text bytes, finish reasons and usage.
+    events = [sse({"choices": [{"index": 0, "delta": {"content": w}, "finish_reason": None}]}) for w in words]
+    if broken:
+        events.insert(len(events) // 2, b'data: {"choices":[{"delta":{"content":"no end}}]}\n\n')
+    if ending:
+        events.append(sse({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
+        events.append(sse({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": len(words)}}))
+        events.append(b"data: [DONE]\n\n")
+    stream = b"".join(events)
+    points = sorted({c % len(stream) for c in cuts if len(stream)} - {0})
+    cut = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True)]
+
+    def run(pieces: list[bytes]) -> tuple[bytes, int, int, list[str], Any]:
+        tap = SSETap(strip_usage_chunk=True)
+        out = b"".join(tap.feed(p) for p in pieces) + tap.flush()
+        return out, tap.chunks, tap.text_bytes, tap.finish_reasons, tap.usage
+
+    one_by_one = run(events)
+    assert run([stream]) == one_by_one
+    assert run(cut) == one_by_one
+    assert one_by_one[1] == len(words) + broken + ending
+
+
+def test_ids_are_unique_and_differ_in_a_forked_child() -> None:
+    ids = {new_id() for _ in range(100_000)}
+    assert len(ids) == 100_000 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its ids must not repeat the parent's
+        os.write(write, "".join(new_id() for _ in range(1000)).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        data = pipe.read().decode()
+    os.waitpid(pid, 0)
+    child = {data[i : i + 32] for i in range(0, len(data), 32)}
+    parent_next = {new_id() for _ in range(1000)}
+    assert len(child) == 1000 and not child & (ids | parent_next)
+    assert {i[:16] for i in child} != {i[:16] for i in parent_next}
