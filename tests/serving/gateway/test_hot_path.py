@@ -4,6 +4,7 @@ unique (also across a fork)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from typing import Any
@@ -25,6 +26,7 @@ from opentelemetry.trace import (
     set_span_in_context,
 )
 
+from respublica.serving.gateway.auth.cache import TtlCache
 from respublica.serving.gateway.ids import new_id
 from respublica.serving.gateway.streaming import SSETap
 from respublica.serving.gateway.telemetry.otlp_encoding import SpanEncoder
@@ -138,3 +140,32 @@ def test_ids_are_unique_and_differ_in_a_forked_child() -> None:
     parent_next = {new_id() for _ in range(1000)}
     assert len(child) == 1000 and not child & (ids | parent_next)
     assert {i[:16] for i in child} != {i[:16] for i in parent_next}
+
+
+def test_concurrent_misses_share_one_load_and_a_failure_caches_nothing() -> None:
+    cache: TtlCache[str, int] = TtlCache(5.0)
+    loads = 0
+
+    async def load() -> int:
+        nonlocal loads
+        loads += 1
+        await asyncio.sleep(0.01)  # the database's round trip, during which others miss too
+        return 42
+
+    async def failing() -> int:
+        await asyncio.sleep(0)
+        raise RuntimeError("database down")
+
+    async def main() -> None:
+        assert await asyncio.gather(*(cache.get_or_load("k", load) for _ in range(50))) == [42] * 50
+        assert loads == 1 and await cache.get_or_load("k", load) == 42 and loads == 1
+        failures = [cache.get_or_load("x", failing) for _ in range(5)]
+        results = await asyncio.gather(*failures, return_exceptions=True)
+            *(cache.get_or_load("x", failing) for _ in range(5)), return_exceptions=True
+        )
+        assert all(isinstance(r, RuntimeError) for r in results) and cache.get("x") == (False, None)
+        uncached: TtlCache[str, int] = TtlCache(0)  # ttl 0: every caller reads
+        await asyncio.gather(*(uncached.get_or_load("k", load) for _ in range(3)))
+        assert loads == 4
+
+    asyncio.run(main())

@@ -42,15 +42,10 @@ class ApiKeyAuthenticator:
         self._cache.discard(key_id)
 
     async def _row(self, key_id: str) -> KeyRow | None:
-        hit, row = self._cache.get(key_id)
-        if hit:
-            return row
         try:
-            row = await self.repo.get_key(key_id)
+            return await self._cache.get_or_load(key_id, lambda: self.repo.get_key(key_id))
         except DatabaseError:
             raise _unavailable() from None
-        self._cache.put(key_id, row)
-        return row
 
     async def authenticate_key(self, token: str) -> Principal:
         parsed = parse_key(token)

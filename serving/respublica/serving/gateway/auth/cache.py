@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 K = TypeVar("K")
@@ -23,6 +24,7 @@ class TtlCache(Generic[K, V]):
         self.max_entries = max_entries
         self._clock = clock
         self._entries: OrderedDict[K, tuple[float, V]] = OrderedDict()
+        self._loading: dict[K, asyncio.Future[V]] = {}
 
     def get(self, key: K) -> tuple[bool, V | None]:
         """(hit, value); a hit may hold None (a cached "not found")."""
@@ -33,6 +35,31 @@ class TtlCache(Generic[K, V]):
             del self._entries[key]
             return False, None
         return True, entry[1]
+
+    async def get_or_load(self, key: K, load: Callable[[], Awaitable[V]]) -> V:
+        """The cached value, else `load()`'s, which is then cached. Callers that miss while a load
+        of the same key runs wait for that one: when an entry expires under load, every request in
+        flight missed it at once and each read the database (a burst of identical queries every
+        `ttl_s`). A caller cancelled while waiting does not cancel the load the others wait for;
+        a failed load is every waiter's error and caches nothing."""
+        hit, value = self.get(key)
+        if hit:
+            return value  # type: ignore[return-value]  # a hit holds what was put: a V
+        if self.ttl_s <= 0:
+            return await load()  # no caching: every request reads
+        pending = self._loading.get(key)
+        if pending is None:
+
+            async def run() -> V:
+                try:
+                    loaded = await load()
+                    self.put(key, loaded)
+                    return loaded
+                finally:
+                    self._loading.pop(key, None)
+
+            pending = self._loading[key] = asyncio.ensure_future(run())
+        return await asyncio.shield(pending)
 
     def put(self, key: K, value: V) -> None:
         if self.ttl_s <= 0:

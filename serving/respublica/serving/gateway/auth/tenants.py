@@ -26,13 +26,13 @@ class TenantDirectory:
             return self.declared[name]
         if self.repo is None:
             return None
-        hit, limits = self._cache.get(name)
-        if hit:
-            return limits
-        row = await self.repo.get_tenant(name)
-        limits = row.limits if row else None
-        self._cache.put(name, limits)
-        return limits
+        repo = self.repo
+
+        async def load() -> Limits | None:
+            row = await repo.get_tenant(name)
+            return row.limits if row else None
+
+        return await self._cache.get_or_load(name, load)
 
     def forget(self, name: str) -> None:
         """Drop a cached tenant (this process changed it)."""
