@@ -161,8 +161,6 @@ def test_concurrent_misses_share_one_load_and_a_failure_caches_nothing() -> None
         assert loads == 1 and await cache.get_or_load("k", load) == 42 and loads == 1
         failures = [cache.get_or_load("x", failing) for _ in range(5)]
         results = await asyncio.gather(*failures, return_exceptions=True)
-            *(cache.get_or_load("x", failing) for _ in range(5)), return_exceptions=True
-        )
         assert all(isinstance(r, RuntimeError) for r in results) and cache.get("x") == (False, None)
         uncached: TtlCache[str, int] = TtlCache(0)  # ttl 0: every caller reads
         await asyncio.gather(*(uncached.get_or_load("k", load) for _ in range(3)))
