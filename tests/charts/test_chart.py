@@ -20,6 +20,8 @@ from helpers import kmock_api as kapi
 from helpers.chart import CHART, NAMESPACE, RELEASE, objects, render
 from helpers.paths import CRD_FILE, REPO, SAMPLES
 from helpers.rbac import grants
+from respublica.api.models import CacheSpec
+from respublica.operator.render.default_cache import operator_default
 from respublica.operator.settings import OperatorConfig
 from respublica.serving.gateway.settings import load_settings
 
@@ -397,6 +399,30 @@ def test_operator_env_is_what_the_operator_accepts_and_admits_the_gateway() -> N
     assert options.gateway_pod_labels["app.kubernetes.io/instance"] == "platform"
 
 
+def _operator_options(values: dict[str, Any]) -> Any:
+    docs = objects(render(values))
+    (operator,) = [c for _, p in pod_specs(docs) for c in p["containers"] if c["name"] == "operator"]
+    return OperatorConfig.from_env(
+        {name: e["value"] for name, e in env_of(operator).items() if "value" in e}
+    ).render
+
+
+def test_the_default_cache_values_reach_the_operator() -> None:
+    """operator.models.defaultCache*: the cache of a model created at minReplicas 0 without spec.cache."""
+    assert operator_default(_operator_options({})) == CacheSpec(size="200Gi")
+    models = {
+        "defaultCacheSize": "1Ti",
+        "defaultCacheStorageClass": "cephfs",
+        "defaultCacheAccessMode": "ReadWriteOnce",
+    }
+    configured = _operator_options({"operator": {"models": models}})
+    assert operator_default(configured) == CacheSpec(
+        size="1Ti", storage_class_name="cephfs", access_mode="ReadWriteOnce"
+    )
+    off = _operator_options({"operator": {"models": {"defaultCacheSize": "none"}}})
+    assert operator_default(off) is None
+
+
 # --- The gateway ---------------------------------------------------------------------------------
 
 STAND_INS = {
@@ -596,6 +622,11 @@ def test_one_pod_without_redis_renders() -> None:
             "targetCPUUtilizationPercentage",
         ),
         ({"serviceMonitor": {"interval": "soon"}}, "/serviceMonitor/interval"),
+        ({"operator": {"models": {"defaultCacheSize": "lots"}}}, "/operator/models/defaultCacheSize"),
+        (
+            {"operator": {"models": {"defaultCacheAccessMode": "RWX"}}},
+            "/operator/models/defaultCacheAccessMode",
+        ),
     ],
 )
 def test_values_schema_rejects_bad_values(values: dict[str, Any], where: str) -> None:

@@ -11,6 +11,8 @@ import yaml
 
 from helpers import kmock_api as kapi
 from respublica.operator.render import MODEL_LABEL, SPEC_HASH_ANNOTATION
+from respublica.operator.render.configure import render_options
+from respublica.operator.render.default_cache import UNCACHED_AT_ZERO
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -136,7 +138,10 @@ async def test_spec_change_updates_children_and_nothing_changed_writes_nothing(
 
 
 async def test_rayservice_status_flows_into_phase_conditions_replicas(k8s: kmock.KubernetesEmulator) -> None:
-    async with kapi.running_operator(k8s):
+    # No default cache (`--default-cache-size none`): the status follows the RayService alone, and a
+    # model at zero without a cache is told what each wake costs.
+    no_default_cache = render_options({"RESPUBLICA_DEFAULT_CACHE_SIZE": "none"})
+    async with kapi.running_operator(k8s, render=no_default_cache):
         await kapi.api(
             k8s, "POST", kapi.path(kapi.MD), kapi.md_body(scaling={"minReplicas": 0, "maxReplicas": 2})
         )
@@ -169,6 +174,7 @@ async def test_rayservice_status_flows_into_phase_conditions_replicas(k8s: kmock
         assert status["endpoint"] == "http://llama-serve-svc.ai.svc:8000"
         ready = _condition(status, "Ready")
         assert (ready["status"], ready["reason"]) == ("True", "ScaledToZero")
+        assert ready["message"].endswith(UNCACHED_AT_ZERO)
         assert ready["lastTransitionTime"] == ready_since  # still Ready: the clock did not restart
 
         await kapi.api(k8s, "PATCH", rs_status, _rayservice_status(app="DEPLOY_FAILED", ready=0, desired=1))

@@ -21,6 +21,7 @@ from respublica.api.models import ModelDeployment
 from respublica.operator.kuberay_model import cluster_action, hash_without_replicas
 from respublica.operator.raycluster_bounds import bounds_patch, cluster_names
 from respublica.operator.render import render
+from respublica.operator.render.default_cache import live_facts
 
 Obj = dict[str, Any]
 LOG = logging.getLogger("test")
@@ -39,9 +40,15 @@ def _md(**scaling_and_resources: Any) -> ModelDeployment:
     return ModelDeployment.model_validate({"metadata": {"name": "m", "namespace": "ai"}, "spec": spec})
 
 
-def _cluster_spec(md: ModelDeployment) -> Obj:
-    (rs,) = [o for o in render(md) if o["kind"] == "RayService"]
-    spec: Obj = rs["spec"]["rayClusterConfig"]
+def _rayservice(md: ModelDeployment, running: Obj | None = None) -> Obj:
+    """As the operator renders it over the `running` RayService (which decides the default cache of
+    a model at minReplicas 0, render/default_cache.py); None: a model being created."""
+    (rs,) = [o for o in render(md, live=live_facts(running)) if o["kind"] == "RayService"]
+    return rs
+
+
+def _cluster_spec(md: ModelDeployment, running: Obj | None = None) -> Obj:
+    spec: Obj = _rayservice(md, running)["spec"]["rayClusterConfig"]
     return spec
 
 
@@ -66,7 +73,11 @@ CHANGES: dict[str, dict[str, Any]] = {
 
 @pytest.mark.parametrize("change", sorted(CHANGES))
 def test_kuberay_ignores_the_change_and_the_operator_carries_it(change: str) -> None:
-    old, new = _cluster_spec(_md()), _cluster_spec(_md(**copy.deepcopy(CHANGES[change])))
+    running = _rayservice(_md())
+    old, new = (
+        running["spec"]["rayClusterConfig"],
+        _cluster_spec(_md(**copy.deepcopy(CHANGES[change])), running),
+    )
     assert old != new
     # KubeRay's rule: the hashes agree, the running RayCluster is left exactly as it was.
     assert cluster_action(old, new, None) == "none"

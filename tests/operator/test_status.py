@@ -196,6 +196,18 @@ def test_scaled_to_zero_keeps_the_endpoint_and_wakes() -> None:
     assert idle["wakeTimeoutSeconds"] == waking["wakeTimeoutSeconds"] == 900
 
 
+def test_a_note_on_the_cache_is_said_with_ready_only_while_it_holds() -> None:
+    note = "Scales to zero without a weight cache."
+    idle = run(obs(min_replicas=0, rayservice=rayservice(ready=0, desired=0), cache_note=note))
+    serving = run(obs(min_replicas=0, rayservice=rayservice(ready=1, desired=1), cache_note=note))
+    for status in (idle, serving):
+        assert cond(status, "Ready")[0] == "True" and cond(status, "Ready")[2].endswith(f". {note}")
+    starting = run(
+        obs(min_replicas=0, rayservice=rayservice(ready=0, desired=1, app="DEPLOYING"), cache_note=note)
+    )
+    assert cond(starting, "Ready")[0] == "False" and note not in cond(starting, "Ready")[2]
+
+
 def test_zero_replicas_with_min_one_is_not_scaled_to_zero() -> None:
     status = run(obs(min_replicas=1, rayservice=rayservice(ready=0, desired=1)))
     assert status["phase"] != "ScaledToZero"

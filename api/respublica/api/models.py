@@ -466,8 +466,10 @@ class ModelDeploymentSpec(_Model):
     )
     cache: CacheSpec | None = Field(
         default=None,
-        description="Download hf:// weights once into a volume shared by the replicas; unset: each "
-        "replica downloads at start.",
+        description="Download hf:// or s3:// weights once into a volume shared by the replicas. Unset: "
+        "the operator's default cache when the model is created at minReplicas 0 (kept while the model "
+        "exists, so changing minReplicas never rebuilds the Ray cluster); otherwise each replica "
+        "downloads at start.",
     )
     image: str | None = Field(
         default=None,

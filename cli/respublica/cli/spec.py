@@ -107,11 +107,27 @@ def render_command(
     ca_bundle: Annotated[
         Text, _setting("ConfigMap[/key] (default key ca.crt) with CAs to trust when downloading.")
     ] = None,
+    default_cache_size: Annotated[
+        Text,
+        _setting(
+            "Size of the cache a downloaded model without spec.cache gets when created at minReplicas "
+            "0 (default 200Gi); none: no default cache."
+        ),
+    ] = None,
+    default_cache_storage_class: Annotated[
+        Text, _setting("Storage class of that default cache (default: the cluster's default class).")
+    ] = None,
+    default_cache_access_mode: Annotated[
+        Text, _setting("ReadWriteMany, ReadWriteOnce or ReadOnlyMany (default ReadWriteMany).")
+    ] = None,
 ) -> None:
     """Print, as multi-document YAML, the Kubernetes objects the operator creates for a ModelDeployment.
 
     Each setting is also read from the operator's variable of the same name (--ray-image:
-    RESPUBLICA_RAY_IMAGE); a flag wins. With the operator's settings this prints exactly what it creates.
+    RESPUBLICA_RAY_IMAGE); a flag wins. With the operator's settings this prints exactly what it creates
+    for a model it is creating: with no cluster to ask, each model is rendered as if it had no
+    RayService yet, so a downloaded model at minReplicas 0 without spec.cache gets the default cache.
+    With --diff, NEW is rendered as the operator would render it over OLD's RayService.
     """
     import os
 
@@ -140,6 +156,9 @@ def render_command(
         "hf-token-secret": hf_token_secret,
         "hf-endpoint": hf_endpoint,
         "ca-bundle": ca_bundle,
+        "default-cache-size": default_cache_size,
+        "default-cache-storage-class": default_cache_storage_class,
+        "default-cache-access-mode": default_cache_access_mode,
     }
     try:
         options = render_options(os.environ, flags)
@@ -170,10 +189,17 @@ def render_command(
     typer.echo(yaml.safe_dump_all(objects, sort_keys=False, explicit_start=True), nl=False)
 
 
-def _rendered_rayservices(file: str, namespace: str | None, options: Any) -> dict[str, dict[str, Any]]:
-    """Each model's rendered RayService in a file, by name; bad input or a spec that cannot render exits."""
+def _rendered_rayservices(
+    file: str, namespace: str | None, options: Any, running: dict[str, dict[str, Any]] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Each model's rendered RayService in a file, by name; bad input or a spec that cannot render exits.
+
+    `running`: the RayServices by name that the operator would find (the old file's), which decide
+    the default cache as they would on the cluster (operator/render/default_cache.py); a model
+    without one is rendered as being created."""
     from respublica.api.load import InputError, SpecError, load_file
     from respublica.operator.render import RenderError, render
+    from respublica.operator.render.default_cache import live_facts
 
     try:
         models = load_file(file)
@@ -186,7 +212,8 @@ def _rendered_rayservices(file: str, namespace: str | None, options: Any) -> dic
     found: dict[str, dict[str, Any]] = {}
     for model in models:
         try:
-            objects = render(_in_namespace(model, namespace, file), options)
+            live = live_facts((running or {}).get(model.metadata.name))
+            objects = render(_in_namespace(model, namespace, file), options, live)
         except RenderError as error:
             _fail(f"{file}: {model.metadata.name}: {error}", EXIT_INVALID)
         found[model.metadata.name] = next(o for o in objects if o["kind"] == "RayService")
@@ -198,7 +225,7 @@ def _print_diff(old_file: str, new_file: str, namespace: str | None, options: An
     from respublica.operator.upgrade_plan import plan
 
     old = _rendered_rayservices(old_file, namespace, options)
-    new = _rendered_rayservices(new_file, namespace, options)
+    new = _rendered_rayservices(new_file, namespace, options, running=old)
     for name in sorted({*old, *new}):
         if name not in old:
             typer.echo(f"{name}: new: creates its Ray cluster")

@@ -27,7 +27,16 @@ from respublica.operator import drift, events
 from respublica.operator.in_place_upgrade import upgrade_in_place
 from respublica.operator.kube import Kube
 from respublica.operator.raycluster_bounds import carry_bounds
-from respublica.operator.render import CHILD_KINDS, DOWNLOAD_JOB, MODEL_LABEL, RAYSERVICE, RenderError
+from respublica.operator.render import (
+    CHILD_KINDS,
+    DOWNLOAD_JOB,
+    MODEL_LABEL,
+    RAYSERVICE,
+    RenderError,
+    ResourceKind,
+    rayservice_name,
+)
+from respublica.operator.render.default_cache import Live, live_facts, uncached_at_zero
 from respublica.operator.status import Observation, compute_status, status_changed, status_dict
 
 Obj = dict[str, Any]
@@ -76,7 +85,8 @@ class Reconciler:
     """Reconciles ModelDeployments through one API client; keeps only caches, never the truth."""
 
     kube: Kube
-    render: Callable[[ModelDeployment], list[dict[str, Any]]]
+    # render(md, live): `live` is what the model's RayService says (render/default_cache.py).
+    render: Callable[[ModelDeployment, Live], list[dict[str, Any]]]
     endpoint: Callable[[ModelDeployment], str]
     kuberay_cache_seconds: float = 30.0
     clock: Callable[[], datetime.datetime] = field(default=lambda: datetime.datetime.now(tz=datetime.UTC))
@@ -155,25 +165,34 @@ class Reconciler:
             return ChildResult(live, "refused", f"the API refused {kind} {name}: {exc.message}")
         return ChildResult(patched if patched is not None else live, "patched")
 
+    async def _list(self, body: Mapping[str, Any], child: ResourceKind) -> dict[str, Obj]:
+        """This deployment's live children of one kind, by name (one LIST by the model label)."""
+        meta = body.get("metadata") or {}
+        ns, name = str(meta.get("namespace")), str(meta.get("name"))
+        items = await self.kube.list(child.kind, ns, f"{MODEL_LABEL}={name}")
+        return {str(o["metadata"]["name"]): {**o, "kind": child.kind} for o in items}
+
     async def _listed(
-        self, body: Mapping[str, Any], children: list[dict[str, Any]], kuberay: bool
+        self,
+        body: Mapping[str, Any],
+        children: list[dict[str, Any]],
+        kuberay: bool,
+        listed: dict[str, dict[str, Obj]],
     ) -> dict[str, dict[str, Obj]]:
         """This deployment's live children by kind, then name: one LIST per kind that the spec
-        renders now or that the watches have shown a child of, by the model label.
+        renders now or that the watches have shown a child of, by the model label; the kinds
+        already in `listed` (the RayService, listed before render) are not listed again.
 
         One LIST per kind, not a GET per child and a LIST per kind that render could produce:
         the same answer serves the comparison and the prune. After a restart a child of another
         kind is still pruned: the watch's first listing shows it (saw_child) and its event kicks
         another reconcile."""
-        meta = body.get("metadata") or {}
-        ns, name, uid = str(meta.get("namespace")), str(meta.get("name")), str(meta.get("uid"))
+        uid = str((body.get("metadata") or {}).get("uid"))
         kinds = {str(c["kind"]) for c in children} | self._child_kinds.get(uid, set())
-        listed: dict[str, dict[str, Obj]] = {}
         for child in CHILD_KINDS:
-            if child.kind not in kinds or (child == RAYSERVICE and not kuberay):
+            if child.kind not in kinds or child.kind in listed or (child == RAYSERVICE and not kuberay):
                 continue
-            items = await self.kube.list(child.kind, ns, f"{MODEL_LABEL}={name}")
-            listed[child.kind] = {str(o["metadata"]["name"]): {**o, "kind": child.kind} for o in items}
+            listed[child.kind] = await self._list(body, child)
         return listed
 
     async def _prune(
@@ -224,14 +243,21 @@ class Reconciler:
             obs = Observation(generation=generation, endpoint=None, spec_error=describe_in_one_line(exc))
             return await self._write_status(body, obs, logger)
 
+        kuberay = await self.kuberay_installed()
+        # The RayService first: whether it exists, and with which cache, decides the cache of a
+        # model with no spec.cache (render/default_cache.py). Every spec renders one, so this is
+        # the LIST the comparison below needs anyway.
+        listed: dict[str, dict[str, Obj]] = {}
+        if kuberay:
+            listed[RAYSERVICE.kind] = await self._list(body, RAYSERVICE)
+        live = live_facts(listed.get(RAYSERVICE.kind, {}).get(rayservice_name(md)))
         try:
-            children = self.render(md)
+            children = self.render(md, live)
         except RenderError as exc:
             obs = Observation(generation=generation, endpoint=None, spec_error=str(exc))
             return await self._write_status(body, obs, logger)
 
-        kuberay = await self.kuberay_installed()
-        listed = await self._listed(body, children, kuberay)
+        listed = await self._listed(body, children, kuberay, listed)
         rayservice: Obj | None = None
         job: Obj | None = None
         refused: list[str] = []
@@ -259,6 +285,8 @@ class Reconciler:
             logger.info(f"Created in {ns}: {', '.join(created)}.")
         await self._prune(body, children, listed, logger)
         pods = await self._pods(ns, rayservice, job)
+        # spec.cache or the operator's default cache (render decided which).
+        cached = any(c["kind"] == DOWNLOAD_JOB.kind for c in children)
         obs = Observation(
             generation=generation,
             endpoint=self.endpoint(md),
@@ -268,7 +296,8 @@ class Reconciler:
             gpus=md.spec.resources.gpus,
             gpu_product=md.spec.resources.gpu_product,
             kuberay_missing=not kuberay,
-            cache_wanted=md.spec.cache is not None,
+            cache_wanted=cached,
+            cache_note=uncached_at_zero(md, cached),
             rayservice=rayservice,
             job=job,
             pods=pods,

@@ -57,6 +57,9 @@ class Observation:
     refused: Sequence[str] = ()  # children the API refused (admission, quota), as messages
     wake_timeout_seconds: int = 900  # spec.scaling.wakeTimeoutSeconds, published with the endpoint
     upgrade_strategy: str = "NewCluster"  # spec.upgrade.strategy
+    # Said with Ready while the model serves or sleeps: e.g. that it scales to zero without a weight
+    # cache (render/default_cache.py `uncached_at_zero`).
+    cache_note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -605,8 +608,12 @@ def compute_status(obs: Observation, previous: Obj | None, now: str) -> models.M
     """The status for an observation; `previous` is the current `.status` (for transition times)."""
     found = verdict(obs)
     old_conditions = (previous or {}).get("conditions") or []
+    ready = found.ready
+    if obs.cache_note and ready.holds:
+        # On Ready, so the phase-transition Event (to ScaledToZero, say) carries it too.
+        ready = Condition(True, ready.reason, f"{ready.message} {obs.cache_note}")
     values = {
-        "Ready": found.ready,
+        "Ready": ready,
         "Progressing": found.progressing,
         "Degraded": found.degraded,
         "UpgradePending": upgrade_pending(obs),

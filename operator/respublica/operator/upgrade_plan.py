@@ -5,6 +5,11 @@ KubeRay's own rules as `kuberay_model.cluster_action` models them, plus what the
 patches worker-group bounds and tolerations itself (raycluster_bounds) and, with
 `spec.upgrade.strategy: InPlace`, deletes the running RayCluster for KubeRay to rebuild
 (in_place_upgrade).
+
+Both RayServices must be rendered as the operator would render them: NEW with the live facts of
+OLD's RayService (`render(..., live=live_facts(old))`), so a model's default cache stays as it was
+created (render/default_cache.py) and a change of minReplicas alone is `scaling`, never
+`new-cluster`.
 """
 
 from __future__ import annotations

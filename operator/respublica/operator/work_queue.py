@@ -275,7 +275,7 @@ class OperatorState:
         kube = Kube(login)
         reconciler = Reconciler(
             kube=kube,
-            render=lambda md: render(md, options),
+            render=lambda md, live: render(md, options, live),
             endpoint=lambda md: endpoint_url(md, options),
         )
 

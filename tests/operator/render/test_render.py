@@ -154,7 +154,9 @@ def test_serve_config_is_the_engine_mapping(md: ModelDeployment) -> None:
     # Where the cluster's pods hold the weights, worked out here independently of render.
     source = md.spec.model.source
     model_path: str | None = None
-    if md.spec.cache is not None:
+    # A new hf:// model at minReplicas 0 gets the operator's default cache (render/default_cache.py).
+    default_cache = source.startswith("hf://") and md.spec.scaling.min_replicas == 0
+    if md.spec.cache is not None or default_cache:
         model_path = f"/models/hf/{source.removeprefix('hf://')}/{md.spec.model.revision}"
     elif source.startswith("pvc://"):
         claim, _, path = source.removeprefix("pvc://").partition("/")

@@ -16,6 +16,7 @@ from respublica.cli import app
 from respublica.cli.spec import render_command
 from respublica.operator.render import RenderOptions
 from respublica.operator.render.configure import SETTINGS, OptionError, render_options
+from respublica.operator.render.default_cache import NOT_CREATED
 from respublica.operator.settings import OperatorConfig
 from respublica.operator.work_queue import OperatorState
 
@@ -44,6 +45,9 @@ VALUES = {
     "hf-token-secret": "hf-token",
     "hf-endpoint": "https://hub.example",
     "ca-bundle": "corp-ca/bundle.pem",
+    "default-cache-size": "500Gi",
+    "default-cache-storage-class": "cephfs",
+    "default-cache-access-mode": "ReadWriteOnce",
 }
 
 
@@ -110,6 +114,13 @@ def test_flags_win_over_variables_and_empty_is_unset() -> None:
         ("image-pull-policy", "sometimes", "one of Always, IfNotPresent, Never"),
         ("image-pull-secrets", "Bad_Name", "Secret name"),
         ("ray-image", "a b", "spaces"),
+        ("default-cache-size", "lots", "a size such as 200Gi, or none"),
+        ("default-cache-storage-class", "Fast_SSD", "StorageClass name"),
+        (
+            "default-cache-access-mode",
+            "ReadWriteOncePod",
+            "one of ReadWriteOnce, ReadWriteMany, ReadOnlyMany",
+        ),
     ],
 )
 def test_bad_values_name_the_flag(name: str, raw: str, message: str) -> None:
@@ -129,7 +140,7 @@ def _cli_render(tmp_path: Path, args: list[str], env: dict[str, str]) -> str:
 def _operator_render(env: dict[str, str]) -> str:
     state = OperatorState.build(OperatorConfig.from_env(env), kopf.OperatorSettings())
     md = ModelDeployment.model_validate(yaml.safe_load(MODEL))
-    objects: list[dict[str, Any]] = state.reconciler.render(md)
+    objects: list[dict[str, Any]] = state.reconciler.render(md, NOT_CREATED)
     return yaml.safe_dump_all(objects, sort_keys=False, explicit_start=True)
 
 

@@ -13,9 +13,9 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, get_args
 
-from respublica.api.models import ENDPOINT_URL_PATTERN
+from respublica.api.models import ENDPOINT_URL_PATTERN, QUANTITY_PATTERN, CacheSpec
 from respublica.operator.render.options import RenderOptions
 
 ENV_PREFIX = "RESPUBLICA_"
@@ -74,6 +74,38 @@ def _ca_bundle(where: str, raw: str) -> tuple[str, str]:
             f"{where} must be a ConfigMap name, optionally /key (e.g. corp-ca/ca.crt), got {raw!r}"
         )
     return name, key or "ca.crt"
+
+
+_QUANTITY = re.compile(QUANTITY_PATTERN)
+# The word that turns the default cache off (an empty value means "the default", as everywhere).
+NO_DEFAULT_CACHE = "none"
+
+
+def _cache_size(where: str, raw: str) -> str | None:
+    if raw == NO_DEFAULT_CACHE:
+        return None
+    if not _QUANTITY.match(raw):
+        raise OptionError(
+            f"{where} must be a size such as 200Gi, or {NO_DEFAULT_CACHE} for no default cache; got {raw!r}"
+        )
+    return raw
+
+
+def _storage_class(where: str, raw: str) -> str:
+    if not _DNS_SUBDOMAIN.match(raw):
+        raise OptionError(
+            f"{where} must be a StorageClass name (lowercase letters, digits, '-', '.'), got {raw!r}"
+        )
+    return raw
+
+
+ACCESS_MODES: tuple[str, ...] = get_args(CacheSpec.model_fields["access_mode"].annotation)
+
+
+def _access_mode(where: str, raw: str) -> str:
+    if raw not in ACCESS_MODES:
+        raise OptionError(f"{where} must be one of {', '.join(ACCESS_MODES)}, got {raw!r}")
+    return raw
 
 
 def _pull_policy(where: str, raw: str) -> str:
@@ -137,6 +169,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("hf-token-secret", "hf_token_secret", _secret_name),
     Setting("hf-endpoint", "hf_endpoint", _endpoint_url),
     Setting("ca-bundle", "ca_bundle", _ca_bundle),
+    Setting("default-cache-size", "default_cache_size", _cache_size),
+    Setting("default-cache-storage-class", "default_cache_storage_class", _storage_class),
+    Setting("default-cache-access-mode", "default_cache_access_mode", _access_mode),
 )
 BY_NAME = {setting.name: setting for setting in SETTINGS}
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from types import MappingProxyType
 
+from respublica.api.models import CacheSpec
+
 RAY_VERSION = "2.60.0"
 DEFAULT_RAY_IMAGE = f"docker.io/rayproject/ray-llm:{RAY_VERSION}-py311-cu128"
 
@@ -20,6 +22,10 @@ def _own_version() -> str:
 
 # The respublica image (images/respublica/Containerfile) at this version, as the chart publishes it.
 DEFAULT_RESPUBLICA_IMAGE = f"ghcr.io/respublica-dev/respublica:{_own_version()}"
+
+# Room for one model's weights: the scratch space of a replica that downloads them itself, and the
+# operator's default cache volume (a 70B model in bfloat16 is about 140 GB).
+WEIGHTS_SPACE = "200Gi"
 
 
 def _labels(**labels: str) -> Mapping[str, str]:
@@ -94,4 +100,10 @@ class RenderOptions:
     download_wait_seconds: int = 6 * 3600
     download_backoff_limit: int = 4
     # Scratch space (ephemeral-storage request) of a replica that downloads its weights itself.
-    download_scratch: str = "200Gi"
+    download_scratch: str = WEIGHTS_SPACE
+    # The cache a downloaded model with no spec.cache gets when it is created at minReplicas 0
+    # (render/default_cache.py decides when). Size None: no default cache; storage class None: the
+    # cluster's default class.
+    default_cache_size: str | None = WEIGHTS_SPACE
+    default_cache_storage_class: str | None = None
+    default_cache_access_mode: str = CacheSpec.model_fields["access_mode"].default
