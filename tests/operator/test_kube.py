@@ -204,3 +204,32 @@ async def test_concurrent_discovery_sends_one_request() -> None:
     assert kube.requests == [("GET", RAYSERVICE.api_prefix)]
     await kube.has_resource(RAYSERVICE)  # answered: the next caller asks again (the reconciler caches)
     assert len(kube.requests) == 2
+
+
+async def test_writes_of_kinds_it_does_not_watch_expect_no_echo() -> None:
+    """An Event (a phase transition, each failure's retry) is created under a fresh name and never
+    watched: an echo expected for it would never be consumed, one entry per Event for the life of
+    the process."""
+    kube = Recording()
+    for n in range(3):
+        meta = {"name": f"llama.{n}", "namespace": kapi.NS}
+        await kube.create({"apiVersion": "v1", "kind": "Event", "metadata": meta})
+    await kube.patch("ModelDeployment", kapi.NS, "m", {"metadata": {"labels": {"a": "b"}}})
+    assert kube._echoes == {}
+    seen = {"metadata": {"name": "llama.0", "namespace": kapi.NS, "resourceVersion": "1"}}
+    assert kube.is_echo("Event", "ADDED", seen) is False
+
+
+async def test_overlapping_writes_of_one_object_lose_no_held_event() -> None:
+    """Two writes of the same child in flight at once (a deployment deleted and created again
+    under its name while its old reconcile still writes): an edit by someone else seen while both
+    are in flight is news once both have answered, not dropped with the first write's list."""
+    kube = Recording()
+    news: list[str] = []
+    kube.on_news = lambda kind, event_type, body: news.append(body["metadata"]["resourceVersion"])
+    first = asyncio.create_task(kube.patch("Job", kapi.NS, "j", {"spec": {"a": 1}}))
+    await asyncio.sleep(0)
+    assert kube.is_echo("Job", "MODIFIED", _job("7")) is True  # held: someone else's edit
+    second = asyncio.create_task(kube.patch("Job", kapi.NS, "j", {"spec": {"b": 2}}))
+    await asyncio.gather(first, second)
+    assert "7" in news

@@ -31,6 +31,10 @@ MODEL_DEPLOYMENT = ResourceKind(API_VERSION, KIND, PLURAL)
 # kind -> where it is served; the only kinds the operator touches: its children, the pods behind
 # them (read for the status), Events and the ModelDeployment itself.
 RESOURCES: dict[str, ResourceKind] = {k.kind: k for k in (*CHILD_KINDS, POD, EVENT, MODEL_DEPLOYMENT)}
+# The kinds whose watch events are judged against this process's writes (child_watch.py). A write
+# of any other kind (an Event, under a fresh name each time) expects no echo: one would never be
+# consumed, and would stay for the life of the process.
+_WATCHED = frozenset(k.kind for k in CHILD_KINDS)
 
 
 def path_of(kind: str, namespace: str | None, name: str | None = None, subresource: str | None = None) -> str:
@@ -110,21 +114,31 @@ class Kube(KubeClient):
         # process's create or patch of it was in flight: the watch can deliver the echo before the
         # write's own answer (with its resourceVersion) is read. They are judged when it is.
         self._writing: dict[tuple[str, str | None, str], list[tuple[str, Mapping[str, Any]]]] = {}
+        # How many writes of that object are in flight: two may overlap (a deployment deleted and
+        # created again under its name while its old reconcile still writes); the events are held
+        # until the last one answers, not dropped with the first one's list.
+        self._writers: dict[tuple[str, str | None, str], int] = {}
         # Called with an event held back during a write that turned out not to be its echo.
         self.on_news: Callable[[str, str, Mapping[str, Any]], None] | None = None
         self._discovery: dict[str, asyncio.Future[Obj | None]] = {}
 
     def _writing_begins(self, kind: str, namespace: str | None, name: str) -> None:
-        self._writing[(kind, namespace, name)] = []
+        key = (kind, namespace, name)
+        self._writing.setdefault(key, [])
+        self._writers[key] = self._writers.get(key, 0) + 1
 
     def _wrote(self, kind: str, namespace: str | None, name: str, obj: Obj | None) -> None:
         """The write's answer (None: it failed): its version is the echo to expect; the events held
         back meanwhile are the echo (dropped) or news (handed to `on_news`)."""
         key = (kind, namespace, name)
-        held = self._writing.pop(key, [])
         version = ((obj or {}).get("metadata") or {}).get("resourceVersion")
         if version:
             self._echoes[key] = str(version)
+        writers = self._writers.pop(key, 1) - 1
+        if writers > 0:
+            self._writers[key] = writers
+            return  # another write of it is in flight: its answer judges what was held
+        held = self._writing.pop(key, [])
         for event_type, body in held:
             if not self.is_echo(kind, event_type, body) and self.on_news is not None:
                 self.on_news(kind, event_type, body)
@@ -160,12 +174,15 @@ class Kube(KubeClient):
         meta = obj.get("metadata") or {}
         self.writes += 1
         kind, namespace, name = str(obj["kind"]), meta.get("namespace"), str(meta.get("name"))
-        self._writing_begins(kind, namespace, name)
+        watched = kind in _WATCHED
+        if watched:
+            self._writing_begins(kind, namespace, name)
         data: Obj | None = None
         try:
             data = await self.request("POST", path_of(kind, namespace), body=obj)
         finally:
-            self._wrote(kind, namespace, name, data)
+            if watched:
+                self._wrote(kind, namespace, name, data)
         if data is None:
             raise ApiError(404, f"the API has no {obj['kind']} resource")
         return data
@@ -179,7 +196,7 @@ class Kube(KubeClient):
         subresource: str | None = None,
     ) -> Obj | None:
         self.writes += 1
-        if subresource is not None:  # not a child's write: its events are not watched here
+        if subresource is not None or kind not in _WATCHED:  # its events are not watched here
             return await self.request(
                 "PATCH",
                 path_of(kind, namespace, name, subresource),
@@ -202,7 +219,8 @@ class Kube(KubeClient):
     async def delete(self, kind: str, namespace: str | None, name: str) -> None:
         self.writes += 1
         # Background: the Job's pods go with it, without the caller waiting for them.
-        self._echoes[(kind, namespace, name)] = ""
+        if kind in _WATCHED:
+            self._echoes[(kind, namespace, name)] = ""
         await self.request(
             "DELETE",
             path_of(kind, namespace, name),
