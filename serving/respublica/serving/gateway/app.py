@@ -48,6 +48,7 @@ OPENAI_ROUTES: tuple[tuple[str, str, bool], ...] = (
 )
 
 Hook = Callable[[], Awaitable[None]]
+GC_YOUNG_THRESHOLD = 20_000  # allocations between young collections (CPython's default: 700)
 
 
 class GatewayApp(FastAPI):
@@ -139,9 +140,12 @@ def create_app(
                 log.info("admin listener on %s:%d (/admin, /metrics)", listener.host, listener.port)
             leases.start()
             # What startup built (the app, the libraries, the settings) lives as long as the process:
-            # out of the collector's reach, a full collection scans only what requests made since.
-            # Before this, full collections over the whole heap took ~8 % of the CPU under load.
+            # out of the collector's reach, a full collection scans only what requests made since
+            # (full collections over the whole heap took ~8 % of the CPU under load). A request
+            # allocates hundreds of containers that are gone when it ends; a young collection every
+            # 20,000 allocations instead of 700 costs ~7 % less CPU per request (benchmarks/).
             gc.freeze()
+            gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
             yield
         finally:
             if listener is not None:
