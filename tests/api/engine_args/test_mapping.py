@@ -201,6 +201,20 @@ def test_gpu_spec_run_on_cpu_locally(spec_named: SpecNamed) -> None:
     assert config["model_loading_config"] == gpu["model_loading_config"]
 
 
+def test_stream_batching_interval_on_cpu_only(spec_named: SpecNamed) -> None:
+    """On the CPU engine the LLMServer gathers a stream's chunks for 100 ms instead of Ray's 50 ms: half
+    the batches through ingress and proxy (the interval is `LLMConfig.experimental_configs`
+    `stream_batching_interval_ms`, read by `LLMServer._get_batch_interval_ms` in Ray 2.60's
+    ray/llm/_internal/serve/core/server/llm_server.py). On GPU Ray's default is left alone."""
+    spec = spec_named("tensor-parallel")
+    cpu = _llm(build_serving_args(spec, accelerator="cpu", model_path="/cache/qwen"))
+    assert cpu["experimental_configs"] == {"stream_batching_interval_ms": 100.0}
+    assert "experimental_configs" not in _llm(build_serving_args(spec, model_path="/cache/qwen"))
+    assert _llm(build_serving_args(spec_named("cpu")))["experimental_configs"] == {
+        "stream_batching_interval_ms": 100.0
+    }  # gpus: 0 runs on CPU whatever is asked
+
+
 def test_ingress_cpus_can_be_set(spec_named: SpecNamed) -> None:
     args = build_serving_args(spec_named("defaults"), ingress_num_cpus=0.1)
     assert args["ingress_deployment_config"]["ray_actor_options"] == {"num_cpus": 0.1}

@@ -53,6 +53,10 @@ def test_ray_accepts_the_arguments(
     else:
         assert router != PREFIX_AWARE_ROUTER
 
+    # Ray keeps the interval as given: LLMServer._get_batch_interval_ms reads it from here.
+    expected_interval = 100.0 if expected_kind == "cpu" else None
+    assert config.experimental_configs.get("stream_batching_interval_ms") == expected_interval
+
     assert (config.lora_config is not None) == (spec.lora is not None)
     if spec.lora is not None:
         assert config.lora_config is not None
