@@ -240,7 +240,9 @@ class OperatorProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        env = {**os.environ, **FAST_ENV, "RESPUBLICA_KUBE_API": self.server_url}
+        # `--namespace` is where kopf watches ModelDeployments; the operator's own child watches
+        # follow RESPUBLICA_NAMESPACES (docs/operator.md): the same namespace for both.
+        env = {**os.environ, **FAST_ENV, "RESPUBLICA_KUBE_API": self.server_url, "RESPUBLICA_NAMESPACES": NS}
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [

@@ -70,6 +70,15 @@ def test_registry_has_no_handler_that_needs_a_finalizer() -> None:
     assert not any(h.requires_finalizer for h in registry._changing._handlers)
 
 
+def test_registry_has_no_change_handler_the_empty_bookkeeping_would_break() -> None:
+    """kopf_bookkeeping.py keeps no diff base: a create/update/resume handler would never see a
+    change (`kopf/_core/reactor/processing.py` `_detect_causes` diffs the stored essence against
+    the new one). Adding one must bring kopf's annotation storages back."""
+    from respublica.operator.handlers import build_registry
+
+    assert not build_registry(OperatorConfig())._changing._handlers
+
+
 def test_no_bookkeeping_copies_nothing_and_writes_nothing() -> None:
     """What kopf does with the storages on every event (`kopf/_core/reactor/processing.py`
     `_detect_causes`: fetch, build, clear on both, then a diff; `kopf/_core/actions/application.py`

@@ -1,8 +1,9 @@
 """The module `kopf run` loads: `kopf run --standalone -A -m respublica.operator.entry`.
 
 Importing it puts respublica's handlers into kopf's default registry. Settings come from the
-RESPUBLICA_* environment variables (see `respublica.operator.settings`); the namespaces from kopf's
-own `-n`/`-A` flags. `respublica operator` runs the same handlers without this module.
+RESPUBLICA_* environment variables (see `respublica.operator.settings`). kopf's own `-n`/`-A` flags
+choose where kopf watches ModelDeployments; the children's watches are the operator's own
+(child_watch.py) and follow RESPUBLICA_NAMESPACES: with `-n`, give it the same names. `respublica operator` runs the same handlers without this module.
 """
 
 from __future__ import annotations

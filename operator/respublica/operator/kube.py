@@ -1,6 +1,6 @@
 """The operator's typed verbs on the one Kubernetes client (`respublica.api.kube_client`).
 
-kopf watches and keeps its own bookkeeping; the children (the kinds in `render.CHILD_KINDS`), the
+kopf watches the ModelDeployments; the children (the kinds in `render.CHILD_KINDS`), the
 status and the Events are written here, with the credentials kopf logged in with (a
 `kopf.ConnectionInfo`, turned into a `KubeAccess` by `access_of`), so both use one identity. Every
 write is a plain JSON merge patch, which means the same for built-in kinds and custom resources.
