@@ -85,6 +85,7 @@ class Call:
         "reservation",
         "response_started",
         "slot",
+        "span_attributes",
         "started",
         "status",
         "t0",
@@ -110,6 +111,9 @@ class Call:
         self.response_started = False  # a stream's headers went out: an error can only end it
         self.charge = "usage"  # why the tokens charged are what they are (UsageRecord.charge)
         self.slot: Slot | None = None  # its model's slot under fair sharing, released as it settles
+        # Span attributes learnt on the way (model, cap, server, response), set with the rest in
+        # one call when the span ends: each `set_attribute` takes the span's lock and validates.
+        self.span_attributes: dict[str, Any] = {}
 
     @property
     def stream(self) -> bool:
@@ -189,7 +193,8 @@ def _observe(ctx: GatewayContext, call: Call, span: trace.Span, latency: float) 
     input_tokens = call.input_tokens or 0
     output_tokens = call.output_tokens or 0
     stream = call.stream
-    attributes: dict[str, Any] = {t.HTTP_STATUS: call.status}
+    attributes = call.span_attributes
+    attributes[t.HTTP_STATUS] = call.status
     if call.finish_reasons:
         attributes[t.FINISH_REASONS] = call.finish_reasons
     if tenant:

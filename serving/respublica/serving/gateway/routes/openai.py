@@ -160,13 +160,13 @@ class OpenAIEndpoint:
         if resolved is not None:
             call.model = model  # a metric label, span name and attribute only once it names a served model
             span.update_name(f"{self.operation} {model}")
-            span.set_attribute(t.REQUEST_MODEL, model)
+            call.span_attributes[t.REQUEST_MODEL] = model
         plan = plan_request(doc, raw, self.estimate, principal, resolved, ctx.default_max_tokens)
         if isinstance(plan, GatewayError):
             raise plan
         call.plan = plan
         if self.generates:
-            span.set_attribute(t.REQUEST_MAX_TOKENS, plan.cap)
+            call.span_attributes[t.REQUEST_MAX_TOKENS] = plan.cap
         if ctx.record_content:
             content = doc.get("messages") or doc.get("prompt") or doc.get("input")
             span.set_attribute(t.INPUT_MESSAGES, jsoncodec.dumps(content).decode())
@@ -300,9 +300,9 @@ class OpenAIEndpoint:
                 tried.add(url)
                 continue
             ctx.balancer.mark_up(url)
-            span.set_attribute(t.SERVER_ADDRESS, response.url.host or "")
+            call.span_attributes[t.SERVER_ADDRESS] = response.url.host or ""
             if response.url.port:
-                span.set_attribute(t.SERVER_PORT, response.url.port)
+                call.span_attributes[t.SERVER_PORT] = response.url.port
             return response
 
     async def _upstream_error(self, call: Call, response: aiohttp.ClientResponse) -> NoReturn:
@@ -359,9 +359,9 @@ class OpenAIEndpoint:
                 if self.ctx.record_content:
                     span.set_attribute(t.OUTPUT_MESSAGES, jsoncodec.dumps(choices).decode())
             if isinstance(doc.get("model"), str):
-                span.set_attribute(t.RESPONSE_MODEL, doc["model"])
+                call.span_attributes[t.RESPONSE_MODEL] = doc["model"]
             if isinstance(doc.get("id"), str):
-                span.set_attribute(t.RESPONSE_ID, doc["id"])
+                call.span_attributes[t.RESPONSE_ID] = doc["id"]
         # Sent only once settled, so the caller's next request sees its spend.
         return LastWord(data, 200, [*call.rate_headers, (b"x-request-id", call.request_id.encode())])
 
