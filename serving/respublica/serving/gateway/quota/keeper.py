@@ -4,13 +4,8 @@ settlement stays an ordinary one. A crashed gateway stops renewing, and its leas
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-
 from respublica.serving.gateway.contracts import QuotaStore, Reservation
-
-log = logging.getLogger(__name__)
+from respublica.serving.gateway.periodic import Periodic
 
 
 class LeaseKeeper:
@@ -20,7 +15,7 @@ class LeaseKeeper:
         self._store = store
         self.interval_s = interval_s if interval_s is not None else lease_s / 3
         self._held: dict[str, Reservation] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Periodic(self.renew, self.interval_s, name="renewing the leases of requests in flight")
 
     def hold(self, reservation: Reservation) -> None:
         self._held[reservation.id] = reservation
@@ -33,24 +28,11 @@ class LeaseKeeper:
         return len(self._held)
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="lease-keeper")
+        self._loop.start()
 
     async def renew(self) -> None:
         if self._held:
             await self._store.extend(list(self._held.values()))
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s)
-            try:
-                await self.renew()
-            except Exception as exc:  # the store logs its own trouble; this loop must not die
-                log.warning("renewing %d leases failed: %s", len(self._held), type(exc).__name__)
-
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._loop.stop()

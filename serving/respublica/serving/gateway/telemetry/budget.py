@@ -10,15 +10,11 @@ fires from 90 %, before the budget is spent and requests are refused.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 from collections.abc import Awaitable, Callable, Sequence
 
 from respublica.serving.gateway.admin_service import TenantSpend
+from respublica.serving.gateway.periodic import Periodic
 from respublica.serving.gateway.telemetry.metrics import GatewayMetrics
-
-log = logging.getLogger(__name__)
 
 PERIODS = ("day", "month")
 
@@ -46,31 +42,15 @@ class BudgetSampler:
         self.metrics = metrics
         self.spend = spend
         self.interval_s = interval_s
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Periodic(self.sample, interval_s, name="reading spend against budgets")
 
     async def sample(self) -> None:
         self.metrics.set_budgets(budget_ratios(await self.spend()))
 
     async def start(self) -> None:
         """The first reading before the gateway serves (a failure is logged, not fatal), then the loop."""
-        await self._sample_quietly()
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="budget-sampler")
-
-    async def _sample_quietly(self) -> None:
-        try:
-            await self.sample()
-        except Exception as exc:  # an unreachable database must not stop the loop or the gateway
-            log.warning("reading spend against budgets failed: %s", type(exc).__name__)
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s)
-            await self._sample_quietly()
+        await self._loop.step_quietly()
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._loop.stop()

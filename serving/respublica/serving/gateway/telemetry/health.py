@@ -7,16 +7,11 @@ and at each scrape of this process, so the alerts in manifests/monitoring/promet
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-
 from respublica.serving.gateway.contracts import Ledger, QuotaStore
 from respublica.serving.gateway.ledger import SqlLedger
+from respublica.serving.gateway.periodic import Periodic
 from respublica.serving.gateway.quota.redis_store import RedisQuotaStore
 from respublica.serving.gateway.telemetry.metrics import GatewayMetrics
-
-log = logging.getLogger(__name__)
 
 
 class HealthSampler:
@@ -28,7 +23,7 @@ class HealthSampler:
         self.quota = quota
         self.interval_s = interval_s
         self._seen: dict[str, int] = {}  # what each counter was at the last sample
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Periodic(self._sample_async, interval_s, name="sampling the gateway's health")
 
     def _count(self, name: str, value: int) -> int:
         """The increase of a monotonic count since the last sample."""
@@ -51,22 +46,13 @@ class HealthSampler:
             m.quota_store_errors.inc(self._count("store_errors", quota.errors))
             m.quota_store_rebuilds.inc(self._count("rebuilds", quota.rebuilds))
 
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="health-sampler")
+    async def _sample_async(self) -> None:
+        self.sample()
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                self.sample()
-            except Exception as exc:  # a metric must never stop the loop
-                log.warning("sampling the gateway's health failed: %s", type(exc).__name__)
-            await asyncio.sleep(self.interval_s)
+    def start(self) -> None:
+        """Sample at once, then every `interval_s`."""
+        self._loop.start(now=True)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._loop.stop()
         self.sample()  # the last counts into the files (multiprocess) before the worker ends
