@@ -5,7 +5,8 @@ import rule (tests/architecture/test_import_rule.py) lets each plane import only
 the shared foundation below both. Keeping one client here means one place for authentication, for
 logging in again when a token rotates, for error decoding and for the TLS material of inline
 (base64) certificates. It imports aiohttp, which both the `operator` and the `gateway` extras
-install; nothing else in `respublica.api` imports this module, so the API models stay free of it.
+install (and orjson, a base dependency); nothing else in `respublica.api` imports this module, so
+the API models stay free of it.
 
 What it does not do: kubeconfig exec plugins and auth providers (the operator gets those through
 kopf's login, which turns them into a token; the gateway refuses them with a clear message).
@@ -16,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 import os
 import ssl
 import tempfile
@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import yaml
 
 Obj = dict[str, Any]
@@ -210,7 +211,7 @@ async def _error(resp: aiohttp.ClientResponse) -> ApiError:
     text = await resp.text()
     message = text[:500]
     with contextlib.suppress(ValueError, AttributeError):
-        message = json.loads(text).get("message") or message
+        message = orjson.loads(text).get("message") or message
     retry_after = resp.headers.get("Retry-After")
     return ApiError(
         resp.status, message, float(retry_after) if retry_after and retry_after.isdigit() else None
@@ -276,10 +277,14 @@ class KubeClient:
         for attempt in (0, 1):
             session, access = await self._connect(fresh=attempt == 1)
             headers = access.headers()
+            # orjson, not aiohttp's json=: encoding and decoding the operator's objects with the
+            # standard library was about a tenth of its CPU in a burst (docs/performance.md).
+            data = None
             if body is not None:
                 headers["Content-Type"] = content_type
+                data = orjson.dumps(body)
             async with session.request(
-                method, path.lstrip("/"), json=body, params=params, headers=headers
+                method, path.lstrip("/"), data=data, params=params, headers=headers
             ) as resp:
                 if resp.status == 401 and attempt == 0:
                     continue  # the token rotated: log in again once
@@ -287,11 +292,11 @@ class KubeClient:
                     return None
                 if resp.status >= 400:
                     raise await _error(resp)
-                text = await resp.text()
-                if not text:
+                raw = await resp.read()
+                if not raw:
                     return {}
-                data: Obj = json.loads(text)
-                return data
+                answer: Obj = orjson.loads(raw)
+                return answer
         raise ApiError(401, "unauthorized after logging in again")
 
     async def watch(self, path: str, params: Mapping[str, str], read_timeout_s: float) -> AsyncIterator[Obj]:
@@ -311,5 +316,5 @@ class KubeClient:
                     return  # the server closed the watch (timeoutSeconds)
                 line = line.strip()
                 if line:
-                    event: Obj = json.loads(line)
+                    event: Obj = orjson.loads(line)
                     yield event
