@@ -34,6 +34,7 @@ from respublica.serving.gateway.admin_service import (
     TenantView,
 )
 from respublica.serving.gateway.auth.api_keys import ApiKeyAuthenticator
+from respublica.serving.gateway.auth.bearer import bearer_token
 from respublica.serving.gateway.auth.tenants import TenantDirectory
 from respublica.serving.gateway.contracts import Limits
 from respublica.serving.gateway.db.base import DatabaseError
@@ -209,13 +210,12 @@ def admin_router(
         return f"admin-api@{host}"
 
     def _bearer(request: Request) -> str:
-        header = request.headers.get("authorization", "")
-        scheme, _, credential = header.partition(" ")
-        if scheme.lower() != "bearer" or not credential.strip():
+        credential = bearer_token(request.headers.get("authorization"))
+        if credential is None:
             raise AdminError(
                 401, "missing_admin_key", "send the admin key as 'Authorization: Bearer <admin key>'"
             )
-        return credential.strip()
+        return credential
 
     router = APIRouter(prefix="/admin", route_class=_AdminRoute, tags=["admin"])
 

@@ -26,6 +26,7 @@ from fastapi import FastAPI
 from helpers.clock import Clock
 from respublica.serving.gateway.admin_service import AdminService
 from respublica.serving.gateway.auth import OidcAuthenticator, TenantDirectory
+from respublica.serving.gateway.auth.bearer import bearer_token
 from respublica.serving.gateway.console import console_router, identity, session
 from respublica.serving.gateway.db import Repository, open_database
 from respublica.serving.gateway.routing.table import RouteHolder
@@ -281,10 +282,10 @@ def test_roles_in_the_shapes_providers_emit() -> None:
     assert identity.has_admin_role(claims, "realm_access.roles", ROLE)
     assert not identity.has_admin_role(claims, "roles", ROLE)
     assert not identity.has_admin_role(claims, "realm_access.roles.deeper", ROLE)
-    assert identity.bearer_token("Bearer abc") == "abc"
-    assert identity.bearer_token("bearer  abc ") == "abc"
-    assert identity.bearer_token("Basic abc") is None
-    assert identity.bearer_token("Bearer ") is None
+    assert bearer_token("Bearer abc") == "abc"
+    assert bearer_token("bearer  abc ") == "abc"
+    assert bearer_token("Basic abc") is None
+    assert bearer_token("Bearer ") is None
 
 
 def test_the_session_cookie_carries_its_actor_and_refuses_tampering() -> None:

@@ -6,6 +6,7 @@ Nothing here logs a key, a secret or a token; messages name a key by its id at m
 from __future__ import annotations
 
 from respublica.serving.gateway.auth.api_keys import ApiKeyAuthenticator
+from respublica.serving.gateway.auth.bearer import bearer_token
 from respublica.serving.gateway.auth.keys import generate_key, looks_like_key
 from respublica.serving.gateway.auth.oidc import OidcAuthenticator
 from respublica.serving.gateway.auth.tenants import TenantDirectory
@@ -32,9 +33,8 @@ class GatewayAuthenticator:
             raise AuthError(
                 401, "missing_api_key", "no credential: send 'Authorization: Bearer <API key or token>'"
             )
-        scheme, _, credential = authorization.strip().partition(" ")
-        credential = credential.strip()
-        if scheme.lower() != "bearer" or not credential:
+        credential = bearer_token(authorization)
+        if credential is None:
             raise AuthError(
                 401, "invalid_authorization", "expected 'Authorization: Bearer <API key or token>'"
             )

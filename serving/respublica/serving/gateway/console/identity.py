@@ -17,6 +17,8 @@ import re
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from respublica.serving.gateway.auth.oidc import claim_at
+
 _SEPARATORS = re.compile(r"[\s,]+")
 
 
@@ -24,25 +26,6 @@ class ClaimsVerifier(Protocol):
     """What the console needs from auth/oidc.py's OidcAuthenticator: verified claims or AuthError."""
 
     async def claims(self, token: str) -> dict[str, Any]: ...
-
-
-def bearer_token(header: str | None) -> str | None:
-    """The token of an `Authorization: Bearer <token>` header, or None when there is none."""
-    if not header:
-        return None
-    scheme, _, token = header.strip().partition(" ")
-    token = token.strip()
-    return token if scheme.lower() == "bearer" and token else None
-
-
-def claim_at(claims: Mapping[str, Any], path: str) -> Any:
-    """The value at a dotted path (`realm_access.roles`), or None where any step is missing."""
-    node: Any = claims
-    for part in path.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return None
-        node = node[part]
-    return node
 
 
 def roles_of(value: Any) -> frozenset[str]:

@@ -40,6 +40,7 @@ from respublica.serving.gateway.admin_service import (
     KeyRequest,
     NotFound,
 )
+from respublica.serving.gateway.auth.bearer import bearer_token
 from respublica.serving.gateway.console import figures, identity, session
 from respublica.serving.gateway.contracts import AuthError, Limits
 from respublica.serving.gateway.db.base import DatabaseError
@@ -232,7 +233,7 @@ def console_router(
         """
         if oidc is None or request.url.path.startswith("/console/static/"):
             return None
-        token = identity.bearer_token(request.headers.get("authorization"))
+        token = bearer_token(request.headers.get("authorization"))
         if token is None:
             return None
         try:
