@@ -86,6 +86,16 @@ def test_direct_otlp_encoding_equals_opentelemetrys() -> None:
     assert sum(len(s.spans) for r in parsed.resource_spans for s in r.scope_spans) == len(spans)
 
 
+def test_recorded_prompts_are_encoded_but_never_cached() -> None:
+    """With record_content, spans carry whole prompts: large, unique values the pair cache must not
+    hold (4,096 of them would be hundreds of MB per worker); short repeating values are cached."""
+    encoder = SpanEncoder()
+    prompt = "x" * 100_000
+    encoded = encoder._attributes({"gen_ai.prompt": prompt, "gen_ai.request.model": "m"})
+    assert prompt.encode() in encoded
+    assert [key for key, *_ in encoder._pairs] == ["gen_ai.request.model"]
+
+
 def sse(doc: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(doc).encode() + b"\n\n"
 
@@ -165,5 +175,35 @@ def test_concurrent_misses_share_one_load_and_a_failure_caches_nothing() -> None
         uncached: TtlCache[str, int] = TtlCache(0)  # ttl 0: every caller reads
         await asyncio.gather(*(uncached.get_or_load("k", load) for _ in range(3)))
         assert loads == 4
+
+    asyncio.run(main())
+
+
+def test_a_key_discarded_while_its_row_is_read_is_not_cached_back() -> None:
+    """Revocation (admin_service.forget_key → discard) during a shared read of the same key: the
+    row read before the revocation must not be put back, and the next caller reads again."""
+    cache: TtlCache[str, str] = TtlCache(60)
+    release = asyncio.Event()
+    reads: list[str] = []
+
+    async def stale_row() -> str:
+        reads.append("stale")
+        await release.wait()
+        return "active"
+
+    async def fresh_row() -> str:
+        reads.append("fresh")
+        return "revoked"
+
+    async def main() -> None:
+        in_flight = asyncio.ensure_future(cache.get_or_load("k", stale_row))
+        await asyncio.sleep(0)
+        cache.discard("k")  # the admin revokes the key while its row is being read
+        # A new read, not a wait on the old one (which would never end here: 1 s, then a failure).
+        assert await asyncio.wait_for(cache.get_or_load("k", fresh_row), 1) == "revoked"
+        release.set()
+        assert await in_flight == "active"  # the old caller gets what it read...
+        assert cache.get("k") == (True, "revoked")  # ...but it is not cached over the fresh row
+        assert reads == ["stale", "fresh"]
 
     asyncio.run(main())

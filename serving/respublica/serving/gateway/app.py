@@ -145,7 +145,7 @@ def create_app(
             # allocates hundreds of containers that are gone when it ends; a young collection every
             # 20,000 allocations instead of 700 costs ~7 % less CPU per request (benchmarks/).
             gc.freeze()
-            gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
+            gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])  # the older ones as they were
             yield
         finally:
             if listener is not None:

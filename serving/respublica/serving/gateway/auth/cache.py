@@ -53,10 +53,12 @@ class TtlCache(Generic[K, V]):
             async def run() -> V:
                 try:
                     loaded = await load()
-                    self.put(key, loaded)
+                    if self._loading.get(key) is pending:  # not discarded while it read
+                        self.put(key, loaded)
                     return loaded
                 finally:
-                    self._loading.pop(key, None)
+                    if self._loading.get(key) is pending:
+                        del self._loading[key]
 
             pending = self._loading[key] = asyncio.ensure_future(run())
         return await asyncio.shield(pending)
@@ -70,7 +72,11 @@ class TtlCache(Generic[K, V]):
             self._entries.popitem(last=False)
 
     def discard(self, key: K) -> None:
+        """Forget the key, and a read of it in flight: what that read returns is not cached (a key
+        revoked while its row was being read must not come back), and the next caller reads again."""
         self._entries.pop(key, None)
+        self._loading.pop(key, None)
 
     def clear(self) -> None:
         self._entries.clear()
+        self._loading.clear()

@@ -52,6 +52,11 @@ class Unencodable(Exception):
 _SMALL = [bytes((i,)) for i in range(0x80)]  # the one-byte varints
 
 
+# Attribute strings longer than this are encoded each time, never cached: a prompt or completion
+# recorded with `record_content` is large and unique, and 4,096 of them would hold hundreds of MB.
+CACHED_STR_MAX = 256
+
+
 def _varint(value: int) -> bytes:
     if 0 <= value < 0x80:
         return _SMALL[value]
@@ -202,12 +207,12 @@ class SpanEncoder:
         out = []
         for key, value in items:
             kind = type(value)
-            if kind is str or kind is int or kind is bool:
+            if kind is int or kind is bool or (kind is str and len(value) <= CACHED_STR_MAX):
                 # The type is in the key: True == 1 in a dict, but encodes otherwise.
                 kv = pairs.get((key, kind, value))
                 if kv is None:
                     kv = pairs[(key, kind, value)] = self._pair(key, value)
-            else:  # lists, and floats (0.0 == -0.0 as keys, but not as bytes)
+            else:  # lists, floats (0.0 == -0.0 as keys, not as bytes), long text (a recorded prompt)
                 kv = self._pair(key, value)
             out.append(kv)
         return b"".join(out)
