@@ -9,8 +9,8 @@ or `kopf run -m respublica.operator.entry`):
   nothing is stored as handler results either.
 - Standalone, no peering: one replica runs (the Deployment uses strategy Recreate). kopf's
   peering is not leader election; two operators of equal priority both freeze.
-- No finalizer: the handlers are create/update/resume and watch-only event handlers, none of which
-  needs one (timers and daemons would add one), and children go with their owner through owner
+- No finalizer: the handlers are one event handler (plus startup, cleanup and login), which
+  needs none (timers and daemons would add one), and children go with their owner through owner
   references. The finalizer name is still set to respublica's own in case kopf ever needs one.
 - Resource scanning is off: the resources are resolved once at start, so the operator needs no
   permission to list CRDs (and kmock in the tests needs no CRD emulation).
