@@ -68,7 +68,11 @@ class ChatLoad:
     headers: dict[str, str]
     model: str
     max_tokens: int
-    stream: bool = True
+
+    @property
+    def stream(self) -> bool:
+        """Always: the comparison is of streamed completions (loadgen reads this to parse answers)."""
+        return True
 
     def body(self) -> dict[str, Any]:
         return {

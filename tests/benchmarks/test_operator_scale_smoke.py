@@ -45,9 +45,9 @@ def test_quick_run_converges_and_reports_calls(tmp_path: Path) -> None:
     assert result["calls_per_md"] == pytest.approx(result["reads_per_md"] + result["writes_per_md"], abs=0.02)
     # The operator's own client makes them; kopf adds none per deployment (no change handlers).
     assert result["operator_calls_per_md"] > 0
-    assert result["operator_calls_per_md"] + result["kopf_calls_per_md"] == pytest.approx(
-        result["calls_per_md"], abs=0.02
-    )
+    # kopf's own calls are its start-up LISTs at most (0.0 per deployment measured): one kopf call per
+    # deployment (a progress patch, a change handler's bookkeeping) would make this 1 or more.
+    assert result["kopf_calls_per_md"] < 0.5
     assert result["reconciles_per_md"] >= 1
     assert result["peak_rss_mb"] > 0
     assert "| 10 | none | 10 |" in done.stdout

@@ -35,6 +35,7 @@ import pytest
 import yaml
 
 from helpers.gateway_harness import LoopThread, free_socket, start_fake_upstream
+from helpers.gateway_process import wait_healthy
 from helpers.paths import CRD_FILE, REPO
 from respublica.serving.engine import processes
 from respublica.serving.gateway.auth.keys import generate_key
@@ -247,7 +248,7 @@ def test_the_gateway_serves_a_chat_completion(
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         try:
             url = f"http://127.0.0.1:{port}"
-            _wait_healthy(url, process, tmp_path / "gateway.log")
+            wait_healthy(url, process, tmp_path / "gateway.log")
             assert httpx.get(url + "/healthz", timeout=5).json()["status"] == "ok"
             api = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=30)
             reply = api.chat.completions.create(
@@ -283,17 +284,3 @@ def contextlib_for(
             yield wrap
     else:
         yield lambda command: run_in(image, container, *command, volume=work)
-
-
-def _wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path, within_s: float = 60.0) -> None:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"gateway exited {process.returncode}: {log.read_text()[-3000:]}")
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise AssertionError(f"gateway not healthy in {within_s}s: {log.read_text()[-3000:]}")
