@@ -11,7 +11,7 @@ configurable claim (a dotted path reaches into nested claims).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +26,11 @@ def _invalid(message: str, code: str = "invalid_token") -> AuthError:
     return AuthError(401, code, message)
 
 
-def _claim(claims: dict[str, Any], path: str) -> Any:
+def claim_at(claims: Mapping[str, Any], path: str) -> Any:
+    """The value at a dotted path (`realm_access.roles`), or None where any step is missing."""
     node: Any = claims
     for part in path.split("."):
-        if not isinstance(node, dict) or part not in node:
+        if not isinstance(node, Mapping) or part not in node:
             return None
         node = node[part]
     return node
@@ -134,7 +135,7 @@ class OidcAuthenticator:
 
     async def authenticate_token(self, token: str) -> Principal:
         claims = await self.claims(token)
-        tenant = _claim(claims, self.tenant_claim)
+        tenant = claim_at(claims, self.tenant_claim)
         if not isinstance(tenant, str) or not tenant:
             raise AuthError(
                 403, "unknown_tenant", f"the bearer token has no '{self.tenant_claim}' claim naming a tenant"
