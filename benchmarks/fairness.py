@@ -1,7 +1,7 @@
 """Fair sharing under saturation (issue 15): a light tenant beside a flooding one.
 
     .venv/bin/python benchmarks/fairness.py [--seconds 10] [--slots 8] [--delay-ms 10] [--tokens 20]
-                                            [--spread 0.5] [--seed 1]
+                                            [--spread 0.5] [--seed 1] [--anticipation-ms 20]
 
 Three processes, so that what is measured is the scheduler, not a shared event loop: the fake
 upstream (tests/helpers/fake_openai.py) in one, the load generator in another, the real gateway
@@ -15,7 +15,8 @@ a closed loop then moves in lock-step waves: the slots free together once per re
 not one every duration / slots, which no engine with varied outputs does.
 
 Tenant B streams at closed-loop concurrency 2: alone; beside tenant A at 32 with fairness off
-(first come, first served at the engine); beside A with fairness on. Then A and C both at 32 (both
+(first come, first served at the engine); beside A with fairness on; and again with fairness on
+but no anticipation (every freed slot handed to the queue at once). Then A and C both at 32 (both
 backlogged): the widest window of their counted service difference, against the paper's bound
 2 x max(w_in x L_in, w_out x slots x L_out). Prints a markdown table, the issue's targets, and the
 load average taken at the start and at the end.
@@ -107,7 +108,12 @@ async def _serve_upstream(slots: int, pipe: Connection) -> None:
 class Tenant:
     name: str
     ttft: list[float] = field(default_factory=list)
+    duration: list[float] = field(default_factory=list)  # request sent to its last byte
     done: int = 0
+    # From the window's start to this tenant's last answer: its rate's denominator. The run's
+    # elapsed time is not: it ends when the last worker of any tenant ends, and a flooding
+    # tenant's queue drains for up to a second after the light tenant has stopped.
+    active: float = 0.0
 
 
 def lengths(name: str, worker: int, args: argparse.Namespace) -> random.Random:
@@ -139,6 +145,7 @@ async def one(session: Any, url: str, tenant: Tenant, tokens: int, args: argpars
                 first = time.perf_counter() - t0
     if first is not None:
         tenant.ttft.append(first)
+    tenant.duration.append(time.perf_counter() - t0)
     tenant.done += 1
 
 
@@ -162,6 +169,7 @@ async def _generate_load(
         async def worker(tenant: Tenant, rng: random.Random) -> None:
             while time.perf_counter() < until:
                 await one(session, url, tenant, draw(rng, args), args)
+                tenant.active = max(tenant.active, time.perf_counter() - t0)
 
         await asyncio.gather(
             *(worker(tenants[name], lengths(name, i, args)) for name, c in load.items() for i in range(c))
@@ -173,7 +181,9 @@ async def _generate_load(
 
 
 @asynccontextmanager
-async def stack(args: argparse.Namespace, fair: bool, engine: dict[str, int]) -> AsyncIterator[Running]:
+async def stack(
+    args: argparse.Namespace, fair: bool, engine: dict[str, int], anticipation_ms: float
+) -> AsyncIterator[Running]:
     """The upstream's process and the gateway in this one; `engine` gets the upstream's figures."""
     mine, theirs = _MP.Pipe()
     upstream = _MP.Process(target=_upstream_main, args=(args.slots, theirs), daemon=True)
@@ -181,7 +191,10 @@ async def stack(args: argparse.Namespace, fair: bool, engine: dict[str, int]) ->
     loop = asyncio.get_running_loop()
     url = await loop.run_in_executor(None, mine.recv)
     settings = GatewaySettings.model_validate(
-        {"fairness": {"enabled": fair, "max_wait_s": 600}, "upstream": {"max_connections": 10_000}}
+        {
+            "fairness": {"enabled": fair, "max_wait_s": 600, "anticipation_ms": anticipation_ms},
+            "upstream": {"max_connections": 10_000},
+        }
     )
     gateway = await start_gateway(
         settings,
@@ -200,11 +213,18 @@ async def stack(args: argparse.Namespace, fair: bool, engine: dict[str, int]) ->
 
 
 async def scenario(
-    args: argparse.Namespace, fair: bool, load: dict[str, int], sample: bool = False
+    args: argparse.Namespace,
+    fair: bool,
+    load: dict[str, int],
+    sample: bool = False,
+    anticipation_ms: float | None = None,
 ) -> tuple[dict[str, Tenant], float, list[dict[str, float]], dict[str, int]]:
+    """One run; `engine` (the last item) has the upstream's figures and the holds taken/expired."""
     engine: dict[str, int] = {}
     samples: list[dict[str, float]] = []
-    async with stack(args, fair, engine) as gateway:
+    if anticipation_ms is None:
+        anticipation_ms = args.anticipation_ms
+    async with stack(args, fair, engine, anticipation_ms) as gateway:
         mine, theirs = _MP.Pipe()
         url = gateway.url + "/v1/chat/completions"
         load_process = _MP.Process(target=_load_main, args=(url, load, args, theirs), daemon=True)
@@ -216,6 +236,10 @@ async def scenario(
             await sampler(gateway, list(load), result, samples)
         tenants, elapsed = await result
         load_process.join(10)
+        gate = gateway.app.state.gateway.fairness
+        if isinstance(gate, FairnessGate) and gate.metrics is not None:
+            for outcome in ("taken", "expired"):
+                engine[f"holds_{outcome}"] = int(gate.metrics.fair_holds.labels("m", outcome)._value.get())
     return tenants, elapsed, samples, engine
 
 
@@ -241,17 +265,21 @@ def check(met: bool) -> str:
 
 async def main(args: argparse.Namespace) -> None:
     load_start = os.getloadavg()
-    alone, t_alone, _, _ = await scenario(args, True, {"B": 2})
+    alone, _, _, _ = await scenario(args, True, {"B": 2})
     fcfs, t_fcfs, _, e_fcfs = await scenario(args, False, {"B": 2, "A": 32})
     fair, t_fair, _, e_fair = await scenario(args, True, {"B": 2, "A": 32})
+    strict, t_strict, _, e_strict = await scenario(args, True, {"B": 2, "A": 32}, anticipation_ms=0)
     both, _, samples, _ = await scenario(args, True, {"A": 32, "C": 32}, sample=True)
     load_end = os.getloadavg()
 
-    def rps(t: Tenant, s: float) -> float:
-        return t.done / s
+    def rps(t: Tenant) -> float:
+        return t.done / t.active if t.active else 0.0
 
     def ttft_ms(t: Tenant) -> float:
         return statistics.median(t.ttft) * 1000 if t.ttft else float("nan")
+
+    def duration_ms(t: Tenant) -> float:
+        return statistics.mean(t.duration) * 1000 if t.duration else float("nan")
 
     # A request's duration at the mean length, and the mean time between two slots freeing.
     duration_s = args.tokens * args.delay_ms / 1000
@@ -264,7 +292,7 @@ async def main(args: argparse.Namespace) -> None:
     prompt_bound = max(0.0, per_request - gate_settings.output_weight * args.tokens)
     w_in, w_out = gate_settings.input_weight, gate_settings.output_weight
     bound = 2 * max(w_in * prompt_bound, w_out * args.slots * longest)
-    b_alone, b_fcfs, b_fair = rps(alone["B"], t_alone), rps(fcfs["B"], t_fcfs), rps(fair["B"], t_fair)
+    b_alone, b_fcfs, b_fair = rps(alone["B"]), rps(fcfs["B"]), rps(fair["B"])
     ttft_alone, ttft_fcfs, ttft_fair = ttft_ms(alone["B"]), ttft_ms(fcfs["B"]), ttft_ms(fair["B"])
     total_fcfs = (fcfs["A"].done + fcfs["B"].done) / t_fcfs
     total_fair = (fair["A"].done + fair["B"].done) / t_fair
@@ -274,14 +302,26 @@ async def main(args: argparse.Namespace) -> None:
     print(f"load average (1, 5, 15 min) at end: {', '.join(f'{x:.2f}' for x in load_end)}")
     print(f"setup: {args.slots} slots, {args.delay_ms:g} ms/token, {spread}, {args.seconds:g} s each")
     print()
-    print("| | alone | beside A, FCFS | beside A, fair |")
-    print("| --- | --- | --- | --- |")
-    print(f"| B req/s | {b_alone:.1f} | {b_fcfs:.1f} | {b_fair:.1f} |")
-    print(f"| B median TTFT | {ttft_alone:.1f} ms | {ttft_fcfs:.1f} ms | {ttft_fair:.1f} ms |")
-    print(f"| total req/s | - | {total_fcfs:.1f} | {total_fair:.1f} |")
+    b_strict, ttft_strict = rps(strict["B"]), ttft_ms(strict["B"])
+    total_strict = (strict["A"].done + strict["B"].done) / t_strict
+    anticipation = f"fair, {args.anticipation_ms:g} ms anticipation"
+    print(f"| | alone | beside A, FCFS | beside A, {anticipation} | beside A, fair, no anticipation |")
+    print("| --- | --- | --- | --- | --- |")
+    print(f"| B req/s | {b_alone:.1f} | {b_fcfs:.1f} | {b_fair:.1f} | {b_strict:.1f} |")
+    print(
+        f"| B median TTFT | {ttft_alone:.1f} ms | {ttft_fcfs:.1f} ms | {ttft_fair:.1f} ms "
+        f"| {ttft_strict:.1f} ms |"
+    )
+    durations = " | ".join(f"{duration_ms(run['B']):.0f} ms" for run in (alone, fcfs, fair, strict))
+    print(f"| B mean request duration (sent to last byte) | {durations} |")
+    print(f"| total req/s | - | {total_fcfs:.1f} | {total_fair:.1f} | {total_strict:.1f} |")
     print(
         f"| requests waiting at the engine, most | - | {e_fcfs.get('most_waiting', 0)} "
-        f"| {e_fair.get('most_waiting', 0)} |"
+        f"| {e_fair.get('most_waiting', 0)} | {e_strict.get('most_waiting', 0)} |"
+    )
+    print(
+        f"| slots kept for B: taken / expired | - | - | {e_fair.get('holds_taken', 0)} / "
+        f"{e_fair.get('holds_expired', 0)} | - |"
     )
     print()
     print("| target | measured | |")
@@ -313,4 +353,11 @@ if __name__ == "__main__":
     parser.add_argument("--tokens", type=int, default=20)
     parser.add_argument("--spread", type=float, default=0.5, help="output lengths vary by this fraction")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--anticipation-ms",
+        type=float,
+        default=GatewaySettings().fairness.anticipation_ms,
+        help="how long a freed slot is kept for the tenant VTC would serve next (the fair run; a "
+        "second fair run has none)",
+    )
     asyncio.run(main(parser.parse_args()))

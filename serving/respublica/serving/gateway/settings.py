@@ -156,6 +156,14 @@ class FairnessSettings(_Section):
     max_wait_s: float = Field(
         default=30.0, gt=0, description="Longest wait for a slot; then 503 with Retry-After."
     )
+    anticipation_ms: float = Field(
+        default=20.0,
+        ge=0,
+        le=1000,
+        description="How long a slot freed while others wait is kept for the next request of its "
+        "tenant when VTC would serve that tenant next (a closed-loop client returns within "
+        "milliseconds); 0 hands every freed slot on at once (strictly work-conserving).",
+    )
     output_every: int = Field(
         default=8,
         ge=1,

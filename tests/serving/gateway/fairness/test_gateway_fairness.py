@@ -207,3 +207,65 @@ async def test_two_gateway_replicas_split_the_capacity() -> None:
         await asyncio.gather(*tasks)
         assert len(done) == 16
         assert upstream.peak_generating <= 4
+
+
+async def test_a_light_tenants_next_request_takes_the_slot_kept_for_it() -> None:
+    """Anticipation, through the real gateway and the openai client: when the light tenant's
+    answer ends while the flood waits, its slot is kept (not given to the flood), and its next
+    request takes it at once instead of queueing behind the flood."""
+    async with gateways({"flood": Limits(), "light": Limits()}, capacity=2, anticipation_ms=600) as (
+        upstream,
+        [gateway],
+    ):
+        light = client(gateway, "light")
+        first = asyncio.create_task(stream_one(light, [], "light-1"))
+        gate = gate_of(gateway)
+        await until(lambda: gate.models.get("m") is not None and gate.models["m"].vtc.in_flight == 1)
+        flood = [asyncio.create_task(stream_one(client(gateway, "flood"), [], f"f{i}")) for i in range(6)]
+        vtc = gate.models["m"].vtc
+        await until(lambda: vtc.waiting == 5)
+        vtc.counters["flood"] += 10_000  # the flood has been served far more (a long history)
+        await first
+        await until(lambda: vtc.held == 1)  # the gateway's `finally` may run just after the client's end
+        assert list(vtc.holds) == ["light"] and vtc.waiting == 5
+        second = asyncio.create_task(stream_one(light, [], "light-2"))
+        await until(lambda: vtc.held == 0)
+        assert vtc.running["light"] == 1 and vtc.waiting == 5  # dispatched, nobody overtaken
+        await asyncio.gather(second, *flood)
+        assert upstream.peak_generating <= 2
+
+
+async def test_a_slot_kept_for_a_tenant_that_does_not_return_goes_to_the_queue() -> None:
+    async with gateways({"flood": Limits(), "light": Limits()}, capacity=1, anticipation_ms=300) as (
+        upstream,
+        [gateway],
+    ):
+        first = asyncio.create_task(stream_one(client(gateway, "light"), [], "light"))
+        gate = gate_of(gateway)
+        await until(lambda: gate.models.get("m") is not None and gate.models["m"].vtc.in_flight == 1)
+        vtc = gate.models["m"].vtc
+        flood = [asyncio.create_task(stream_one(client(gateway, "flood"), [], f"f{i}")) for i in range(2)]
+        await until(lambda: vtc.waiting == 2)
+        vtc.counters["flood"] += 10_000  # the flood has been served far more (a long history)
+        await first
+        await until(lambda: vtc.held == 1)
+        assert vtc.in_flight == 0
+        await until(lambda: vtc.held == 0 and vtc.in_flight == 1 and vtc.waiting == 1)  # expired, handed on
+        await asyncio.gather(*flood)
+        assert len(upstream.seen) == 3
+
+
+async def test_without_anticipation_a_freed_slot_goes_to_the_queue_at_once() -> None:
+    limits = {"flood": Limits(), "light": Limits()}
+    async with gateways(limits, capacity=1, anticipation_ms=0) as (_, [gateway]):
+        first = asyncio.create_task(stream_one(client(gateway, "light"), [], "light"))
+        gate = gate_of(gateway)
+        await until(lambda: gate.models.get("m") is not None and gate.models["m"].vtc.in_flight == 1)
+        vtc = gate.models["m"].vtc
+        flood = [asyncio.create_task(stream_one(client(gateway, "flood"), [], f"f{i}")) for i in range(2)]
+        await until(lambda: vtc.waiting == 2)
+        vtc.counters["flood"] += 10_000
+        await first
+        await until(lambda: vtc.waiting == 1)
+        assert vtc.held == 0 and vtc.in_flight == 1
+        await asyncio.gather(*flood)

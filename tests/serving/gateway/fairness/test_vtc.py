@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from respublica.serving.gateway.fairness.vtc import Ticket, VirtualTokenCounter, Weights
+from respublica.serving.gateway.fairness.vtc import Hold, Ticket, VirtualTokenCounter, Weights
 
 
 def test_below_capacity_requests_pass_straight_through() -> None:
@@ -112,6 +112,154 @@ def test_a_tenant_keeps_service_above_the_floor() -> None:
     assert vtc.counter("b") == 900
 
 
+# -- anticipation: a freed slot kept for the tenant VTC would serve next
+
+
+def flooded(capacity: int = 2) -> tuple[VirtualTokenCounter, list[Ticket]]:
+    """`light` holds one slot, `flood` the others and has requests waiting, more served than light."""
+    vtc = VirtualTokenCounter(capacity=capacity)
+    vtc.arrive(Ticket("light", 10))
+    for _ in range(capacity - 1):
+        vtc.arrive(Ticket("flood", 10))
+    waiting = [Ticket("flood", 10) for _ in range(3)]
+    for ticket in waiting:
+        assert not vtc.arrive(ticket)
+    vtc.charge("flood", output_tokens=50)
+    return vtc, waiting
+
+
+def test_a_freed_slot_is_kept_for_the_least_served_tenant_and_taken_when_it_returns() -> None:
+    vtc, _ = flooded()
+    hold = vtc.keep_for_return("light")
+    assert isinstance(hold, Hold) and hold.tenant == "light"
+    assert vtc.in_flight == 1 and vtc.held == 1 and vtc.running["light"] == 0
+    assert vtc.resize(2) == []  # a kept slot is not free: the flood's queue does not get it
+    back = Ticket("light", 10)
+    assert vtc.arrive(back)  # dispatched at once, ahead of the flood's waiting requests
+    assert back.dispatched and vtc.held == 0 and vtc.in_flight == 2 and vtc.waiting == 3
+    assert vtc.expire(hold) == []  # taken: its timer changes nothing
+    assert vtc.in_flight == 2 and vtc.waiting == 3
+
+
+def test_an_expired_hold_goes_to_the_next_waiting_request() -> None:
+    vtc, waiting = flooded()
+    hold = vtc.keep_for_return("light")
+    assert hold is not None
+    assert vtc.expire(hold) == [waiting[0]]
+    assert vtc.held == 0 and vtc.in_flight == 2
+    assert vtc.expire(hold) == []  # once
+
+
+def test_a_tenant_that_returns_after_its_hold_expired_waits_its_turn() -> None:
+    vtc, _ = flooded()
+    hold = vtc.keep_for_return("light")
+    assert hold is not None
+    vtc.expire(hold)
+    late = Ticket("light", 10)
+    assert not vtc.arrive(late)  # lifted to the flood's level, and queued
+    assert vtc.counter("light") == vtc.counter("flood")
+
+
+def test_no_slot_is_kept_where_vtc_would_not_serve_the_tenant_next() -> None:
+    # Nobody waits: a freed slot stays free anyway.
+    vtc = VirtualTokenCounter(capacity=2)
+    vtc.arrive(Ticket("light", 10))
+    assert vtc.keep_for_return("light") is None and vtc.in_flight == 1
+    # The tenant has its own request waiting: that request takes the slot.
+    vtc, _ = flooded()
+    vtc.arrive(Ticket("light", 10))
+    assert vtc.keep_for_return("light") is None
+    # The tenant was served more than the least served waiting tenant.
+    vtc, _ = flooded()
+    vtc.charge("light", output_tokens=500)
+    assert vtc.keep_for_return("light") is None
+    # A better class waits.
+    vtc, _ = flooded()
+    vtc.arrive(Ticket("other", 1, priority="interactive"))
+    assert vtc.keep_for_return("light", priority="batch") is None
+    assert vtc.held == 0
+
+
+def closed_loop(anticipate: int, think: int = 1, ticks: int = 3000) -> tuple[int, int, int]:
+    """A tick simulation of the benchmark's shape: `flood` keeps 40 requests waiting; `light` runs
+    2 closed-loop workers that send again `think` ticks after an answer; every request generates
+    10 tokens, one a tick; a hold lasts `anticipate` ticks (0: no anticipation). Returns light's
+    requests done, the ticks its requests waited in all, and the flood's requests done."""
+    capacity, length = 8, 10
+    vtc = VirtualTokenCounter(capacity=capacity)
+    left: dict[int, int] = {}  # id(ticket) -> tokens left, running requests
+    tickets: dict[int, Ticket] = {}
+    queued_at: dict[int, int] = {}
+    holds: list[tuple[int, Hold]] = []  # (expiry tick, hold)
+    returns: list[int] = [0, 0]  # the tick each light worker sends next
+    done = {"light": 0, "flood": 0}
+    waited = 0
+
+    def send(tenant: str, now: int) -> None:
+        ticket = Ticket(tenant, 10)
+        tickets[id(ticket)] = ticket
+        if vtc.arrive(ticket):
+            left[id(ticket)] = length
+        else:
+            queued_at[id(ticket)] = now
+
+    def started(dispatched: list[Ticket], now: int) -> None:
+        nonlocal waited
+        for ticket in dispatched:
+            left[id(ticket)] = length
+            if ticket.tenant == "light":
+                waited += now - queued_at.pop(id(ticket))
+            else:
+                queued_at.pop(id(ticket), None)
+
+    for now in range(ticks):
+        for at in returns:
+            if at == now:
+                send("light", now)
+        if now == 0:  # light's first requests found free slots; the flood comes in behind them
+            for _ in range(40):
+                send("flood", 0)
+        for _, hold in [h for h in holds if h[0] == now]:
+            started(vtc.expire(hold), now)
+        holds = [h for h in holds if h[0] > now]
+        for key in list(left):
+            ticket = tickets[key]
+            left[key] -= 1
+            vtc.charge(ticket.tenant, 1)
+            if left[key]:
+                continue
+            del left[key]
+            done[ticket.tenant] += 1
+            if ticket.tenant == "flood":
+                send("flood", now)  # the flood stays backlogged
+                hold = None
+            else:
+                returns[returns.index(min(returns))] = now + think
+                hold = vtc.keep_for_return("light") if anticipate else None
+            if hold is not None:
+                holds.append((now + anticipate, hold))
+            else:
+                started(vtc.finish(ticket.tenant), now)
+    return done["light"], waited, done["flood"]
+
+
+def test_anticipation_lets_a_closed_loop_tenant_return_without_waiting() -> None:
+    """With the hold at least as long as the client's think time, the light tenant never waits and
+    gets all it asks for; without it, each return waits for the next slot to free. The slots idle
+    only for the think time, so the flood loses at most that share."""
+    light_off, waited_off, flood_off = closed_loop(anticipate=0)
+    light_on, waited_on, flood_on = closed_loop(anticipate=3)
+    assert waited_off > 0 and waited_on == 0
+    assert light_on > light_off
+    assert light_on >= 2 * 3000 // 11 - 2  # alone: one request per 10 + 1 ticks per worker
+    assert flood_on + light_on >= 0.95 * (flood_off + light_off)
+
+
+def test_a_hold_idles_its_slot_at_most_its_length_when_the_tenant_does_not_return() -> None:
+    light, waited, _ = closed_loop(anticipate=3, think=5)  # returns after the hold expired
+    assert light > 0 and waited > 0  # it waited like anyone: the holds expired, none was taken
+
+
 # -- the bound, over generated traces
 
 
@@ -172,6 +320,8 @@ def simulate(
                     if order:
                         started(order.popleft())
                 else:
+                    # Anticipation never keeps a slot for a backlogged tenant.
+                    assert vtc.keep_for_return(job.tenant) is None
                     for ticket in vtc.finish(job.tenant):
                         started(by_ticket[id(ticket)])
         out.append(service["a"] - service["b"])

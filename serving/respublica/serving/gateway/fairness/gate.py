@@ -26,7 +26,7 @@ from starlette.types import Receive
 from respublica.serving.gateway.contracts import PRIORITIES, Principal
 from respublica.serving.gateway.errors import GatewayError, retry_after
 from respublica.serving.gateway.fairness.capacity import process_capacity
-from respublica.serving.gateway.fairness.vtc import Ticket, VirtualTokenCounter, Weights
+from respublica.serving.gateway.fairness.vtc import Hold, Ticket, VirtualTokenCounter, Weights
 from respublica.serving.gateway.routes.asgi import ClientGone, until_disconnect
 from respublica.serving.gateway.routes.plan import Plan
 from respublica.serving.gateway.settings import FairnessSettings
@@ -93,6 +93,7 @@ class FairnessGate:
         self.clock = clock
         self.weights = Weights(settings.input_weight, settings.output_weight)
         self.every = settings.output_every
+        self.anticipation_s = settings.anticipation_ms / 1000
         self.models: dict[str, _Model] = {}
         self._waiters: dict[Ticket, asyncio.Future[None]] = {}
 
@@ -129,7 +130,10 @@ class FairnessGate:
                     headers=[retry_after(self._retry_after(model))],
                 )
         started = self.clock()
+        held = vtc.held
         if vtc.arrive(ticket):
+            if vtc.held < held and self.metrics is not None:
+                self.metrics.fair_holds.labels(route.name, "taken").inc()
             self._charged(tenant, route.name, ticket)
             return Slot(self, route.name, ticket, started)
         # A model still waking (no replica ready) may keep a request waiting for its wake budget.
@@ -191,7 +195,14 @@ class FairnessGate:
             return
         held = self.clock() - slot.started
         model.mean_hold_s += _EWMA * (held - model.mean_hold_s)
-        self._wake(model.vtc.finish(slot.ticket.tenant))
+        ticket = slot.ticket
+        if self.anticipation_s > 0:
+            hold = model.vtc.keep_for_return(ticket.tenant, ticket.priority)
+            if hold is not None:
+                loop = asyncio.get_running_loop()
+                loop.call_later(self.anticipation_s, self._expire, slot.model, model, hold)
+                return
+        self._wake(model.vtc.finish(ticket.tenant))
 
     def snapshot(self) -> dict[str, Any]:
         """The /admin view: per model, its slots, and per tenant its counter and waiting requests."""
@@ -204,6 +215,7 @@ class FairnessGate:
                     "model": name,
                     "capacity": vtc.capacity,
                     "in_flight": vtc.in_flight,
+                    "held": vtc.held,
                     "waiting": vtc.waiting,
                     "mean_hold_s": round(model.mean_hold_s, 3),
                     "tenants": [
@@ -235,6 +247,14 @@ class FairnessGate:
         elif model.vtc.capacity != capacity:
             self._wake(model.vtc.resize(capacity))
         return model
+
+    def _expire(self, name: str, model: _Model, hold: Hold) -> None:
+        """A hold's time is up (a no-op where its tenant took it)."""
+        if hold not in model.vtc.holds.get(hold.tenant, ()):
+            return
+        if self.metrics is not None:
+            self.metrics.fair_holds.labels(name, "expired").inc()
+        self._wake(model.vtc.expire(hold))
 
     def _wake(self, tickets: list[Ticket]) -> None:
         for ticket in tickets:

@@ -13,6 +13,15 @@ concurrency). Pure: no clock, no I/O, no asyncio; the gate (gate.py) carries out
 - A tenant that was not backlogged is lifted on arrival: to the least counter of the backlogged
   tenants, or, when none is backlogged, to the counter of the last tenant to leave the queue — so
   idle time banks no credit, and service it received earlier is kept.
+- Anticipation (`keep_for_return`): when a request ends while others wait, and its tenant has
+  nothing waiting but would be served next if it had (no better class waiting, its counter at most
+  the least waiting one's), the slot is kept for that tenant's next request for a moment instead of
+  going to the queue. A closed-loop client (an interactive user, an agent) sends its next request a
+  few milliseconds after an answer ends; without the hold that request finds every slot just taken
+  by the flood and waits a whole slot-free interval for a place that VTC would have given it anyway.
+  This is anticipatory scheduling (Iyer and Druschel, SOSP 2001) applied to slots: it changes who
+  is served only within the order VTC already decides, and idles at most one slot per ended request
+  for the hold's length (the gate expires a hold it does not see taken: `expire`).
 """
 
 from __future__ import annotations
@@ -44,6 +53,13 @@ class Ticket:
     dispatched: bool = False
 
 
+@dataclass(eq=False, slots=True)
+class Hold:
+    """A freed slot kept for the next request of `tenant` (anticipation). Identity is the hold."""
+
+    tenant: str
+
+
 @dataclass(slots=True)
 class VirtualTokenCounter:
     capacity: int
@@ -54,6 +70,9 @@ class VirtualTokenCounter:
     queues: dict[tuple[int, str], deque[Ticket]] = field(default_factory=dict)
     last_left: str | None = None  # the tenant whose queue emptied last (the lift with nobody waiting)
     running: dict[str, int] = field(default_factory=dict)  # dispatched requests per tenant
+    # tenant -> the slots kept for its next requests, oldest first; an empty deque is removed.
+    holds: dict[str, deque[Hold]] = field(default_factory=dict)
+    held: int = 0  # slots kept, all tenants: neither in flight nor free
 
     # -- questions
 
@@ -75,7 +94,7 @@ class VirtualTokenCounter:
     def arrive(self, ticket: Ticket) -> bool:
         """A request asks for a slot: True when it is dispatched now, False when it waits."""
         self._lift(ticket.tenant)
-        if self.in_flight < self.capacity and not self.queues:
+        if self._take_hold(ticket.tenant) or (self.in_flight + self.held < self.capacity and not self.queues):
             self._dispatch(ticket)
             return True
         self.queues.setdefault((_RANK[ticket.priority], ticket.tenant), deque()).append(ticket)
@@ -87,6 +106,33 @@ class VirtualTokenCounter:
         self.in_flight = max(0, self.in_flight - 1)
         if tenant is not None and self.running.get(tenant, 0) > 0:
             self.running[tenant] -= 1
+        return self._fill()
+
+    def keep_for_return(self, tenant: str, priority: Priority = "interactive") -> Hold | None:
+        """A dispatched request of `tenant` ended and its slot is worth keeping for the tenant's next
+        request (see the module's "Anticipation"): the slot is held, not refilled, and the Hold is
+        returned for the caller to `expire`. None when it is not worth it: nothing changed, and the
+        caller calls `finish` as usual."""
+        if not self._worth_holding(tenant, _RANK[priority]):
+            return None
+        self.in_flight = max(0, self.in_flight - 1)
+        if self.running.get(tenant, 0) > 0:
+            self.running[tenant] -= 1
+        hold = Hold(tenant)
+        self.holds.setdefault(tenant, deque()).append(hold)
+        self.held += 1
+        return hold
+
+    def expire(self, hold: Hold) -> list[Ticket]:
+        """A hold's time is up: if its tenant did not take it, the slot goes to whoever is next (the
+        tickets dispatched); a hold already taken changes nothing."""
+        kept = self.holds.get(hold.tenant)
+        if kept is None or hold not in kept:
+            return []
+        kept.remove(hold)
+        if not kept:
+            del self.holds[hold.tenant]
+        self.held -= 1
         return self._fill()
 
     def cancel(self, ticket: Ticket) -> bool:
@@ -114,6 +160,28 @@ class VirtualTokenCounter:
 
     # -- the rule
 
+    def _worth_holding(self, tenant: str, rank: int) -> bool:
+        """Others wait (else a freed slot stays free anyway), the tenant has nothing waiting (else its
+        own queue takes the slot), no better class waits, and its counter is at most the least of
+        the waiting tenants' in the best waiting class: VTC would serve it next."""
+        if not self.queues or tenant in self.backlogged():
+            return False
+        best = min(r for r, _ in self.queues)
+        if best < rank:
+            return False
+        least = min(self.counter(t) for r, t in self.queues if r == best)
+        return rank < best or self.counter(tenant) <= least
+
+    def _take_hold(self, tenant: str) -> bool:
+        kept = self.holds.get(tenant)
+        if not kept:
+            return False
+        kept.popleft()
+        if not kept:
+            del self.holds[tenant]
+        self.held -= 1
+        return True
+
     def _lift(self, tenant: str) -> None:
         if tenant in self.backlogged():
             return
@@ -127,7 +195,7 @@ class VirtualTokenCounter:
 
     def _fill(self) -> list[Ticket]:
         started: list[Ticket] = []
-        while self.in_flight < self.capacity and self.queues:
+        while self.in_flight + self.held < self.capacity and self.queues:
             # Equal counters (a returning tenant is lifted to exactly the least): the tenant with
             # fewer requests running goes first, so a light tenant is not sent behind a flood's
             # backlog by a tie; then the name, so the order is deterministic.

@@ -125,6 +125,13 @@ class GatewayMetrics:
             ["tenant", "model"],
             registry=reg,
         )
+        self.fair_holds = Counter(
+            f"{PREFIX}_fair_holds",
+            "Freed slots kept for a moment for the next request of the tenant VTC would serve next "
+            "(anticipation), by model and outcome: taken by that tenant, or expired and handed on.",
+            ["model", "outcome"],
+            registry=reg,
+        )
         # The policy side's health, sampled every few seconds (telemetry/health.py): unlabelled, so
         # every scrape shows them from the first one on.
         self.ledger_pending = Gauge(
