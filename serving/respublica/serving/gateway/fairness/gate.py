@@ -117,7 +117,7 @@ class FairnessGate:
             weight=principal.tenant_limits.fair_share_weight or 1.0,
             priority=principal.priority,
         )
-        if vtc.queues or vtc.in_flight >= vtc.capacity:
+        if vtc.queues or vtc.in_flight + vtc.held >= vtc.capacity:
             limit = principal.tenant_limits.max_queued
             if limit is None:
                 limit = self.settings.max_queued
