@@ -24,20 +24,48 @@ def _stat_fields(pid: int) -> list[str] | None:
     return raw[raw.rindex(")") + 2 :].split()
 
 
-def tree(root: int) -> list[int]:
-    """The root and all its descendants alive now."""
+def _children_by_parent() -> dict[int, list[int]]:
     children: dict[int, list[int]] = {}
     for name in os.listdir("/proc"):
         if name.isdigit():
             fields = _stat_fields(int(name))
             if fields is not None:
                 children.setdefault(int(fields[1]), []).append(int(name))
+    return children
+
+
+def tree(root: int) -> list[int]:
+    """The root and all its descendants alive now."""
+    children = _children_by_parent()
     found, todo = [], [root]
     while todo:
         pid = todo.pop()
         found.append(pid)
         todo.extend(children.get(pid, ()))
     return found
+
+
+def children(pid: int) -> list[int]:
+    """The direct children of `pid` alive now, in pid order."""
+    return sorted(_children_by_parent().get(pid, ()))
+
+
+def cmdline(pid: int) -> bytes:
+    """The command line, arguments NUL-separated; empty when the process is gone."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def busy_jiffies() -> tuple[int, int]:
+    """The whole machine's (busy, total) clock ticks since boot, all CPUs, from /proc/stat: busy is
+    user, nice, system, irq and softirq; the rest of the total is idle, iowait and steal."""
+    with open("/proc/stat", "rb") as f:
+        fields = [int(v) for v in f.readline().split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, _steal = fields
+    return user + nice + system + irq + softirq, sum(fields)
 
 
 def cpu_seconds(root: int) -> float:

@@ -9,6 +9,7 @@ from loadgen import percentiles
 from targets import Target
 
 MB = 1024 * 1024
+REDIS_SCALING_TARGET = 1.7  # issue 17: 2 workers on Redis, plain req/s >= 1.7x one worker's
 
 
 def aggregate(
@@ -27,6 +28,7 @@ def aggregate(
             "version": target.version,
             "note": target.note,
             "unavailable": target.unavailable,
+            "companions": [c.name for c in target.companions],  # measured with it: its Redis
         }
         if target.unavailable is None:
             row["idle_rss_mb"] = round(idle_rss.get(target.name, 0) / MB, 1)
@@ -46,6 +48,12 @@ def _combine(windows: list[dict[str, Any]]) -> dict[str, Any]:
     seconds = sum(w["seconds"] for w in windows)
     cpu = sum(w["cpu_s"] for w in windows)
     upstream_cpu = sum(w["upstream_cpu_s"] for w in windows)
+
+    def per_request(key: str) -> float | None:
+        total = sum(w.get(key) or 0.0 for w in windows)
+        return round(total * 1000 / completed, 3) if completed else None
+
+    busy = [(w["busy_cores"], w["seconds"]) for w in windows if w.get("busy_cores") is not None]
     latencies = [x for w in windows for x in w["_latencies"]]
     ttfts = [x for w in windows for x in w["_ttfts"]]
     return {
@@ -57,10 +65,29 @@ def _combine(windows: list[dict[str, Any]]) -> dict[str, Any]:
         "cpu_s": round(cpu, 3),
         "cpu_ms_per_request": round(cpu * 1000 / completed, 3) if completed else None,
         "upstream_cpu_ms_per_request": round(upstream_cpu * 1000 / completed, 3) if completed else None,
+        # The target's companions (its Redis), included in cpu_ms_per_request; the OTLP receiver's
+        # and the load generator's CPU; the machine's busy cores (anyone's), mean over the windows.
+        "companion_cpu_ms_per_request": per_request("companion_cpu_s"),
+        "otlp_cpu_ms_per_request": per_request("otlp_cpu_s"),
+        "loadgen_cpu_ms_per_request": per_request("loadgen_cpu_s"),
+        "cpu_cores": round(cpu / seconds, 3) if seconds else None,
+        "busy_cores": round(sum(b * t for b, t in busy) / sum(t for _, t in busy), 3) if busy else None,
+        "worker_cpu_shares": _worker_shares(windows),
         "latency_ms": percentiles(latencies),
         "ttft_ms": percentiles(ttfts),
         "peak_rss_mb": round(max(w["peak_rss_bytes"] for w in windows) / MB, 1),
     }
+
+
+def _worker_shares(windows: list[dict[str, Any]]) -> list[float] | None:
+    """Each worker's share of the workers' CPU, busiest first, over all the windows (None: 1 process)."""
+    split = [w.get("worker_cpu_s") or [] for w in windows]
+    width = max((len(s) for s in split), default=0)
+    if width < 2:
+        return None
+    totals = [sum(s[i] for s in split if i < len(s)) for i in range(width)]
+    whole = sum(totals)
+    return [round(t / whole, 3) for t in totals] if whole else None
 
 
 def _headline(row: dict[str, Any]) -> dict[str, Any]:
@@ -108,6 +135,15 @@ def _ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "stream_rps": div(gw["stream_rps"], direct["stream_rps"]),
             "added_ttft_p50_ms": sub(gw["ttft_p50_ms"], direct["ttft_p50_ms"]),
         }
+    one, two = by.get("respublica-redis"), by.get("respublica-redis-2w")
+    if one and two:
+        rps = div(two["plain_rps"], one["plain_rps"])
+        out["redis_2_workers_vs_1"] = {
+            "plain_rps": rps,
+            "target": REDIS_SCALING_TARGET,
+            "met": None if rps is None else rps >= REDIS_SCALING_TARGET,
+            "plain16_cpu": div(two["plain16_cpu_ms"], one["plain16_cpu_ms"]),
+        }
     return out
 
 
@@ -146,9 +182,54 @@ def table(results: dict[str, Any]) -> str:
     )
     for name, ratios in results["ratios"].items():
         lines.append(f"{name}: " + ", ".join(f"{k} {v}" for k, v in ratios.items()))
+    scaling = results["ratios"].get("redis_2_workers_vs_1")
+    if scaling and scaling["plain_rps"] is not None:
+        lines.append(
+            f"2 workers / 1 worker on Redis: {scaling['plain_rps']:.2f}x "
+            f"(target >= {scaling['target']}x; plain16 req/s)"
+        )
     if results.get("otlp_receiver"):
         lines.append(f"OTLP receiver: {results['otlp_receiver']}")
+    cores = cores_table(results)
+    if cores:
+        lines += ["", cores]
     return "\n".join(lines)
+
+
+def cores_table(results: dict[str, Any]) -> str:
+    """plain16: where the machine's cores went, per target (empty when plain16 was not measured)."""
+    cpus = results["machine"].get("cpus")
+    header = (
+        "| plain16, c=32 | req/s | target CPU ms/req | of which Redis | upstream | OTLP receiver "
+        f"| load generator | target cores | busy cores of {cpus} (anyone's) | workers' CPU split |"
+    )
+    lines = [header, "|" + "---|" * 10]
+    rows = 0
+    for row in results["rows"]:
+        plain = (row.get("scenarios") or {}).get("plain16")
+        if not plain:
+            continue
+        rows += 1
+
+        def ms(key: str, plain: dict[str, Any] = plain) -> str:
+            value = plain.get(key)
+            return "-" if value is None else f"{value:.3f}"
+
+        direct = row["target"] == "direct"  # the upstream is the target itself
+        cells = [
+            row["target"],
+            f"{plain['rps']:,.0f}",
+            ms("cpu_ms_per_request"),
+            ms("companion_cpu_ms_per_request") if row.get("companions") else "-",
+            "(itself)" if direct else ms("upstream_cpu_ms_per_request"),
+            ms("otlp_cpu_ms_per_request"),
+            ms("loadgen_cpu_ms_per_request"),
+            "-" if plain.get("cpu_cores") is None else f"{plain['cpu_cores']:.2f}",
+            "-" if plain.get("busy_cores") is None else f"{plain['busy_cores']:.2f}",
+            "/".join(f"{share * 100:.0f}" for share in plain.get("worker_cpu_shares") or []) or "-",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) if rows else ""
 
 
 def chart(results: dict[str, Any], path: Path) -> str:
@@ -172,7 +253,7 @@ def chart(results: dict[str, Any], path: Path) -> str:
     axes = list(grid.flat)
     axes[-1].axis("off")
     names = [r["target"] for r in rows]
-    colours = ["#2a9d8f" if n == "respublica" else "#8d99ae" for n in names]
+    colours = ["#2a9d8f" if n.startswith("respublica") else "#8d99ae" for n in names]
     for ax, (key, title, hint) in zip(axes, panels, strict=False):
         values = [r["headline"].get(key) or 0.0 for r in rows]
         ax.barh(names, values, color=colours)

@@ -3,7 +3,9 @@ target (direct, the pass-through, respublica's gateway, LiteLLM's proxy, vllm-ro
 
 Every process gets its own session (process group), so a stop reaches a whole tree (LiteLLM's
 workers) by that one group id. respublica is started through its public CLI only (`respublica
-tenants|keys create`, `respublica gateway`), never through internal imports.
+tenants|keys create`, `respublica gateway`), never through internal imports. The gateway on the
+Redis quota store gets a private `redis-server` of its own (loopback, free port, no persistence),
+a companion whose CPU and memory count as the target's.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -57,6 +60,9 @@ class Target:
     url: str  # base URL, without /v1
     headers: dict[str, str] = field(default_factory=dict)
     proc: Proc | None = None  # whose tree is measured; None: not started
+    # Processes outside that tree that serve only this target (its Redis): measured with it, stopped
+    # after it.
+    companions: list[Proc] = field(default_factory=list)
     version: str = ""
     note: str = ""
     unavailable: str | None = None
@@ -153,6 +159,49 @@ def start_otlp_receiver(workdir: Path, python: str) -> tuple[Proc, str]:
     return proc, url
 
 
+def redis_server_bin() -> Path:
+    """`$REDIS_SERVER_FOR_BENCH`, else `redis-server` on PATH (Debian: apt-get install redis-server)."""
+    explicit = os.environ.get("REDIS_SERVER_FOR_BENCH")
+    found = explicit or shutil.which("redis-server")
+    if not found or not Path(found).is_file():
+        where = f" ({explicit} missing)" if explicit else ""
+        raise Unavailable(f"not installed: redis-server{where} (apt-get install redis-server)")
+    return Path(found)
+
+
+def start_redis(workdir: Path, name: str) -> tuple[Proc, str]:
+    """A private redis-server on loopback, no persistence (as tests/helpers/redis_server.py starts one)."""
+    binary = redis_server_bin()
+    home = workdir / name
+    home.mkdir(exist_ok=True)
+    port = free_port()
+    args = [str(binary), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    args += ["--dir", str(home), "--protected-mode", "yes", "--loglevel", "warning"]
+    proc = spawn(name, args, home)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if proc.popen.poll() is not None:
+            raise Unavailable(f"redis-server exited {proc.popen.returncode} at start: {proc.log_tail(300)}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    return proc, f"redis://127.0.0.1:{port}/0"
+        except OSError:
+            pass
+        time.sleep(0.05)
+    stop(proc)
+    raise Unavailable(f"redis-server did not answer PING in 15 s: {proc.log_tail(300)}")
+
+
+def redis_version(binary: Path) -> str:
+    done = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=30)
+    for part in done.stdout.split():
+        if part.startswith("v="):
+            return f"redis {part[2:]}"
+    return "redis"
+
+
 # The targets.
 
 
@@ -186,11 +235,36 @@ def _cli(binary: Path, args: list[str], workdir: Path) -> str:
     return done.stdout.strip()
 
 
-def start_respublica(workdir: Path, upstream: str, otlp: str) -> Target:
+def start_respublica(
+    workdir: Path,
+    upstream: str,
+    otlp: str,
+    *,
+    name: str = "respublica",
+    workers: int = 1,
+    redis: bool = False,
+) -> Target:
     """Every feature on: a key from the database, a tenant with limits (so each request reserves and
-    settles quota), metrics, tracing exported over OTLP/HTTP, the SQLite ledger."""
+    settles quota), metrics, tracing exported over OTLP/HTTP, the SQLite ledger. With `redis`, the
+    quota store is a private redis-server (a companion of the target); `workers` > 1 needs it."""
     binary = respublica_bin()
-    home = workdir / "respublica"
+    redis_proc, redis_url = start_redis(workdir, f"{name}-redis") if redis else (None, None)
+    try:
+        target = _start_respublica(binary, workdir, upstream, otlp, name, workers, redis_url)
+    except BaseException:
+        if redis_proc is not None:
+            stop(redis_proc)
+        raise
+    if redis_proc is not None:
+        target.companions.append(redis_proc)
+        target.version += f", {redis_version(redis_server_bin())}"
+    return target
+
+
+def _start_respublica(
+    binary: Path, workdir: Path, upstream: str, otlp: str, name: str, workers: int, redis_url: str | None
+) -> Target:
+    home = workdir / name
     home.mkdir(exist_ok=True)
     db = f"sqlite:///{home / 'gateway.db'}"
     # Limits far above what a run spends, but set: an unlimited tenant would skip the quota path.
@@ -217,26 +291,52 @@ def start_respublica(workdir: Path, upstream: str, otlp: str) -> Target:
         yaml.safe_dump(
             {
                 "database_url": db,
-                "quota": {"store": "memory"},
+                "quota": {"store": "redis", "redis_url": redis_url} if redis_url else {"store": "memory"},
                 "telemetry": {"otlp_endpoint": otlp, "metrics": True},
             }
         )
     )
     port = free_port()
     args = [str(binary), "gateway", "--config", str(config), "--routes", str(routes), "--port", str(port)]
-    args += ["--log-level", "warning"]
-    proc = spawn("respublica", args, home)
+    args += ["--workers", str(workers), "--log-level", "warning"]
+    proc = spawn(name, args, home)
     url = f"http://127.0.0.1:{port}"
     wait_ready(proc, url + "/healthz", 90)
+    if workers > 1:  # /healthz answers once one worker is up: every worker must be, before a window
+        wait_workers(proc, workers, 90)
     version = _cli(binary, ["version"], home)
+    store = "quota store Redis (its own redis-server, counted in CPU and RSS)" if redis_url else "memory"
     return Target(
-        "respublica",
+        name,
         url,
         headers={"Authorization": f"Bearer {key}"},
         proc=proc,
         version=version,
-        note="DB key auth, quota reserve/settle, metrics, OTLP tracing, SQLite ledger; 1 worker",
+        note=f"DB key auth, quota reserve/settle ({store}), metrics, OTLP tracing, SQLite ledger; "
+        f"{workers} worker{'s' if workers > 1 else ''}",
     )
+
+
+def wait_workers(proc: Proc, workers: int, within_s: float) -> None:
+    """Until uvicorn's supervisor has `workers` children that have been alive a second (not ones it
+    is replacing in a loop: a worker that fails its startup health check is killed and restarted)."""
+    import proctree
+
+    deadline = time.monotonic() + within_s
+    steady: list[int] = []
+    steady_since = 0.0
+    while time.monotonic() < deadline:
+        if proc.popen.poll() is not None:
+            raise Unavailable(f"exited {proc.popen.returncode} at start: {proc.log_tail(300)}")
+        # multiprocessing's spawned children (uvicorn's workers), not its resource tracker
+        spawned = [pid for pid in proctree.children(proc.pid) if b"spawn_main" in proctree.cmdline(pid)]
+        if len(spawned) < workers or spawned != steady:
+            steady, steady_since = spawned, time.monotonic()
+        elif time.monotonic() - steady_since >= 1.0:
+            return
+        time.sleep(0.25)
+    stop(proc)
+    raise Unavailable(f"{workers} workers not up in {within_s:.0f} s: {proc.log_tail(300)}")
 
 
 def peers_bin(name: str) -> Path:

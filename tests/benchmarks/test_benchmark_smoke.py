@@ -73,12 +73,61 @@ def test_a_peer_that_is_not_installed_is_a_row_not_a_crash(tmp_path: Path) -> No
     empty = tmp_path / "no-peers-venv"
     empty.mkdir()
     results = run_bench(
-        tmp_path / "out", "--targets", "direct,litellm,vllm-router", env={"PEERS_VENV": str(empty)}
+        tmp_path / "out",
+        "--targets",
+        "direct,litellm,vllm-router,respublica-redis-2w",
+        env={"PEERS_VENV": str(empty), "REDIS_SERVER_FOR_BENCH": str(empty / "redis-server")},
     )
     rows = {row["target"]: row for row in results["rows"]}
     assert rows["litellm"]["unavailable"].startswith("not installed")
     assert rows["vllm-router"]["unavailable"].startswith("not installed")
+    assert rows["respublica-redis-2w"]["unavailable"].startswith("not installed: redis-server")
     assert rows["direct"]["scenarios"]["plain16"]["completed"] > 0
+    assert "redis_2_workers_vs_1" not in results["ratios"]
+
+
+def test_the_report_divides_two_workers_on_redis_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scaling ratio and its printed line, from made-up windows (arithmetic, not timing)."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    for name in ("report", "targets", "loadgen", "http11"):  # the runner's modules, imported by name
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    import report
+    import targets
+
+    def window(target: str, completed: int) -> dict[str, Any]:
+        return {
+            "target": target,
+            "scenario": "plain16",
+            "completed": completed,
+            "seconds": 2.0,
+            "errors": 0,
+            "error_samples": [],
+            "cpu_s": completed / 1000,
+            "companion_cpu_s": completed / 10000,
+            "upstream_cpu_s": 0.1,
+            "otlp_cpu_s": 0.0,
+            "loadgen_cpu_s": 0.2,
+            "busy_cores": 1.5,
+            "peak_rss_bytes": 1,
+            "rps": completed / 2.0,
+            "_latencies": [0.01],
+            "_ttfts": [],
+        }
+
+    rows = [targets.Target("respublica-redis", ""), targets.Target("respublica-redis-2w", "")]
+    results = report.aggregate(
+        targets=rows,
+        windows=[window("respublica-redis", 400), window("respublica-redis-2w", 700)],
+        idle_rss={},
+        otlp={},
+        settings={"rounds": 1, "seconds": 2.0},
+        machine={"cpus": 2, "loadavg_start": [0.5], "loadavg_end": [0.6]},
+    )
+    scaling = results["ratios"]["redis_2_workers_vs_1"]
+    assert scaling == {"plain_rps": 1.75, "target": 1.7, "met": True, "plain16_cpu": 1.0}
+    printed = report.table(results)
+    assert "2 workers / 1 worker on Redis: 1.75x (target >= 1.7x" in printed
+    assert "| respublica-redis | 200 | 1.000 | - | 0.250 |" in printed  # no companion: no Redis column
 
 
 @pytest.fixture(scope="module")
