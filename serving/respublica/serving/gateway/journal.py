@@ -127,15 +127,24 @@ class UsageJournal:
 
     async def sync(self) -> None:
         """Return once every line appended before the call is on disk (one fsync for many callers)."""
+        waiter = self.sync_waiter()
+        if waiter is not None:
+            await waiter
+
+    def sync_waiter(self) -> asyncio.Future[None] | None:
+        """`sync` without its coroutine: a future done once every line appended so far is on disk,
+        or None when they already are. The future is the caller's own, so a caller cancelled while
+        it waits (which cancels the future) never cancels the others; the request path awaits it
+        directly, without a task to shield it."""
         target = self._appended
         if self._synced >= target:
-            return
+            return None
         loop = asyncio.get_running_loop()
-        waiter = loop.create_future()  # its own: a caller cancelled never cancels the others
+        waiter: asyncio.Future[None] = loop.create_future()
         self._waiters.append((target, waiter))
         if self._syncer is None:
             self._syncer = loop.create_task(self._sync_rounds(), name="usage-journal-sync")
-        await waiter
+        return waiter
 
     async def _sync_rounds(self) -> None:
         """fdatasync rounds while anyone waits; each round covers every line appended before it."""

@@ -81,8 +81,14 @@ class SqlLedger:
 
     async def durable(self) -> None:
         """Return once every record so far is on local disk (a no-op without a journal)."""
-        if self.journal is not None:
-            await self.journal.sync()
+        waiter = self.durable_waiter()
+        if waiter is not None:
+            await waiter
+
+    def durable_waiter(self) -> asyncio.Future[None] | None:
+        """`durable` as the caller's own future (None: on disk already, or no journal); see
+        `UsageJournal.sync_waiter`."""
+        return self.journal.sync_waiter() if self.journal is not None else None
 
     async def open(self) -> None:
         """Write to the database what dead processes left in the journal (call at start, before

@@ -27,6 +27,7 @@ from respublica.serving.gateway.errors import GatewayError
 from respublica.serving.gateway.ids import new_id
 from respublica.serving.gateway.ledger import SqlLedger
 from respublica.serving.gateway.quota.keeper import LeaseKeeper
+from respublica.serving.gateway.quota.memory import MemoryQuotaStore
 from respublica.serving.gateway.routes.asgi import header
 from respublica.serving.gateway.routes.plan import Plan
 from respublica.serving.gateway.routing.balancer import LeastOutstanding
@@ -144,10 +145,14 @@ async def settle_and_observe(ctx: GatewayContext, call: Call, span: trace.Span) 
     _observe(ctx, call, span, latency)
     if isinstance(ctx.ledger, SqlLedger):
         # The ledger line is on local disk before the answer completes (journal.py: group fsync).
-        try:
-            await asyncio.shield(ctx.ledger.durable())
-        except asyncio.CancelledError as exc:
-            cancelled = cancelled or exc
+        # The waiter is this request's own future: a cancel ends only this wait, so it needs no
+        # shield (and no task made for one).
+        waiter = ctx.ledger.durable_waiter()
+        if waiter is not None:
+            try:
+                await waiter
+            except asyncio.CancelledError as exc:
+                cancelled = cancelled or exc
     if cancelled is not None:
         raise cancelled
 
@@ -174,7 +179,12 @@ async def _settle(ctx: GatewayContext, call: Call) -> asyncio.CancelledError | N
             tenant = call.principal.tenant if call.principal is not None else ""
             ctx.metrics.underestimates.labels(tenant, call.model).inc()
     try:
-        await asyncio.shield(ctx.quota.settle(reservation, used))
+        if type(ctx.quota) is MemoryQuotaStore:
+            # Runs to its end without an await: nothing can cancel it halfway, so no task is made
+            # to shield it (a subclass, which may await, takes the general path).
+            ctx.quota.settle_now(reservation, used)
+        else:
+            await asyncio.shield(ctx.quota.settle(reservation, used))
     except asyncio.CancelledError as exc:
         return exc
     except Exception as exc:
