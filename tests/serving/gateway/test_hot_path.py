@@ -134,6 +134,40 @@ def test_sse_tap_counts_the_same_however_the_stream_is_cut(
     assert one_by_one[1] == len(words) + broken + ending
 
 
+@settings(max_examples=80, deadline=None)
+@given(
+    texts=st.lists(st.text(alphabet='ab"\\ \u00e9', max_size=8), max_size=40),
+    broken=st.lists(st.integers(min_value=0, max_value=40), max_size=3),
+    crlf=st.lists(st.integers(min_value=0, max_value=40), max_size=3),
+    batch=st.sampled_from([1, 300, 16 * 1024]),
+)
+def test_sse_tap_counts_text_in_batches_as_it_did_event_by_event(
+    texts: list[str], broken: list[int], crlf: list[int], batch: int
+) -> None:
+    # The tap counts generated text over batches of whole events; the total must be what counting
+    # each event alone gives (uncounted_max_bytes=0), with strings that never close, events ended
+    # by `\r\n\r\n` (counted alone: a string left open in one must not run on into the next) and
+    # a tail without its end among them.
+    events = [sse({"choices": [{"index": 0, "delta": {"content": t}, "finish_reason": None}]}) for t in texts]
+    for i in broken:
+        events.insert(min(i, len(events)), b'data: {"choices":[{"delta":{"content":"no \\" end}}]}\n\n')
+    for i in crlf:
+        events.insert(min(i, len(events)), b'data: {"choices":[{"delta":{"content":"crlf, no end}}]}\r\n\r\n')
+    events.append(b'data: {"choices":[{"delta":{"content":"a tail')
+
+    def counted(pieces: list[bytes], uncounted_max_bytes: int) -> tuple[int, int]:
+        tap = SSETap(strip_usage_chunk=True, uncounted_max_bytes=uncounted_max_bytes)
+        for piece in pieces:
+            tap.feed(piece)
+        tap.flush()
+        return tap.chunks, tap.text_bytes
+
+    alone = counted(events, 0)
+    assert counted(events, batch) == alone
+    assert counted([b"".join(events)], batch) == alone
+    assert alone[1] >= sum(len(t.encode()) for t in texts)
+
+
 def test_ids_are_unique_and_differ_in_a_forked_child() -> None:
     ids = {new_id() for _ in range(100_000)}
     assert len(ids) == 100_000 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
