@@ -160,14 +160,32 @@ def settle_keys(subject: str, started_at: float) -> SettleKeys:
 _NO_LIMITS = Limits()
 
 
-def _scope_checks(scope: Scope, subject: str, limits: Limits | None, tokens: int, now: float) -> list[Check]:
-    lim = limits or _NO_LIMITS
+class _When(NamedTuple):
+    """What the checks of one admission take from its time, worked out once for both scopes."""
+
+    idx: int  # the minute
+    day_number: int
+    weight: float  # of the previous minute's bucket
+    day_ttl: int
+    month_ttl: int
+
+
+def _when(now: float) -> _When:
     idx = minute_index(now)
     day_number = int(now // DAY_S)
-    rq, rq_prev, tk, tk_prev, day, month, cc = _names(scope, subject, idx, day_number)
-    weight = 1.0 - (now - idx * WINDOW_S) / WINDOW_S
-    day_ttl = int(next_day(now) - now) + PERIOD_GRACE_S
-    month_ttl = int(_next_month(day_number) - now) + PERIOD_GRACE_S
+    return _When(
+        idx,
+        day_number,
+        1.0 - (now - idx * WINDOW_S) / WINDOW_S,
+        int(next_day(now) - now) + PERIOD_GRACE_S,
+        int(_next_month(day_number) - now) + PERIOD_GRACE_S,
+    )
+
+
+def _scope_checks(scope: Scope, subject: str, limits: Limits | None, tokens: int, when: _When) -> list[Check]:
+    lim = limits or _NO_LIMITS
+    rq, rq_prev, tk, tk_prev, day, month, cc = _names(scope, subject, when.idx, when.day_number)
+    weight, day_ttl, month_ttl = when.weight, when.day_ttl, when.month_ttl
     return [
         Check(rq, rq_prev, weight, 1, lim.requests_per_minute, "requests_per_minute", scope, WINDOW_TTL_S),
         Check(tk, tk_prev, weight, tokens, lim.tokens_per_minute, "tokens_per_minute", scope, WINDOW_TTL_S),
@@ -180,9 +198,10 @@ def _scope_checks(scope: Scope, subject: str, limits: Limits | None, tokens: int
 def plan_admission(principal: Principal, tokens: int, now: float) -> Plan:
     if not 0 <= tokens <= MAX_RESERVATION:
         raise ValueError(f"a reservation must be between 0 and {MAX_RESERVATION} tokens")
-    checks = _scope_checks("tenant", principal.subject, principal.tenant_limits, tokens, now)
-    checks += _scope_checks("key", principal.subject, principal.key_limits, tokens, now)
-    return Plan(now, tokens, tuple(checks), settle_keys(principal.subject, now))
+    when = _when(now)
+    checks = _scope_checks("tenant", principal.subject, principal.tenant_limits, tokens, when)
+    checks += _scope_checks("key", principal.subject, principal.key_limits, tokens, when)
+    return Plan(now, tokens, tuple(checks), _settle_keys(principal.subject, when.idx, when.day_number))
 
 
 def estimate(check: Check, current: int, previous: int) -> float:
@@ -279,21 +298,28 @@ def rejection(principal: Principal, plan: Plan, index: int, values: list[tuple[i
 def headers_for(plan: Plan, values: list[tuple[int, int]], *, admitted: bool) -> RateHeaders:
     """OpenAI's per-minute headers from the tightest of the tenant's and the key's windows."""
     elapsed = _elapsed(plan.now)
-
-    def tightest(reason: RejectReason) -> tuple[int, int, float] | None:
-        best: tuple[int, int, float] | None = None
-        for check, (cur, prev) in zip(plan.checks, values, strict=True):
-            if check.reason != reason or check.limit is None:
-                continue
-            used = estimate(check, cur, prev) + (check.cost if admitted else 0)
-            remaining = max(0, math.floor(check.limit - used))
-            cur_after = cur + (check.cost if admitted else 0)
-            reset = window_reset(prev, cur_after, elapsed)
-            if best is None or remaining < best[1]:
-                best = (check.limit, remaining, reset)
-        return best
-
-    rq, tk = tightest("requests_per_minute"), tightest("tokens_per_minute")
+    # (limit, remaining, reset) of the tightest requests and tokens window, found in one pass;
+    # of two windows as tight, the first (the tenant's) is reported.
+    rq: tuple[int, int, float] | None = None
+    tk: tuple[int, int, float] | None = None
+    for check, (cur, prev) in zip(plan.checks, values, strict=True):
+        if check.limit is None:
+            continue
+        if check.reason == "requests_per_minute":
+            requests = True
+        elif check.reason == "tokens_per_minute":
+            requests = False
+        else:
+            continue
+        best = rq if requests else tk
+        cost = check.cost if admitted else 0
+        remaining = max(0, math.floor(check.limit - (estimate(check, cur, prev) + cost)))
+        if best is None or remaining < best[1]:
+            best = (check.limit, remaining, window_reset(prev, cur + cost, elapsed))
+            if requests:
+                rq = best
+            else:
+                tk = best
     return RateHeaders(
         limit_requests=rq[0] if rq else None,
         remaining_requests=rq[1] if rq else None,
