@@ -136,17 +136,24 @@ class OpenAIEndpoint:
 
     async def _say(self, call: Call, send: Send, last: LastWord, timeout_s: float | None = None) -> None:
         try:
-            async with asyncio.timeout(timeout_s):
-                if last.status:
-                    await send_json(send, last.status, last.body, last.headers)
-                else:
-                    await send({"type": "http.response.body", "body": last.body, "more_body": False})
+            if timeout_s is None:  # the usual case: no timeout context to enter and leave
+                await self._write(send, last)
+            else:
+                async with asyncio.timeout(timeout_s):
+                    await self._write(send, last)
         except TimeoutError:  # before OSError, whose subclass it is
             log.warning("request %s: the client did not take its last word in time", call.request_id)
         except OSError:
             pass  # the client is gone; the request is settled and recorded already
         except Exception as exc:
             log.error("request %s failed: %s", call.request_id, type(exc).__name__)
+
+    @staticmethod
+    async def _write(send: Send, last: LastWord) -> None:
+        if last.status:
+            await send_json(send, last.status, last.body, last.headers)
+        else:
+            await send({"type": "http.response.body", "body": last.body, "more_body": False})
 
     async def _plan(self, call: Call, span: trace.Span, scope: Scope, receive: Receive) -> Plan:
         """Who is calling and what they ask for: authenticate, read the body, resolve the route,
