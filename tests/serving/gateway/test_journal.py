@@ -140,3 +140,26 @@ async def test_one_fsync_covers_a_wave_of_concurrent_requests(
     assert len(on_disk) == 2000
     ledger._queue.clear()
     await db.close()
+
+
+async def test_the_writer_ends_on_a_cancel_that_lands_just_after_its_wake(tmp_path: Path) -> None:
+    """A cancel that arrives after the writer's wake-up but before it resumes must end it (with
+    `asyncio.wait_for` on Python 3.11 it was swallowed and the writer waited on: `close()` hung)."""
+    db = await open_database(f"sqlite:///{tmp_path / 'l.db'}")
+    try:
+        for turns in range(4):  # where exactly the cancel lands depends on the loop's turns
+            ledger = SqlLedger(Repository(db), interval_s=3600)
+            ledger.record(usage(turns))  # starts the writer, which then waits to be woken
+            for _ in range(3):
+                await asyncio.sleep(0)
+            await ledger.flush()
+            task = ledger._task
+            assert task is not None and ledger._wake is not None
+            ledger._wake.set()
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            task.cancel()
+            done, _ = await asyncio.wait([task], timeout=5)
+            assert task in done and task.cancelled(), f"the writer outlived its cancel ({turns} turns)"
+    finally:
+        await db.close()

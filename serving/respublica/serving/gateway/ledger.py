@@ -179,8 +179,12 @@ class SqlLedger:
         assert self._wake is not None
         backoff = self.interval_s
         while True:
+            # `asyncio.timeout`, not `wait_for`: on Python 3.11, a cancel that lands after the wake
+            # but before this task resumes is swallowed by `wait_for`, and the writer then waited
+            # on, so `close()` (and a test's event loop teardown) hung on it.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), backoff)
+                async with asyncio.timeout(backoff):
+                    await self._wake.wait()
             self._wake.clear()
             if await self._write_pending():
                 backoff = self.interval_s
