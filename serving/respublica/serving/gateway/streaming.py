@@ -148,23 +148,28 @@ class SSETap:
                 return b""
             data = self._tail + data
             self._held, self._held_bytes = [], 0
-        if b"\r" not in data and b"\n\n\n" not in data:
-            # Several events at once (the gateway fell behind the model): where none of them can
-            # carry usage, a finish reason or the end, they are counted in one pass over the bytes.
-            # Without `\r` and `\n\n\n`, the event ends are exactly the disjoint `\n\n`s.
-            end = data.rfind(b"\n\n") + 2
-            whole = data[:end] if end < len(data) else data
-            if end >= 2 and not any(mark in whole for mark in _STOP_MARKS):
-                if self.first_chunk_at is None:
-                    self.first_chunk_at = time.perf_counter()
-                self.chunks += whole.count(b"\n\n")
-                self._add_text(whole)
-                if end < len(data):
-                    self._hold(data[end:])
-                return whole
-        end = 0
+        start = 0  # where the events to read one by one begin
         out: list[bytes] = []
-        for match in _EVENT_END.finditer(data):
+        if b"\r" not in data and b"\n\n\n" not in data:
+            # Several events at once (the gateway fell behind the model): the ones before the first
+            # that can carry usage, a finish reason or the end are counted in one pass over the
+            # bytes, the rest one by one. Without `\r` and `\n\n\n`, the event ends are exactly
+            # the disjoint `\n\n`s (and no mark holds a `\n`).
+            whole_end = data.rfind(b"\n\n") + 2
+            if whole_end >= 2:
+                stop = _first_stop_mark(data, whole_end)
+                start = whole_end if stop == -1 else data.rfind(b"\n\n", 0, stop) + 2
+                if start >= 2:
+                    counted = data[:start] if start < len(data) else data
+                    if self.first_chunk_at is None:
+                        self.first_chunk_at = time.perf_counter()
+                    self.chunks += counted.count(b"\n\n")
+                    self._add_text(counted)
+                    out.append(counted)
+                else:
+                    start = 0  # the first event already has a mark
+        end = start
+        for match in _EVENT_END.finditer(data, start):
             event = data[end : match.end()]
             end = match.end()
             if self._keep(event):
@@ -216,6 +221,12 @@ class SSETap:
         """An upper bound of the output tokens streamed so far, for a stream that never reported
         usage: every token is at least one byte of text, or an event of its own."""
         return self.chunks + self.text_bytes
+
+
+def _first_stop_mark(data: bytes, end: int) -> int:
+    """Where the first mark of usage, a finish reason or the end is in `data[:end]`, or -1."""
+    found = [at for at in (data.find(mark, 0, end) for mark in _STOP_MARKS) if at != -1]
+    return min(found) if found else -1
 
 
 def _data_of(event: bytes) -> dict[str, Any] | None:
