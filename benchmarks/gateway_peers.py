@@ -129,10 +129,12 @@ async def measure(
     out["upstream_cpu_s"] = up
     out["otlp_cpu_s"] = otlp
     out["loadgen_cpu_s"] = gen
-    total_ticks = busy1[1] - busy0[1]
-    # Cores busy over the window, anyone's work: the ticks of all CPUs over the window's wall time.
+    total_ticks = busy1[2] - busy0[2]
+    # Cores busy over the window, anyone's work: the ticks of all CPUs over the window's wall time;
+    # and the cores the hypervisor took away (steal: other guests on the host).
     cores = os.cpu_count() or 1
     out["busy_cores"] = round((busy1[0] - busy0[0]) / total_ticks * cores, 3) if total_ticks else None
+    out["steal_cores"] = round((busy1[1] - busy0[1]) / total_ticks * cores, 3) if total_ticks else None
     # How the load fell on the workers (several only): their CPU over the window, busiest first.
     out["worker_cpu_s"] = sorted(
         (round(workers1[k] - workers0[k], 3) for k in workers1 if k in workers0), reverse=True

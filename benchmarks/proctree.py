@@ -59,13 +59,14 @@ def cmdline(pid: int) -> bytes:
         return b""
 
 
-def busy_jiffies() -> tuple[int, int]:
-    """The whole machine's (busy, total) clock ticks since boot, all CPUs, from /proc/stat: busy is
-    user, nice, system, irq and softirq; the rest of the total is idle, iowait and steal."""
+def busy_jiffies() -> tuple[int, int, int]:
+    """The whole machine's (busy, steal, total) clock ticks since boot, all CPUs, from /proc/stat:
+    busy is user, nice, system, irq and softirq; steal is time a virtual CPU wanted to run but the
+    hypervisor ran something else; the rest of the total is idle and iowait."""
     with open("/proc/stat", "rb") as f:
         fields = [int(v) for v in f.readline().split()[1:9]]
-    user, nice, system, _idle, _iowait, irq, softirq, _steal = fields
-    return user + nice + system + irq + softirq, sum(fields)
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return user + nice + system + irq + softirq, steal, sum(fields)
 
 
 def cpu_seconds(root: int) -> float:

@@ -53,7 +53,10 @@ def _combine(windows: list[dict[str, Any]]) -> dict[str, Any]:
         total = sum(w.get(key) or 0.0 for w in windows)
         return round(total * 1000 / completed, 3) if completed else None
 
-    busy = [(w["busy_cores"], w["seconds"]) for w in windows if w.get("busy_cores") is not None]
+    def mean_cores(key: str) -> float | None:
+        known = [(w[key], w["seconds"]) for w in windows if w.get(key) is not None]
+        return round(sum(c * t for c, t in known) / sum(t for _, t in known), 3) if known else None
+
     latencies = [x for w in windows for x in w["_latencies"]]
     ttfts = [x for w in windows for x in w["_ttfts"]]
     return {
@@ -71,7 +74,8 @@ def _combine(windows: list[dict[str, Any]]) -> dict[str, Any]:
         "otlp_cpu_ms_per_request": per_request("otlp_cpu_s"),
         "loadgen_cpu_ms_per_request": per_request("loadgen_cpu_s"),
         "cpu_cores": round(cpu / seconds, 3) if seconds else None,
-        "busy_cores": round(sum(b * t for b, t in busy) / sum(t for _, t in busy), 3) if busy else None,
+        "busy_cores": mean_cores("busy_cores"),
+        "steal_cores": mean_cores("steal_cores"),
         "worker_cpu_shares": _worker_shares(windows),
         "latency_ms": percentiles(latencies),
         "ttft_ms": percentiles(ttfts),
@@ -201,9 +205,10 @@ def cores_table(results: dict[str, Any]) -> str:
     cpus = results["machine"].get("cpus")
     header = (
         "| plain16, c=32 | req/s | target CPU ms/req | of which Redis | upstream | OTLP receiver "
-        f"| load generator | target cores | busy cores of {cpus} (anyone's) | workers' CPU split |"
+        f"| load generator | target cores | busy cores of {cpus} (anyone's) | stolen cores "
+        "| workers' CPU split |"
     )
-    lines = [header, "|" + "---|" * 10]
+    lines = [header, "|" + "---|" * 11]
     rows = 0
     for row in results["rows"]:
         plain = (row.get("scenarios") or {}).get("plain16")
@@ -226,6 +231,7 @@ def cores_table(results: dict[str, Any]) -> str:
             ms("loadgen_cpu_ms_per_request"),
             "-" if plain.get("cpu_cores") is None else f"{plain['cpu_cores']:.2f}",
             "-" if plain.get("busy_cores") is None else f"{plain['busy_cores']:.2f}",
+            "-" if plain.get("steal_cores") is None else f"{plain['steal_cores']:.2f}",
             "/".join(f"{share * 100:.0f}" for share in plain.get("worker_cpu_shares") or []) or "-",
         ]
         lines.append("| " + " | ".join(cells) + " |")

@@ -108,6 +108,7 @@ def test_the_report_divides_two_workers_on_redis_by_one(monkeypatch: pytest.Monk
             "otlp_cpu_s": 0.0,
             "loadgen_cpu_s": 0.2,
             "busy_cores": 1.5,
+            "steal_cores": 0.0,
             "peak_rss_bytes": 1,
             "rps": completed / 2.0,
             "_latencies": [0.01],
