@@ -29,7 +29,7 @@ from respublica.serving.gateway.errors import error_body
 from respublica.serving.gateway.fairness.gate import FairnessGate
 from respublica.serving.gateway.quota.keeper import LeaseKeeper
 from respublica.serving.gateway.routes.call import GatewayContext
-from respublica.serving.gateway.routes.openai import ModelsEndpoint, OpenAIEndpoint
+from respublica.serving.gateway.routes.openai import SHUTDOWN_SETTLE_S, ModelsEndpoint, OpenAIEndpoint
 from respublica.serving.gateway.routing.table import RouteHolder, RouteTable
 from respublica.serving.gateway.settings import GatewaySettings
 from respublica.serving.gateway.telemetry.metrics import GatewayMetrics
@@ -148,6 +148,10 @@ def create_app(
             gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])  # the older ones as they were
             yield
         finally:
+            # uvicorn cancelled what still ran at the end of its grace period and did not wait:
+            # those requests settle and record themselves now, with everything below still open.
+            if not await ctx.running.settled(SHUTDOWN_SETTLE_S):
+                log.warning("%d request(s) still settling at shutdown; closing anyway", ctx.running.count)
             if listener is not None:
                 await _quietly(listener.stop(), "admin listener")
             for hook in on_shutdown:

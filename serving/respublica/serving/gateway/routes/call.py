@@ -30,6 +30,7 @@ from respublica.serving.gateway.quota.keeper import LeaseKeeper
 from respublica.serving.gateway.quota.memory import MemoryQuotaStore
 from respublica.serving.gateway.routes.asgi import header
 from respublica.serving.gateway.routes.plan import Plan
+from respublica.serving.gateway.routes.running import RequestsRunning
 from respublica.serving.gateway.routing.balancer import LeastOutstanding
 from respublica.serving.gateway.routing.table import RouteHolder
 from respublica.serving.gateway.telemetry import tracing as t
@@ -63,6 +64,7 @@ class GatewayContext:
     # The cap written upstream where neither the client nor its key or tenant set one.
     default_max_tokens: int = 1024
     fairness: FairnessGate | None = None  # fair sharing of saturated models (fairness/); None: off
+    running: RequestsRunning = field(default_factory=RequestsRunning)  # what shutdown waits for
 
 
 class Call:

@@ -49,6 +49,9 @@ log = logging.getLogger("respublica.gateway")
 SHUTDOWN_BODY = error_body("the gateway is shutting down; retry the request", "server_error", "shutting_down")
 SHUTDOWN_RETRY_AFTER_S = 1
 SHUTDOWN_WRITE_TIMEOUT_S = 1.0
+# How long shutdown waits for the requests it cancelled to settle, be recorded and say their last
+# word (the write above, an fsync and a database line) before it closes what they need.
+SHUTDOWN_SETTLE_S = 5.0
 
 
 class LastWord(NamedTuple):
@@ -72,6 +75,14 @@ class OpenAIEndpoint:
         self.estimate = endpoint_of(path)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        running = self.ctx.running
+        running.enter()  # shutdown closes the ledger and the stores only after this call is over
+        try:
+            await self._serve(scope, receive, send)
+        finally:
+            running.leave()
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         """plan -> admit -> proxy -> settle -> observe, each once; then the last word to the client."""
         call = Call()
         span = self.ctx.tracer.start_span(
