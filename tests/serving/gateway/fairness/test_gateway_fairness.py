@@ -16,6 +16,7 @@ from helpers.fake_openai import FakeUpstream, start_upstream
 from helpers.gateway_harness import Running, start_gateway, stop_gateway
 from respublica.serving.gateway.contracts import AuthError, Limits, Principal, UsageRecord
 from respublica.serving.gateway.fairness.gate import FairnessGate
+from respublica.serving.gateway.fairness.vtc import VirtualTokenCounter
 from respublica.serving.gateway.quota import MemoryQuotaStore
 from respublica.serving.gateway.routing.table import Route, RouteHolder, RouteTable
 from respublica.serving.gateway.settings import GatewaySettings
@@ -235,19 +236,26 @@ async def test_a_light_tenants_next_request_takes_the_slot_kept_for_it() -> None
         assert upstream.peak_generating <= 2
 
 
+async def light_ends_while_the_flood_waits(
+    gateway: Running,
+) -> tuple[VirtualTokenCounter, list[asyncio.Task[None]]]:
+    """One slot: light's request runs, two of the flood's wait (the flood served far more, a long
+    history); returns once light's answer has ended, with the flood's requests still going."""
+    first = asyncio.create_task(stream_one(client(gateway, "light"), [], "light"))
+    gate = gate_of(gateway)
+    await until(lambda: gate.models.get("m") is not None and gate.models["m"].vtc.in_flight == 1)
+    vtc = gate.models["m"].vtc
+    flood = [asyncio.create_task(stream_one(client(gateway, "flood"), [], f"f{i}")) for i in range(2)]
+    await until(lambda: vtc.waiting == 2)
+    vtc.counters["flood"] += 10_000
+    await first
+    return vtc, flood
+
+
 async def test_a_slot_kept_for_a_tenant_that_does_not_return_goes_to_the_queue() -> None:
-    async with gateways({"flood": Limits(), "light": Limits()}, capacity=1, anticipation_ms=300) as (
-        upstream,
-        [gateway],
-    ):
-        first = asyncio.create_task(stream_one(client(gateway, "light"), [], "light"))
-        gate = gate_of(gateway)
-        await until(lambda: gate.models.get("m") is not None and gate.models["m"].vtc.in_flight == 1)
-        vtc = gate.models["m"].vtc
-        flood = [asyncio.create_task(stream_one(client(gateway, "flood"), [], f"f{i}")) for i in range(2)]
-        await until(lambda: vtc.waiting == 2)
-        vtc.counters["flood"] += 10_000  # the flood has been served far more (a long history)
-        await first
+    limits = {"flood": Limits(), "light": Limits()}
+    async with gateways(limits, capacity=1, anticipation_ms=300) as (upstream, [gateway]):
+        vtc, flood = await light_ends_while_the_flood_waits(gateway)
         await until(lambda: vtc.held == 1)
         assert vtc.in_flight == 0
         await until(lambda: vtc.held == 0 and vtc.in_flight == 1 and vtc.waiting == 1)  # expired, handed on
@@ -258,14 +266,7 @@ async def test_a_slot_kept_for_a_tenant_that_does_not_return_goes_to_the_queue()
 async def test_without_anticipation_a_freed_slot_goes_to_the_queue_at_once() -> None:
     limits = {"flood": Limits(), "light": Limits()}
     async with gateways(limits, capacity=1, anticipation_ms=0) as (_, [gateway]):
-        first = asyncio.create_task(stream_one(client(gateway, "light"), [], "light"))
-        gate = gate_of(gateway)
-        await until(lambda: gate.models.get("m") is not None and gate.models["m"].vtc.in_flight == 1)
-        vtc = gate.models["m"].vtc
-        flood = [asyncio.create_task(stream_one(client(gateway, "flood"), [], f"f{i}")) for i in range(2)]
-        await until(lambda: vtc.waiting == 2)
-        vtc.counters["flood"] += 10_000
-        await first
+        vtc, flood = await light_ends_while_the_flood_waits(gateway)
         await until(lambda: vtc.waiting == 1)
         assert vtc.held == 0 and vtc.in_flight == 1
         await asyncio.gather(*flood)
