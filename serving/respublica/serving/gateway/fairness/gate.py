@@ -250,11 +250,12 @@ class FairnessGate:
 
     def _expire(self, name: str, model: _Model, hold: Hold) -> None:
         """A hold's time is up (a no-op where its tenant took it)."""
-        if hold not in model.vtc.holds.get(hold.tenant, ()):
+        dispatched = model.vtc.expire(hold)
+        if dispatched is None:
             return
         if self.metrics is not None:
             self.metrics.fair_holds.labels(name, "expired").inc()
-        self._wake(model.vtc.expire(hold))
+        self._wake(dispatched)
 
     def _wake(self, tickets: list[Ticket]) -> None:
         for ticket in tickets:

@@ -123,12 +123,12 @@ class VirtualTokenCounter:
         self.held += 1
         return hold
 
-    def expire(self, hold: Hold) -> list[Ticket]:
+    def expire(self, hold: Hold) -> list[Ticket] | None:
         """A hold's time is up: if its tenant did not take it, the slot goes to whoever is next (the
-        tickets dispatched); a hold already taken changes nothing."""
+        tickets dispatched); a hold already taken changes nothing (None)."""
         kept = self.holds.get(hold.tenant)
         if kept is None or hold not in kept:
-            return []
+            return None
         kept.remove(hold)
         if not kept:
             del self.holds[hold.tenant]

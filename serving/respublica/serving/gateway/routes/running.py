@@ -1,7 +1,9 @@
 """The endpoint calls not yet over, so that shutdown closes the ledger and the stores after them.
 
 When its grace period ends uvicorn cancels the requests still running and goes straight on to the
-app's shutdown, without waiting for them; a cancelled request still runs its `finally` (settle,
+app's shutdown, without waiting for them (uvicorn 0.54 `uvicorn/server.py` `Server.shutdown`: the
+`t.cancel(...)` loop, then `await self.lifespan.shutdown()`; the real server is run in
+tests/serving/gateway/test_shutdown.py); a cancelled request still runs its `finally` (settle,
 the ledger line and its fsync, the stream's closing `error` event, routes/openai.py). Closing the
 ledger, the quota store and the database under it would lose that record or cut that event, so
 the lifespan waits here first, bounded (`settled`)."""
