@@ -88,12 +88,12 @@ def client(gateway: Running, tenant: str) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key=tenant, max_retries=0)
 
 
-async def stream_one(api: openai.AsyncOpenAI, done: list[str], label: str) -> None:
+async def stream_one(api: openai.AsyncOpenAI, done: list[str], label: str, tokens: int = TOKENS) -> None:
     stream = await api.chat.completions.create(
         model="m",
         messages=[{"role": "user", "content": "hello there"}],
         stream=True,
-        extra_body={"test_delay": DELAY, "test_tokens": TOKENS},
+        extra_body={"test_delay": DELAY, "test_tokens": tokens},
     )
     async for _ in stream:
         pass
@@ -214,24 +214,28 @@ async def test_a_light_tenants_next_request_takes_the_slot_kept_for_it() -> None
     """Anticipation, through the real gateway and the openai client: when the light tenant's
     answer ends while the flood waits, its slot is kept (not given to the flood), and its next
     request takes it at once instead of queueing behind the flood."""
-    async with gateways({"flood": Limits(), "light": Limits()}, capacity=2, anticipation_ms=600) as (
+    async with gateways({"flood": Limits(), "light": Limits()}, capacity=2, anticipation_ms=1000) as (
         upstream,
         [gateway],
     ):
         light = client(gateway, "light")
-        first = asyncio.create_task(stream_one(light, [], "light-1"))
+        # Twice as long as the flood's requests: the flood still waits when it ends, however slow
+        # the machine (6 flood requests of 0.2 s through the other slot).
+        first = asyncio.create_task(stream_one(light, [], "light-1", tokens=2 * TOKENS))
         gate = gate_of(gateway)
         await until(lambda: gate.models.get("m") is not None and gate.models["m"].vtc.in_flight == 1)
-        flood = [asyncio.create_task(stream_one(client(gateway, "flood"), [], f"f{i}")) for i in range(6)]
         vtc = gate.models["m"].vtc
-        await until(lambda: vtc.waiting == 5)
-        vtc.counters["flood"] += 10_000  # the flood has been served far more (a long history)
+        # The flood has been served far more (a long history); set before it arrives, whose lift
+        # only ever raises a counter.
+        vtc.counters["flood"] = 10_000.0
+        flood = [asyncio.create_task(stream_one(client(gateway, "flood"), [], f"f{i}")) for i in range(6)]
+        await until(lambda: vtc.waiting >= 1)
         await first
         await until(lambda: vtc.held == 1)  # the gateway's `finally` may run just after the client's end
-        assert list(vtc.holds) == ["light"] and vtc.waiting == 5
+        assert list(vtc.holds) == ["light"] and vtc.waiting >= 1
         second = asyncio.create_task(stream_one(light, [], "light-2"))
         await until(lambda: vtc.held == 0)
-        assert vtc.running["light"] == 1 and vtc.waiting == 5  # dispatched, nobody overtaken
+        assert vtc.running["light"] == 1 and vtc.queued("light") == 0  # dispatched, never queued
         await asyncio.gather(second, *flood)
         assert upstream.peak_generating <= 2
 
@@ -245,16 +249,16 @@ async def light_ends_while_the_flood_waits(
     gate = gate_of(gateway)
     await until(lambda: gate.models.get("m") is not None and gate.models["m"].vtc.in_flight == 1)
     vtc = gate.models["m"].vtc
+    vtc.counters["flood"] = 10_000.0  # before it arrives: a lift only raises it
     flood = [asyncio.create_task(stream_one(client(gateway, "flood"), [], f"f{i}")) for i in range(2)]
-    await until(lambda: vtc.waiting == 2)
-    vtc.counters["flood"] += 10_000
+    await until(lambda: vtc.waiting == 2)  # one slot, held by light: they wait until it ends
     await first
     return vtc, flood
 
 
 async def test_a_slot_kept_for_a_tenant_that_does_not_return_goes_to_the_queue() -> None:
     limits = {"flood": Limits(), "light": Limits()}
-    async with gateways(limits, capacity=1, anticipation_ms=300) as (upstream, [gateway]):
+    async with gateways(limits, capacity=1, anticipation_ms=1000) as (upstream, [gateway]):
         vtc, flood = await light_ends_while_the_flood_waits(gateway)
         await until(lambda: vtc.held == 1)
         assert vtc.in_flight == 0
@@ -267,6 +271,6 @@ async def test_without_anticipation_a_freed_slot_goes_to_the_queue_at_once() -> 
     limits = {"flood": Limits(), "light": Limits()}
     async with gateways(limits, capacity=1, anticipation_ms=0) as (_, [gateway]):
         vtc, flood = await light_ends_while_the_flood_waits(gateway)
-        await until(lambda: vtc.waiting == 1)
-        assert vtc.held == 0 and vtc.in_flight == 1
+        await until(lambda: vtc.waiting <= 1)  # handed on at once (the next may even have ended)
+        assert vtc.held == 0
         await asyncio.gather(*flood)
