@@ -160,7 +160,8 @@ async def test_a_script_error_is_never_admitted_unaccounted(redis_url: str) -> N
     try:
         who = Principal(tenant="acme", subject="k1", tenant_limits=Limits(tokens_per_day=1000))
         # A counter that is no number makes the script fail inside Redis: not an outage.
-        day = plan_admission(who, 1, time.time()).checks[2].key
+        plan = plan_admission(who, 1, time.time())
+        day = next(c.key for c in plan.checks if c.reason == "tokens_per_day" and c.scope == "tenant")
         await store._client.set(store.key("acme", day), "not-a-number")
         result = await store.admit(who, 10)
         assert isinstance(result, Rejection)

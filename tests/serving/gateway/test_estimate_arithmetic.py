@@ -162,6 +162,31 @@ def test_plan_checks_tenant_then_key() -> None:
     assert plan.keys.slots == ("t:cc", "s:k1:cc")
 
 
+def test_plan_checks_budgets_always_and_windows_only_where_limited() -> None:
+    unlimited = plan_admission(Principal("acme", "k1", Limits()), 20, 1_795_000_030.0)
+    assert [(c.scope, c.reason) for c in unlimited.checks] == [
+        ("tenant", "tokens_per_day"),
+        ("tenant", "tokens_per_month"),
+        ("key", "tokens_per_day"),
+        ("key", "tokens_per_month"),
+    ]
+    assert all(c.limit is None for c in unlimited.checks)
+    assert unlimited.keys.slots == ("t:cc", "s:k1:cc")  # live leases are counted either way
+    every = Limits(
+        requests_per_minute=1, tokens_per_minute=2, tokens_per_day=3, tokens_per_month=4, max_concurrent=5
+    )
+    full = plan_admission(Principal("acme", "k1", every, Limits(requests_per_minute=9)), 20, 1_795_000_030.0)
+    reasons = ["requests_per_minute", "tokens_per_minute", "tokens_per_day", "tokens_per_month"]
+    reasons.append("concurrency")
+    assert [(c.scope, c.reason) for c in full.checks] == [
+        *(("tenant", r) for r in reasons),
+        ("key", "requests_per_minute"),
+        ("key", "tokens_per_day"),
+        ("key", "tokens_per_month"),
+    ]
+    assert [c.limit for c in full.checks[:5]] == [1, 2, 3, 4, 5]
+
+
 def test_bucket_names_match_the_calendar_at_every_day_edge() -> None:
     """The cached day and month names are what strftime says, on both sides of each midnight."""
     from datetime import UTC, datetime

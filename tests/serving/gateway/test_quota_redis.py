@@ -43,7 +43,8 @@ async def test_all_keys_of_a_tenant_share_one_hash_tag(redis_url: str) -> None:
     store = RedisQuotaStore.from_url(redis_url, prefix="tag-test", lease_s=5)
     client = aioredis.Redis.from_url(redis_url)
     try:
-        who = caller(Limits(requests_per_minute=100))
+        # Every kind of counter: a minute window or concurrency is counted only where limited.
+        who = caller(Limits(requests_per_minute=100, tokens_per_minute=1000, max_concurrent=5))
         result = await store.admit(who, 10)
         assert isinstance(result, Admission)
         keys = [k.decode() async for k in client.scan_iter(match="tag-test:*")]

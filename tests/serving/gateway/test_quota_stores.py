@@ -111,6 +111,24 @@ async def test_tokens_per_minute(make_store: MakeStore, clock: Any) -> None:
     assert "lower max_tokens" in too_big.message
 
 
+async def test_limits_set_later_start_from_what_was_counted(make_store: MakeStore, clock: Any) -> None:
+    """Day and month spend is counted without a limit, so a budget set later starts from it; a
+    minute window is counted only once limited (a per-minute limit set later starts then)."""
+    store = make_store()
+    for _ in range(3):
+        first = admitted(await store.admit(who(Limits()), 100))
+        await store.settle(first.reservation, 40)
+    assert await store.spent("acme", f"t:d:{day_name(clock.now)}") == 120
+    assert await store.spent("acme", f"s:key1:m:{month_name(clock.now)}") == 120
+    limited = who(Limits(tokens_per_day=150, requests_per_minute=2))
+    # The day budget sees the 120 already spent: 30 left, so 40 does not fit and 30 does.
+    rejected(await store.admit(limited, 40), "tokens_per_day")
+    # The minute window starts now: the three earlier requests were not counted in it.
+    admitted(await store.admit(limited, 10))
+    admitted(await store.admit(limited, 10))
+    rejected(await store.admit(limited, 10), "requests_per_minute")
+
+
 async def test_monthly_budget_and_retry_at_month_end(make_store: MakeStore, clock: Any) -> None:
     store = make_store()
     caller = who(Limits(tokens_per_month=500))

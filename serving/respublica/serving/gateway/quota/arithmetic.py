@@ -1,8 +1,9 @@
 """Quota decisions as pure arithmetic: which counters a request touches, whether it fits, when to retry.
 
 Every store runs the same plan: read each check's counters, reject on the first check that does
-not fit, otherwise add every check's cost. Only the reading and writing differ (a dict under a
-lock, or one Redis Lua script), so both stores decide identically.
+not fit, otherwise add every check's cost. Only the reading and writing differ (a dict, or one
+Redis Lua script), so both stores decide identically. A plan checks the day and month budgets
+always, a minute window or concurrency only where a limit is set (`_scope_checks`).
 
 Windows and periods:
 - Requests and tokens per minute use a *sliding window counter*: two fixed one-minute buckets,
@@ -51,7 +52,7 @@ Scope = Literal["tenant", "key"]
 class Check(NamedTuple):
     """One counter a request is charged to; `limit` None counts without limiting.
 
-    A named tuple, not a frozen dataclass: ten are made per admission, and a frozen dataclass's
+    A named tuple, not a frozen dataclass: up to ten are made per admission, and a frozen dataclass's
     `__init__` (one `object.__setattr__` per field) cost several times as much."""
 
     key: str  # relative to the tenant; the store adds its prefix and the tenant's hash tag
@@ -183,16 +184,30 @@ def _when(now: float) -> _When:
 
 
 def _scope_checks(scope: Scope, subject: str, limits: Limits | None, tokens: int, when: _When) -> list[Check]:
+    """One scope's checks, in the order a refusal is reported: requests and tokens per minute, the
+    day's and the month's budget, concurrency.
+
+    The day and month counters are kept whether limited or not: they are the spend a budget set
+    later starts from (and what the ledger rebuilds after a loss). A minute window or the
+    concurrency count without a limit is left out: nothing reads it (a per-minute limit set later
+    starts counting then, within the minute), and every check is two counters and five arguments
+    in the Redis store's admission script (the live leases that concurrency counts are kept
+    either way)."""
     lim = limits or _NO_LIMITS
     rq, rq_prev, tk, tk_prev, day, month, cc = _names(scope, subject, when.idx, when.day_number)
-    weight, day_ttl, month_ttl = when.weight, when.day_ttl, when.month_ttl
-    return [
-        Check(rq, rq_prev, weight, 1, lim.requests_per_minute, "requests_per_minute", scope, WINDOW_TTL_S),
-        Check(tk, tk_prev, weight, tokens, lim.tokens_per_minute, "tokens_per_minute", scope, WINDOW_TTL_S),
-        Check(day, None, 0.0, tokens, lim.tokens_per_day, "tokens_per_day", scope, day_ttl),
-        Check(month, None, 0.0, tokens, lim.tokens_per_month, "tokens_per_month", scope, month_ttl),
-        Check(cc, None, 0.0, 1, lim.max_concurrent, "concurrency", scope, 0),
-    ]
+    w, ttl = when.weight, WINDOW_TTL_S
+    checks: list[Check] = []
+    if lim.requests_per_minute is not None:
+        checks.append(Check(rq, rq_prev, w, 1, lim.requests_per_minute, "requests_per_minute", scope, ttl))
+    if lim.tokens_per_minute is not None:
+        checks.append(Check(tk, tk_prev, w, tokens, lim.tokens_per_minute, "tokens_per_minute", scope, ttl))
+    checks.append(Check(day, None, 0.0, tokens, lim.tokens_per_day, "tokens_per_day", scope, when.day_ttl))
+    checks.append(
+        Check(month, None, 0.0, tokens, lim.tokens_per_month, "tokens_per_month", scope, when.month_ttl)
+    )
+    if lim.max_concurrent is not None:
+        checks.append(Check(cc, None, 0.0, 1, lim.max_concurrent, "concurrency", scope, 0))
+    return checks
 
 
 def plan_admission(principal: Principal, tokens: int, now: float) -> Plan:
