@@ -10,7 +10,9 @@ Targets: `direct` (the fake upstream itself), `passthrough` (a bare aiohttp prox
 `respublica` (every feature on), `litellm` (LiteLLM's proxy) and `vllm-router` (Rust). All proxy to
 one fake upstream process. Not in the default set: `respublica-redis` (every feature on, the quota
 store on a private redis-server, 1 worker) and `respublica-redis-2w` (the same, 2 uvicorn workers);
-their Redis's CPU and memory count as theirs, and the run prints 2 workers' plain req/s over 1's.
+their Redis's CPU and memory count as theirs, and the run prints 2 workers' plain req/s over 1's;
+`respublica-no-telemetry` (every feature on but tracing and metrics, switched off by configuration:
+what those two cost).
 Scenarios (--scenarios: all by default), each for --seconds per target per round:
 
 - plain16: chat completions, not streamed, 16 tokens, closed loop at --concurrency (32);
@@ -53,7 +55,9 @@ ALL_TARGETS = ("direct", "passthrough", "respublica", "litellm", "vllm-router")
 QUICK_TARGETS = ("direct", "passthrough", "respublica")
 # Issue 17: with 2 workers on Redis, throughput >= 1.7x one worker's (report.REDIS_SCALING_TARGET).
 REDIS_TARGETS = ("respublica-redis", "respublica-redis-2w")
-KNOWN_TARGETS = ALL_TARGETS + REDIS_TARGETS
+# Every feature on but tracing and metrics (by configuration): what telemetry costs, same run.
+UNTRACED_TARGET = "respublica-no-telemetry"
+KNOWN_TARGETS = ALL_TARGETS + REDIS_TARGETS + (UNTRACED_TARGET,)
 SCENARIO_NAMES = ("plain16", "stream64", "paced")
 
 
@@ -167,6 +171,9 @@ def start_target(name: str, workdir: Path, upstream: Target, otlp: str, args: ar
         ),
         "respublica-redis-2w": lambda: targets.start_respublica(
             workdir, upstream.url, otlp, name="respublica-redis-2w", workers=2, redis=True
+        ),
+        UNTRACED_TARGET: lambda: targets.start_respublica(
+            workdir, upstream.url, otlp, name=UNTRACED_TARGET, telemetry=False
         ),
         "litellm": lambda: targets.start_litellm(workdir, upstream.url, args.litellm_workers),
         "vllm-router": lambda: targets.start_vllm_router(workdir, upstream.url),

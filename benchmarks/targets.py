@@ -243,14 +243,18 @@ def start_respublica(
     name: str = "respublica",
     workers: int = 1,
     redis: bool = False,
+    telemetry: bool = True,
 ) -> Target:
     """Every feature on: a key from the database, a tenant with limits (so each request reserves and
     settles quota), metrics, tracing exported over OTLP/HTTP, the SQLite ledger. With `redis`, the
-    quota store is a private redis-server (a companion of the target); `workers` > 1 needs it."""
+    quota store is a private redis-server (a companion of the target); `workers` > 1 needs it.
+    Without `telemetry`: no tracing and no metrics (configuration only), what those two cost."""
     binary = respublica_bin()
     redis_proc, redis_url = start_redis(workdir, f"{name}-redis") if redis else (None, None)
     try:
-        target = _start_respublica(binary, workdir, upstream, otlp, name, workers, redis_url)
+        target = _start_respublica(
+            binary, workdir, upstream, otlp if telemetry else None, name, workers, redis_url
+        )
     except BaseException:
         if redis_proc is not None:
             stop(redis_proc)
@@ -262,7 +266,13 @@ def start_respublica(
 
 
 def _start_respublica(
-    binary: Path, workdir: Path, upstream: str, otlp: str, name: str, workers: int, redis_url: str | None
+    binary: Path,
+    workdir: Path,
+    upstream: str,
+    otlp: str | None,
+    name: str,
+    workers: int,
+    redis_url: str | None,
 ) -> Target:
     home = workdir / name
     home.mkdir(exist_ok=True)
@@ -292,7 +302,9 @@ def _start_respublica(
             {
                 "database_url": db,
                 "quota": {"store": "redis", "redis_url": redis_url} if redis_url else {"store": "memory"},
-                "telemetry": {"otlp_endpoint": otlp, "metrics": True},
+                "telemetry": {"otlp_endpoint": otlp, "metrics": True}
+                if otlp is not None
+                else {"metrics": False},
             }
         )
     )
@@ -312,8 +324,9 @@ def _start_respublica(
         headers={"Authorization": f"Bearer {key}"},
         proc=proc,
         version=version,
-        note=f"DB key auth, quota reserve/settle ({store}), metrics, OTLP tracing, SQLite ledger; "
-        f"{workers} worker{'s' if workers > 1 else ''}",
+        note=f"DB key auth, quota reserve/settle ({store}), "
+        + ("metrics, OTLP tracing, " if otlp is not None else "no metrics, no tracing, ")
+        + f"SQLite ledger; {workers} worker{'s' if workers > 1 else ''}",
     )
 
 
