@@ -69,13 +69,13 @@ def test_quick_run_measures_direct_passthrough_and_respublica(tmp_path: Path) ->
     assert set(results["ratios"]) == {"respublica_vs_passthrough", "respublica_vs_direct"}
 
 
-def test_a_peer_that_is_not_installed_is_a_row_not_a_crash(tmp_path: Path) -> None:
+def test_a_peer_that_is_not_installed_is_a_row_not_a_crash_and_telemetry_can_be_off(tmp_path: Path) -> None:
     empty = tmp_path / "no-peers-venv"
     empty.mkdir()
     results = run_bench(
         tmp_path / "out",
         "--targets",
-        "direct,litellm,vllm-router,respublica-redis-2w",
+        "direct,litellm,vllm-router,respublica-redis-2w,respublica-no-telemetry",
         env={"PEERS_VENV": str(empty), "REDIS_SERVER_FOR_BENCH": str(empty / "redis-server")},
     )
     rows = {row["target"]: row for row in results["rows"]}
@@ -84,6 +84,11 @@ def test_a_peer_that_is_not_installed_is_a_row_not_a_crash(tmp_path: Path) -> No
     assert rows["respublica-redis-2w"]["unavailable"].startswith("not installed: redis-server")
     assert rows["direct"]["scenarios"]["plain16"]["completed"] > 0
     assert "redis_2_workers_vs_1" not in results["ratios"]
+    # The gateway without telemetry served every scenario and sent the receiver nothing.
+    untraced = rows["respublica-no-telemetry"]
+    assert untraced["unavailable"] is None
+    assert all(f["completed"] > 0 and f["errors"] == 0 for f in untraced["scenarios"].values())
+    assert results["otlp_receiver"]["posts"] == 0
 
 
 def test_the_report_divides_two_workers_on_redis_by_one(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -178,3 +178,23 @@ def test_no_key_or_prompt_in_logs(stack: Stack, caplog: pytest.LogCaptureFixture
     assert any("broke off the response" in line for line in gateway_lines)
     for secret in (ALPHA_KEY, BETA_KEY, SECRET_PROMPT, "zebra-cobalt"):
         assert secret not in text
+
+
+def test_the_exporting_provider_takes_its_sampler_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """docs/gateway.md tells operators to sample with OTEL_TRACES_SAMPLER: the provider the gateway
+    builds for OTLP export must read it (the SDK's TracerProvider does, when given no sampler)."""
+    from opentelemetry.sdk.trace.sampling import ParentBased
+
+    from respublica.serving.gateway.telemetry.tracing import otlp_tracer_provider
+
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0.1")
+    provider = otlp_tracer_provider("http://127.0.0.1:9", "respublica-test")
+    try:
+        sampler = provider.sampler
+        assert isinstance(sampler, ParentBased)
+        assert sampler.get_description().startswith("ParentBased{root:TraceIdRatioBased{0.1}")
+    finally:
+        provider.shutdown()
