@@ -129,6 +129,23 @@ async def test_limits_set_later_start_from_what_was_counted(make_store: MakeStor
     rejected(await store.admit(limited, 10), "requests_per_minute")
 
 
+async def test_a_limit_set_mid_flight_is_not_given_back_holds_it_never_had(
+    make_store: MakeStore, clock: Any
+) -> None:
+    """Requests admitted before a tokens-per-minute limit existed did not charge that window; when
+    they settle after the limit is set, their unused holds must not come off it (or the window
+    would admit past its limit)."""
+    store = make_store()
+    before = [admitted(await store.admit(who(Limits()), 900)) for _ in range(3)]
+    limited = who(Limits(tokens_per_minute=1000))
+    admitted(await store.admit(limited, 900))
+    for admission in before:
+        await store.settle(admission.reservation, 0)
+    rejected(await store.admit(limited, 900), "tokens_per_minute")
+    # The day's spend counted all four and gave back what the three did not use.
+    assert await store.spent("acme", f"t:d:{day_name(clock.now)}") == 900
+
+
 async def test_monthly_budget_and_retry_at_month_end(make_store: MakeStore, clock: Any) -> None:
     store = make_store()
     caller = who(Limits(tokens_per_month=500))

@@ -149,13 +149,22 @@ def _names(scope: Scope, subject: str, idx: int, day_number: int) -> tuple[str, 
 
 @functools.lru_cache(maxsize=4096)
 def _settle_keys(subject: str, idx: int, day_number: int) -> SettleKeys:
+    """The counters every admission charges: the day's and the month's spend of both scopes, and
+    both concurrency slots. A minute window is charged only where limited (`_scope_checks`), so
+    which ones a reservation holds is in its plan (`Plan.keys`), not derivable from its caller."""
     t = _names("tenant", subject, idx, day_number)
     k = _names("key", subject, idx, day_number)
-    return SettleKeys(tokens=(t[2], k[2], t[4], t[5], k[4], k[5]), slots=(t[6], k[6]))
+    return SettleKeys(tokens=(t[4], t[5], k[4], k[5]), slots=(t[6], k[6]))
 
 
 def settle_keys(subject: str, started_at: float) -> SettleKeys:
+    """`_settle_keys` at a reservation's start: the counters any admission of `subject` then
+    charged (what a reservation that does not name its own is settled on)."""
     return _settle_keys(subject, minute_index(started_at), int(started_at // DAY_S))
+
+
+# The checks whose counters hold a reservation's tokens, adjusted to its usage when it settles.
+_TOKEN_REASONS = frozenset({"tokens_per_minute", "tokens_per_day", "tokens_per_month"})
 
 
 _NO_LIMITS = Limits()
@@ -216,7 +225,12 @@ def plan_admission(principal: Principal, tokens: int, now: float) -> Plan:
     when = _when(now)
     checks = _scope_checks("tenant", principal.subject, principal.tenant_limits, tokens, when)
     checks += _scope_checks("key", principal.subject, principal.key_limits, tokens, when)
-    return Plan(now, tokens, tuple(checks), _settle_keys(principal.subject, when.idx, when.day_number))
+    # Settled on exactly the token counters this admission charges: a minute window it left out
+    # (no limit when it was admitted) must not be adjusted by its usage later, or a limit set
+    # meanwhile would be given back a hold it never had.
+    slots = _settle_keys(principal.subject, when.idx, when.day_number).slots
+    keys = SettleKeys(tokens=tuple(c.key for c in checks if c.reason in _TOKEN_REASONS), slots=slots)
+    return Plan(now, tokens, tuple(checks), keys)
 
 
 def estimate(check: Check, current: int, previous: int) -> float:

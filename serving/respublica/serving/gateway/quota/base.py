@@ -35,6 +35,9 @@ class QuotaReservation(Reservation):
     # The store's state generation it was admitted in (Redis: the tenant's epoch key). A settlement
     # that finds the store's state lost since (another epoch) charges what was used in full.
     epoch: str = ""
+    # The token counters its admission charged (`Plan.keys.tokens`), settled on those only; empty:
+    # not known, the day's and month's (`settle_keys`), which every admission charges.
+    token_keys: tuple[str, ...] = ()
 
 
 def new_reservation_id() -> str:
@@ -66,6 +69,7 @@ def answer(
         expires_at=plan.now + lease_s,
         started_at=plan.now,
         epoch=epoch,
+        token_keys=plan.keys.tokens,
     )
     return Admission(reservation, headers_for(plan, values, admitted=True))
 

@@ -359,6 +359,7 @@ class RedisQuotaStore:
                 tokens=tokens,
                 expires_at=now + self.lease_s,
                 started_at=now,
+                token_keys=plan.keys.tokens,
             )
             self._settle_later(lost, 0, self.retry_delays_s, release=True)
             return await self._unavailable(principal, tokens, now)
@@ -461,7 +462,8 @@ class RedisQuotaStore:
         not have run yet, so a settlement finding nothing leaves a tombstone that stops it."""
         tenant = reservation.tenant
         start = started_at(reservation, self.lease_s)
-        tokens = settle_keys(reservation.subject, start).tokens
+        named = reservation.token_keys if isinstance(reservation, QuotaReservation) else ()
+        tokens = named or settle_keys(reservation.subject, start).tokens
         keys = [*self._structures(tenant, reservation.subject), self._tombstone(tenant, reservation.id)]
         keys += [self._epoch_key(tenant), *(self.key(tenant, n) for n in tokens)]
         epoch = reservation.epoch if isinstance(reservation, QuotaReservation) else ""
