@@ -15,7 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from respublica.serving.gateway.contracts import Admission, Limits, Principal, Rejection
 from respublica.serving.gateway.quota import QuotaReservation, RedisQuotaStore
-from respublica.serving.gateway.quota.arithmetic import day_name
+from respublica.serving.gateway.quota.arithmetic import day_name, minute_index
 
 
 def caller(limits: Limits) -> Principal:
@@ -168,12 +168,18 @@ async def test_an_admission_whose_connection_breaks_after_sending_is_released(re
         raise RedisConnectionError("Connection closed by server.")
 
     store._admit = ran_then_broke  # type: ignore[assignment]
+    # The minute window by the clock the store reads; a test that straddles a minute edge retries.
+    minute = f"t:tk:{minute_index(time.time())}"
     try:
-        refused = await store.admit(caller(Limits(tokens_per_day=10_000)), 100)
+        refused = await store.admit(caller(Limits(tokens_per_day=10_000, tokens_per_minute=10_000)), 100)
         assert isinstance(refused, Rejection) and refused.reason == "store_unavailable"
         assert await store.spent("acme", f"t:d:{day_name(time.time())}") == 100  # held, by nobody
+        if minute_index(time.time()) != int(minute.rsplit(":", 1)[1]):
+            pytest.skip("the minute turned during the admission")
+        assert await store.spent("acme", minute) == 100  # and in the minute window it was counted in
         await until(lambda: store.pending_settlements == 0)
         assert await store.spent("acme", f"t:d:{day_name(time.time())}") == 0
+        assert await store.spent("acme", minute) == 0  # released from both
         assert await store.spent("acme", "t:cc") == 0
     finally:
         await store.close()
@@ -245,3 +251,16 @@ async def test_a_new_tenants_first_requests_on_several_replicas_are_not_refused(
     finally:
         for store in stores:
             await store.close()
+
+
+def test_a_recreated_counter_lives_by_its_kind_whatever_its_subject() -> None:
+    """An OIDC subject is arbitrary text: one containing `:tk:` must not make its day counter a
+    minute window's (a settlement that recreates it after a loss would let it expire in minutes)."""
+    from respublica.serving.gateway.quota.arithmetic import WINDOW_TTL_S
+    from respublica.serving.gateway.quota.redis_store import counter_ttl
+
+    started = 1_795_000_030.0
+    assert counter_ttl("s:odd:tk:sub:d:20261119", started) > 86_400
+    assert counter_ttl("s:odd:tk:sub:m:202611", started) > 86_400
+    assert counter_ttl("s:odd:tk:sub:tk:29916667", started) == WINDOW_TTL_S
+    assert counter_ttl("t:tk:29916667", started) == WINDOW_TTL_S

@@ -67,7 +67,7 @@ class Check(NamedTuple):
 
 @dataclass(frozen=True)
 class SettleKeys:
-    """The counters a reservation holds, derived from its caller and its start time."""
+    """The counters a reservation holds: those its admission charged (`plan_admission`)."""
 
     tokens: tuple[str, ...]  # adjusted by (used - reserved) at settlement
     slots: tuple[str, ...]  # concurrency: released at settlement or expiry

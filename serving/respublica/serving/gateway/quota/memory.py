@@ -127,7 +127,7 @@ class MemoryQuotaStore:
         if isinstance(result, Admission):
             counters = self._counters
             for c in plan.checks:
-                if c.reason != "concurrency":  # inlined: eight adds per admission
+                if c.reason != "concurrency":  # inlined: up to eight adds per admission
                     entry = counters.get((tenant, c.key))
                     held = entry[0] if entry is not None and entry[1] > now else 0
                     counters[(tenant, c.key)] = (held + c.cost, now + c.ttl_s)

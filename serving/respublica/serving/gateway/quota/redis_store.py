@@ -138,9 +138,10 @@ out[2 * n + 2] = epoch
 return out
 """
 
-# KEYS: the four structures, the id's release tombstone, the tenant's epoch, then the
-# reservation's token counters (minute, day, month). ARGV: id, used tokens, tombstone ttl ('' for
-# an ordinary settlement), the reservation's epoch, then each token counter's ttl.
+# KEYS: the four structures, the id's release tombstone, the tenant's epoch, then the token
+# counters its admission charged (a minute window where limited, day, month). ARGV: id, used
+# tokens, tombstone ttl ('' for an ordinary settlement), the reservation's epoch, then each token
+# counter's ttl.
 # Returns 1 settled in time, 2 settled late (expired before), 3 charged in full (the store lost
 # its state since the admission, and the hold with it), 0 nothing to do.
 # The release of an admission whose answer was lost can overtake the admission itself (the
@@ -204,8 +205,10 @@ SpendSource = Callable[[str, float], Awaitable[tuple[Sequence[SpendTotal], Seque
 
 
 def counter_ttl(name: str, started: float) -> int:
-    """A token counter's lifetime when a settlement has to create it (after a loss)."""
-    if ":tk:" in name:
+    """A token counter's lifetime when a settlement has to create it (after a loss). The kind is
+    the name's second-to-last part (`<scope>:tk:<minute>`, `<scope>:d:<day>`): an OIDC subject
+    in the scope may itself contain `:tk:`."""
+    if name.rsplit(":", 2)[-2] == "tk":
         return WINDOW_TTL_S
     return int(next_month(started) - started + PERIOD_GRACE_S)
 
