@@ -139,6 +139,13 @@ def _ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "stream_rps": div(gw["stream_rps"], direct["stream_rps"]),
             "added_ttft_p50_ms": sub(gw["ttft_p50_ms"], direct["ttft_p50_ms"]),
         }
+    untraced = by.get("respublica-no-telemetry")
+    if gw and untraced:
+        # What tracing and metrics cost per request: every feature on, less the same without them.
+        out["telemetry_cost_ms"] = {
+            "plain16_cpu": sub(gw["plain16_cpu_ms"], untraced["plain16_cpu_ms"]),
+            "stream64_cpu": sub(gw["stream64_cpu_ms"], untraced["stream64_cpu_ms"]),
+        }
     one, two = by.get("respublica-redis"), by.get("respublica-redis-2w")
     if one and two:
         rps = div(two["plain_rps"], one["plain_rps"])

@@ -91,15 +91,16 @@ def test_a_peer_that_is_not_installed_is_a_row_not_a_crash_and_telemetry_can_be_
     assert results["otlp_receiver"]["posts"] == 0
 
 
-def test_the_report_divides_two_workers_on_redis_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The scaling ratio and its printed line, from made-up windows (arithmetic, not timing)."""
+def test_the_report_divides_workers_and_subtracts_telemetry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scaling ratio, the telemetry cost and their printed lines, from made-up windows
+    (arithmetic, not timing)."""
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     for name in ("report", "targets", "loadgen", "http11"):  # the runner's modules, imported by name
         monkeypatch.delitem(sys.modules, name, raising=False)
     import report
     import targets
 
-    def window(target: str, completed: int) -> dict[str, Any]:
+    def window(target: str, completed: int, cpu_ms: float = 1.0) -> dict[str, Any]:
         return {
             "target": target,
             "scenario": "plain16",
@@ -107,7 +108,7 @@ def test_the_report_divides_two_workers_on_redis_by_one(monkeypatch: pytest.Monk
             "seconds": 2.0,
             "errors": 0,
             "error_samples": [],
-            "cpu_s": completed / 1000,
+            "cpu_s": completed * cpu_ms / 1000,
             "companion_cpu_s": completed / 10000,
             "upstream_cpu_s": 0.1,
             "otlp_cpu_s": 0.0,
@@ -120,10 +121,16 @@ def test_the_report_divides_two_workers_on_redis_by_one(monkeypatch: pytest.Monk
             "_ttfts": [],
         }
 
-    rows = [targets.Target("respublica-redis", ""), targets.Target("respublica-redis-2w", "")]
+    names = ("respublica-redis", "respublica-redis-2w", "respublica", "respublica-no-telemetry")
+    rows = [targets.Target(name, "") for name in names]
     results = report.aggregate(
         targets=rows,
-        windows=[window("respublica-redis", 400), window("respublica-redis-2w", 700)],
+        windows=[
+            window("respublica-redis", 400),
+            window("respublica-redis-2w", 700),
+            window("respublica", 400, cpu_ms=1.2),
+            window("respublica-no-telemetry", 400, cpu_ms=0.9),
+        ],
         idle_rss={},
         otlp={},
         settings={"rounds": 1, "seconds": 2.0},
@@ -134,6 +141,9 @@ def test_the_report_divides_two_workers_on_redis_by_one(monkeypatch: pytest.Monk
     printed = report.table(results)
     assert "2 workers / 1 worker on Redis: 1.75x (target >= 1.7x" in printed
     assert "| respublica-redis | 200 | 1.000 | - | 0.250 |" in printed  # no companion: no Redis column
+    # Every feature on, less the same without tracing and metrics: what telemetry costs.
+    assert results["ratios"]["telemetry_cost_ms"] == {"plain16_cpu": 0.3, "stream64_cpu": None}
+    assert "telemetry_cost_ms: plain16_cpu 0.3, stream64_cpu None" in printed
 
 
 @pytest.fixture(scope="module")
