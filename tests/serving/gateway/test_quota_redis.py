@@ -264,3 +264,35 @@ def test_a_recreated_counter_lives_by_its_kind_whatever_its_subject() -> None:
     assert counter_ttl("s:odd:tk:sub:m:202611", started) > 86_400
     assert counter_ttl("s:odd:tk:sub:tk:29916667", started) == WINDOW_TTL_S
     assert counter_ttl("t:tk:29916667", started) == WINDOW_TTL_S
+
+
+async def test_a_settlement_whose_caller_is_cancelled_still_lands(redis_url: str) -> None:
+    """The QuotaStore contract the request path relies on at shutdown (routes/call.py): a cancel of
+    the request while its settlement is on the wire does not stop the settlement."""
+    prefix = f"cancel-{time.monotonic_ns()}"
+    store = RedisQuotaStore.from_url(redis_url, prefix=prefix)
+    script = store._settle
+    on_the_wire, go = asyncio.Event(), asyncio.Event()
+
+    async def held(**kwargs: Any) -> Any:
+        on_the_wire.set()
+        await go.wait()
+        return await script(**kwargs)
+
+    try:
+        admission = await store.admit(caller(Limits(tokens_per_day=1000)), 100)
+        assert isinstance(admission, Admission)
+        store._settle = held  # type: ignore[assignment]
+        request = asyncio.create_task(store.settle(admission.reservation, 30))
+        await asyncio.wait_for(on_the_wire.wait(), 5)
+        request.cancel()  # the server shuts down
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        go.set()
+        day = f"t:d:{day_name(time.time())}"
+        async with asyncio.timeout(5):
+            while await store.spent("acme", day) != 30:  # noqa: ASYNC110 - Redis has no event for it
+                await asyncio.sleep(0.02)
+        assert await store.spent("acme", "t:cc") == 0
+    finally:
+        await store.close()

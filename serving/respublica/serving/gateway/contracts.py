@@ -149,7 +149,9 @@ class QuotaStore(Protocol):
     async def settle(self, reservation: Reservation, used_tokens: int) -> None:
         """Charge what was used, release the rest and the concurrency slot. Idempotent. A lease that
         ran out before its settlement has freed its slot but kept its hold: settling it late still
-        charges exactly what was used."""
+        charges exactly what was used. It completes even if its caller is cancelled while it runs
+        (a store that awaits shields its own work): a server shutting down cancels the requests
+        still settling, and their usage must be charged all the same."""
         ...
 
     async def extend(self, reservations: Sequence[Reservation]) -> None:

@@ -138,10 +138,8 @@ class MemoryQuotaStore:
         return result
 
     async def settle(self, reservation: Reservation, used_tokens: int) -> None:
-        self.settle_now(reservation, used_tokens)
-
-    def settle_now(self, reservation: Reservation, used_tokens: int) -> None:
-        """`settle` as a plain call: the request path's settlement without a coroutine or a task."""
+        """Runs to its end without an await, so a cancel of its caller can not land inside it (the
+        `QuotaStore` contract) and no task is needed to shield it."""
         if isinstance(reservation, QuotaReservation) and reservation.unaccounted:
             return
         used = min(max(0, used_tokens), MAX_RESERVATION)  # never past what a counter can hold

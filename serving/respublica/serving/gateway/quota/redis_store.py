@@ -446,6 +446,11 @@ class RedisQuotaStore:
         return False
 
     async def settle(self, reservation: Reservation, used_tokens: int) -> None:
+        """Completes even if its caller is cancelled meanwhile (the `QuotaStore` contract: a server
+        shutting down cancels the requests still settling): the round trip runs shielded."""
+        await asyncio.shield(self._settle_shielded(reservation, used_tokens))
+
+    async def _settle_shielded(self, reservation: Reservation, used_tokens: int) -> None:
         if isinstance(reservation, QuotaReservation) and reservation.unaccounted:
             # Admitted by the local counters during an outage: settled there.
             await self._local.settle(dataclasses.replace(reservation, unaccounted=False), used_tokens)

@@ -27,7 +27,6 @@ from respublica.serving.gateway.errors import GatewayError
 from respublica.serving.gateway.ids import new_id
 from respublica.serving.gateway.ledger import SqlLedger
 from respublica.serving.gateway.quota.keeper import LeaseKeeper
-from respublica.serving.gateway.quota.memory import MemoryQuotaStore
 from respublica.serving.gateway.routes.asgi import header
 from respublica.serving.gateway.routes.plan import Plan
 from respublica.serving.gateway.routes.running import RequestsRunning
@@ -181,12 +180,9 @@ async def _settle(ctx: GatewayContext, call: Call) -> asyncio.CancelledError | N
             tenant = call.principal.tenant if call.principal is not None else ""
             ctx.metrics.underestimates.labels(tenant, call.model).inc()
     try:
-        if type(ctx.quota) is MemoryQuotaStore:
-            # Runs to its end without an await: nothing can cancel it halfway, so no task is made
-            # to shield it (a subclass, which may await, takes the general path).
-            ctx.quota.settle_now(reservation, used)
-        else:
-            await asyncio.shield(ctx.quota.settle(reservation, used))
+        # Completes even if this request is cancelled meanwhile (the QuotaStore contract); the
+        # cancel is handed back after the observation.
+        await ctx.quota.settle(reservation, used)
     except asyncio.CancelledError as exc:
         return exc
     except Exception as exc:
