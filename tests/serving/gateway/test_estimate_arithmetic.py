@@ -8,7 +8,9 @@ import pytest
 
 from respublica.serving.gateway.contracts import Limits, Principal
 from respublica.serving.gateway.quota.arithmetic import (
+    day_name,
     first_failure,
+    month_name,
     next_day,
     next_month,
     plan_admission,
@@ -173,7 +175,8 @@ def test_plan_checks_budgets_always_and_windows_only_where_limited() -> None:
     assert all(c.limit is None for c in unlimited.checks)
     assert unlimited.keys.slots == ("t:cc", "s:k1:cc")  # live leases are counted either way
     # Settled on exactly the token counters it charged: no minute window without a limit.
-    assert unlimited.keys.tokens == tuple(c.key for c in unlimited.checks)
+    day, month = day_name(1_795_000_030.0), month_name(1_795_000_030.0)
+    assert unlimited.keys.tokens == (f"t:d:{day}", f"t:m:{month}", f"s:k1:d:{day}", f"s:k1:m:{month}")
     every = Limits(
         requests_per_minute=1, tokens_per_minute=2, tokens_per_day=3, tokens_per_month=4, max_concurrent=5
     )
@@ -187,8 +190,14 @@ def test_plan_checks_budgets_always_and_windows_only_where_limited() -> None:
         ("key", "tokens_per_month"),
     ]
     assert [c.limit for c in full.checks[:5]] == [1, 2, 3, 4, 5]
-    assert full.keys.tokens == tuple(c.key for c in full.checks if c.reason.startswith("tokens_per_"))
-    assert full.keys.tokens[0].startswith("t:tk:") and len(full.keys.tokens) == 5
+    minute = int(1_795_000_030.0 // 60)
+    assert full.keys.tokens == (
+        f"t:tk:{minute}",
+        f"t:d:{day}",
+        f"t:m:{month}",
+        f"s:k1:d:{day}",
+        f"s:k1:m:{month}",
+    )
 
 
 def test_bucket_names_match_the_calendar_at_every_day_edge() -> None:

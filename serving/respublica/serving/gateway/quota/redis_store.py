@@ -219,6 +219,8 @@ MAX_PENDING_SETTLEMENTS = 10_000
 # Lease renewals sent per round trip.
 EXTEND_BATCH = 500
 
+# `asyncio.timeout`, not `wait_for`, bounds each round trip: on Python 3.11 `wait_for` swallows a
+# cancel that lands as the operation completes (see ledger.py), and a shutdown must not be lost.
 _STORE_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 
 
@@ -339,7 +341,8 @@ class RedisQuotaStore:
             args += [c.cost, "" if c.limit is None else c.limit, repr(c.prev_weight), c.ttl_s, kind]
         keys += [self._tombstone(tenant, rid), self._epoch_key(tenant)]
         try:
-            raw = await asyncio.wait_for(self._admit(keys=keys, args=args), self._op_timeout_s)
+            async with asyncio.timeout(self._op_timeout_s):
+                raw = await self._admit(keys=keys, args=args)
             if int(raw[0]) == -2 and rebuild:
                 # The tenant's state is gone: rebuild it from the ledger, then admit once more.
                 if await self._rebuild(tenant):
@@ -427,7 +430,8 @@ class RedisQuotaStore:
         ttl = int(next_month(now) - now + PERIOD_GRACE_S)
         keys = [self._epoch_key(tenant), lock, *(self.key(tenant, name) for name in values)]
         args: list[Any] = [new_reservation_id(), ttl, *values.values()]
-        await asyncio.wait_for(self._reseed(keys=keys, args=args), self._op_timeout_s)
+        async with asyncio.timeout(self._op_timeout_s):
+            await self._reseed(keys=keys, args=args)
         return True
 
     async def _epoch_from_another_replica(self, tenant: str, lock: str) -> bool:
@@ -435,9 +439,8 @@ class RedisQuotaStore:
         without one (that replica failed: the next admission tries again) or the wait runs out."""
         deadline = time.monotonic() + self.rebuild_delay_s + 4 * self._op_timeout_s + 1.0
         while time.monotonic() < deadline:
-            epoch, locked = await asyncio.wait_for(
-                self._client.mget([self._epoch_key(tenant), lock]), self._op_timeout_s
-            )
+            async with asyncio.timeout(self._op_timeout_s):
+                epoch, locked = await self._client.mget([self._epoch_key(tenant), lock])
             if epoch is not None:
                 return True
             if locked is None:
@@ -477,7 +480,8 @@ class RedisQuotaStore:
         epoch = reservation.epoch if isinstance(reservation, QuotaReservation) else ""
         args: list[Any] = [reservation.id, used, self._structure_ttl() if release else "", epoch]
         args += [counter_ttl(name, start) for name in tokens]
-        await asyncio.wait_for(self._settle(keys=keys, args=args), self._op_timeout_s)
+        async with asyncio.timeout(self._op_timeout_s):
+            await self._settle(keys=keys, args=args)
 
     def _settle_later(
         self, reservation: Reservation, used: int, delays: Sequence[float], *, release: bool = False
@@ -520,9 +524,8 @@ class RedisQuotaStore:
         held = [r for r in reservations if not (isinstance(r, QuotaReservation) and r.unaccounted)]
         for start in range(0, len(held), EXTEND_BATCH):
             try:
-                await asyncio.wait_for(
-                    self._extend_batch(held[start : start + EXTEND_BATCH], now, ttl), self._op_timeout_s
-                )
+                async with asyncio.timeout(self._op_timeout_s):
+                    await self._extend_batch(held[start : start + EXTEND_BATCH], now, ttl)
             except _STORE_ERRORS as exc:
                 self._warn("lease renewal", exc)
 
