@@ -240,6 +240,9 @@ def test_the_live_view_redraws_in_place_and_says_when_a_refresh_fails(
             raise KeyboardInterrupt  # Ctrl-C: the view ends quietly
 
     monkeypatch.setattr(top_module.time, "sleep", sleep)
+    # A real terminal, whatever runs the tests: rich draws nothing over itself when TERM is `dumb`
+    # (as on many CI runners), and the view then rightly prints frames one after another.
+    monkeypatch.setenv("TERM", "xterm-256color")
     out = io.StringIO()
     console = Console(file=out, force_terminal=True, width=150, color_system=None)
     # The refreshes use a revoked-looking key: each fails, and the last good frame stays up.

@@ -215,6 +215,11 @@ class RecordingQuota:
         return decision
 
     async def settle(self, reservation: Reservation, used_tokens: int) -> None:
+        # The QuotaStore contract: a settlement completes even if its caller is cancelled, and so
+        # does its record here.
+        await asyncio.shield(self._settle(reservation, used_tokens))
+
+    async def _settle(self, reservation: Reservation, used_tokens: int) -> None:
         await self.inner.settle(reservation, used_tokens)
         self.settled.append((reservation.id, used_tokens))
 

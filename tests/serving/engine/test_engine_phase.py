@@ -240,7 +240,12 @@ def test_ups_wait_off_a_terminal_is_one_plain_line_per_step(tmp_path: Path) -> N
     assert "\x1b[" not in text and "\r" not in text
 
 
-def test_ups_wait_on_a_terminal_is_a_spinner_line_rewritten(tmp_path: Path) -> None:
+def test_ups_wait_on_a_terminal_is_a_spinner_line_rewritten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A real terminal, whatever runs the tests: rich rewrites no line when TERM is `dumb` (as on
+    # many CI runners), and `up` then rightly prints its steps line by line.
+    monkeypatch.setenv("TERM", "xterm-256color")
     out = io.StringIO()
     console = Console(file=out, force_terminal=True, width=200, color_system=None)
     replay(console, tmp_path, pause_s=0.02)  # the spinner redraws ~12 times a second
